@@ -1,0 +1,44 @@
+# Duet's build and test entry points. `make test` is THE test command: on a
+# fresh machine of this kind, as root, it installs what the tests need and
+# runs every test.
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
+COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X github.com/duet-net/duet/internal/version.Version=$(VERSION) \
+            -X github.com/duet-net/duet/internal/version.Commit=$(COMMIT)
+FUZZTIME ?= 2m
+
+.PHONY: build test deps vet staticcheck unit bench fuzz clean
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/duet ./cmd/duet
+
+test: deps vet staticcheck unit
+
+deps:
+	./hack/install-deps.sh
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	$(GO) tool staticcheck ./...
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+
+# Runs every fuzz target for FUZZTIME each (go test fuzzes one at a time).
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$t"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what Duet's tests need on a Debian machine, if it is missing.
+# Root tests (namespaces, veth, nftables) need iproute2 and nftables.
+set -euo pipefail
+
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing ${need[*]}; run as root (or install them) and retry" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+command -v go >/dev/null 2>&1 || { echo "install-deps: go is not on PATH (expected /usr/local/go/bin)" >&2; exit 1; }
+echo "install-deps: ok ($(go version | cut -d' ' -f3), $(ip -V 2>&1 | head -1), $(nft --version))"
