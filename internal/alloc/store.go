@@ -82,3 +82,23 @@ func (m *MemStore) Len() int {
 	defer m.mu.Unlock()
 	return len(m.keys)
 }
+
+// Owner names the object an allocation is for, so that a Store can record
+// it beside the key (an IPAddress object's parentRef, say). Allocators pass
+// it through the context they hand to the Store.
+type Owner struct {
+	Group, Resource, Namespace, Name string
+}
+
+type ownerKey struct{}
+
+// WithOwner returns a context that carries owner to Store calls.
+func WithOwner(ctx context.Context, owner Owner) context.Context {
+	return context.WithValue(ctx, ownerKey{}, owner)
+}
+
+// OwnerFrom returns the owner WithOwner put in ctx, if any.
+func OwnerFrom(ctx context.Context) (Owner, bool) {
+	o, ok := ctx.Value(ownerKey{}).(Owner)
+	return o, ok
+}
