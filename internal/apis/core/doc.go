@@ -5,4 +5,5 @@
 // core/v1 type is served from k8s.io/api unchanged.
 //
 // +k8s:openapi-gen=true
+// +k8s:openapi-model-package=io.duet.core.v1
 package core

@@ -1,0 +1,94 @@
+package apiserver
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"k8s.io/apiserver/pkg/registry/rest"
+
+	"github.com/duet-net/duet/internal/netaddr"
+)
+
+type restStorage = rest.Storage
+
+// Config is `duet server`'s validated configuration.
+type Config struct {
+	DataDir       string
+	BindAddress   net.IP
+	SecurePort    int
+	ServiceRanges []netip.Prefix // primary first
+	ClusterCIDRs  netaddr.ClusterCIDRs
+	DualStack     bool
+	EtcdServers   []string
+}
+
+// Flags are the command-line values before validation.
+type Flags struct {
+	DataDir, BindAddress, ServiceClusterIPRange, ClusterCIDR string
+	SecurePort                                               int
+	NodeMasks                                                netaddr.NodeMaskFlags
+	FeatureGates                                             map[string]string
+	EtcdServers                                              []string
+}
+
+// knownGates are the feature gates Duet understands, with defaults.
+var knownGates = map[string]bool{"IPv6DualStack": true}
+
+// Complete validates flags with Kubernetes' rules and messages.
+func (f Flags) Complete() (*Config, error) {
+	if f.DataDir == "" {
+		return nil, errors.New("--data-dir is required")
+	}
+	cfg := &Config{DataDir: f.DataDir, SecurePort: f.SecurePort, EtcdServers: f.EtcdServers, DualStack: knownGates["IPv6DualStack"]}
+	if f.SecurePort < 0 || f.SecurePort > 65535 {
+		return nil, fmt.Errorf("--secure-port %d must be between 0 and 65535", f.SecurePort)
+	}
+	cfg.BindAddress = net.ParseIP(f.BindAddress)
+	if cfg.BindAddress == nil {
+		return nil, fmt.Errorf("--bind-address %q is not a valid IP address", f.BindAddress)
+	}
+	names := make([]string, 0, len(f.FeatureGates))
+	for k := range f.FeatureGates {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if _, ok := knownGates[k]; !ok {
+			return nil, fmt.Errorf("--feature-gates: unrecognized feature gate: %s (known: IPv6DualStack)", k)
+		}
+		v, err := strconv.ParseBool(f.FeatureGates[k])
+		if err != nil {
+			return nil, fmt.Errorf("--feature-gates: invalid value of %s=%s, err: %v", k, f.FeatureGates[k], err)
+		}
+		cfg.DualStack = v
+	}
+
+	ranges, err := netaddr.ParseServiceClusterIPRange(f.ServiceClusterIPRange)
+	if err != nil {
+		return nil, err
+	}
+	if len(ranges) > 1 && !cfg.DualStack {
+		return nil, errors.New("--service-cluster-ip-range must not contain more than one entry when dual-stack is disabled (--feature-gates IPv6DualStack=false)")
+	}
+	cfg.ServiceRanges = ranges
+
+	cidrs, err := netaddr.ParseClusterCIDRs(f.ClusterCIDR, f.NodeMasks)
+	if err != nil {
+		return nil, err
+	}
+	if len(cidrs.CIDRs) > 1 && !cfg.DualStack {
+		return nil, errors.New("--cluster-cidr must not contain more than one entry when dual-stack is disabled (--feature-gates IPv6DualStack=false)")
+	}
+	cfg.ClusterCIDRs = cidrs
+	for _, s := range f.EtcdServers {
+		if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {
+			return nil, fmt.Errorf("--etcd-servers: %q must be a URL (http://host:port or https://host:port)", s)
+		}
+	}
+	return cfg, nil
+}

@@ -1,0 +1,230 @@
+// Package apiserver is `duet server`: the Kubernetes API on
+// k8s.io/apiserver, stored in etcd (embedded by default), with Duet's
+// registries and controllers.
+package apiserver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/endpoints/openapi"
+	genericapiserver "k8s.io/apiserver/pkg/server"
+	"k8s.io/apiserver/pkg/server/dynamiccertificates"
+	genericoptions "k8s.io/apiserver/pkg/server/options"
+	"k8s.io/apiserver/pkg/storage/storagebackend"
+	utilcompatibility "k8s.io/apiserver/pkg/util/compatibility"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+
+	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
+	"github.com/duet-net/duet/internal/pki"
+	"github.com/duet-net/duet/internal/registry/coordination"
+	registrycore "github.com/duet-net/duet/internal/registry/core"
+	"github.com/duet-net/duet/internal/registry/discovery"
+	"github.com/duet-net/duet/internal/registry/networking"
+)
+
+// Server is a prepared `duet server`: credentials written, storage and
+// APIs installed, ready to Run.
+type Server struct {
+	cfg        *Config
+	generic    *genericapiserver.GenericAPIServer
+	etcd       *EmbeddedEtcd
+	Kubeconfig string
+	URL        string
+	log        *slog.Logger
+}
+
+// New prepares a server: etcd, credentials, the kubeconfig, the API.
+func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
+	s := &Server{cfg: cfg, log: log}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating --data-dir: %w", err)
+	}
+	defer func() {
+		if err != nil && s.etcd != nil {
+			s.etcd.Close()
+		}
+	}()
+
+	etcdServers := cfg.EtcdServers
+	if len(etcdServers) == 0 {
+		log.Info("starting embedded etcd", "dir", filepath.Join(cfg.DataDir, "etcd"))
+		if s.etcd, err = StartEmbeddedEtcd(filepath.Join(cfg.DataDir, "etcd")); err != nil {
+			return nil, err
+		}
+		etcdServers = []string{s.etcd.ClientURL}
+	}
+
+	pkiDir := filepath.Join(cfg.DataDir, "pki")
+	if err := os.MkdirAll(pkiDir, 0o700); err != nil {
+		return nil, err
+	}
+	ca, err := pki.LoadOrCreateCA(pkiDir, "duet-ca")
+	if err != nil {
+		return nil, err
+	}
+
+	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress.String(), strconv.Itoa(cfg.SecurePort)))
+	if err != nil {
+		return nil, fmt.Errorf("listening on --bind-address %s --secure-port %d: %w", cfg.BindAddress, cfg.SecurePort, err)
+	}
+	port := listener.Addr().(*net.TCPAddr).Port
+	host := cfg.BindAddress.String()
+	if cfg.BindAddress.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	s.URL = "https://" + net.JoinHostPort(host, strconv.Itoa(port))
+
+	hosts := []string{"localhost", "127.0.0.1", "::1", host}
+	if hn, err := os.Hostname(); err == nil {
+		hosts = append(hosts, hn)
+	}
+	if ip := firstServiceIP(cfg); ip != "" {
+		hosts = append(hosts, ip, "kubernetes", "kubernetes.default", "kubernetes.default.svc")
+	}
+	serving, err := ca.Issue("duet-apiserver", nil, hosts, true)
+	if err != nil {
+		return nil, err
+	}
+	servingCert, servingKey := filepath.Join(pkiDir, "apiserver.crt"), filepath.Join(pkiDir, "apiserver.key")
+	if err := serving.WriteFiles(servingCert, servingKey); err != nil {
+		return nil, err
+	}
+
+	config := genericapiserver.NewConfig(Codecs)
+	secure := genericoptions.NewSecureServingOptions()
+	secure.Listener = listener
+	secure.BindAddress = cfg.BindAddress
+	secure.BindPort = port
+	secure.ServerCert.CertKey = genericoptions.CertKey{CertFile: servingCert, KeyFile: servingKey}
+	if err := secure.WithLoopback().ApplyTo(&config.SecureServing, &config.LoopbackClientConfig); err != nil {
+		return nil, fmt.Errorf("configuring serving: %w", err)
+	}
+	config.ExternalAddress = net.JoinHostPort(host, strconv.Itoa(port))
+	clientCA, err := dynamiccertificates.NewDynamicCAContentFromFile("client-ca", ca.CertFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading the client CA: %w", err)
+	}
+	// The TLS handshake asks for client certificates only with a client CA.
+	config.SecureServing.ClientCA = clientCA
+	config.Authentication.Authenticator = newAuthenticator(ca.Cert)
+	config.Authorization.Authorizer = newAuthorizer()
+	genericapiserver.AuthorizeClientBearerToken(config.LoopbackClientConfig, &config.Authentication, &config.Authorization)
+	config.EffectiveVersion = servedVersion{utilcompatibility.DefaultBuildEffectiveVersion()}
+
+	namer := openapi.NewDefinitionNamer(OpenAPIScheme)
+	config.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(generatedopenapi.GetOpenAPIDefinitions, namer)
+	config.OpenAPIConfig.Info.Title = "Duet"
+	config.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
+	config.OpenAPIV3Config.Info.Title = "Duet"
+
+	storageCodec := Codecs.LegacyCodec(corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion)
+	etcdOpts := genericoptions.NewEtcdOptions(storagebackend.NewDefaultConfig("/registry", storageCodec))
+	etcdOpts.StorageConfig.Transport.ServerList = etcdServers
+	if err := etcdOpts.ApplyTo(config); err != nil {
+		return nil, fmt.Errorf("configuring etcd: %w", err)
+	}
+
+	client, err := kubernetes.NewForConfig(config.LoopbackClientConfig)
+	if err != nil {
+		return nil, err
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	completed := config.Complete(factory)
+	generic, err := completed.New("duet-apiserver", genericapiserver.NewEmptyDelegate())
+	if err != nil {
+		return nil, fmt.Errorf("building the API server: %w", err)
+	}
+	s.generic = generic
+
+	if err := s.installAPIs(completed); err != nil {
+		return nil, err
+	}
+
+	admin, err := ca.Issue("duet-admin", []string{"system:masters"}, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	s.Kubeconfig = filepath.Join(cfg.DataDir, "admin.kubeconfig")
+	if err := pki.WriteKubeconfig(s.Kubeconfig, s.URL, ca.CertFile, "duet", "duet-admin", admin); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", s.Kubeconfig, err)
+	}
+
+	if err := generic.AddPostStartHook("duet-bootstrap", func(ctx genericapiserver.PostStartHookContext) error {
+		return s.bootstrap(ctx, ctx.LoopbackClientConfig)
+	}); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
+	optsGetter := completed.RESTOptionsGetter
+
+	coreStorage, err := registrycore.NewStorage(Scheme, optsGetter)
+	if err != nil {
+		return err
+	}
+	legacy := genericapiserver.NewDefaultAPIGroupInfo("", Scheme, metav1.ParameterCodec, Codecs)
+	legacy.VersionedResourcesStorageMap["v1"] = coreStorage
+	if err := s.generic.InstallLegacyAPIGroup(genericapiserver.DefaultLegacyAPIPrefix, &legacy); err != nil {
+		return fmt.Errorf("installing core/v1: %w", err)
+	}
+
+	var groups []*genericapiserver.APIGroupInfo
+	for _, g := range []struct {
+		gv  schema.GroupVersion
+		new func() (map[string]restStorage, error)
+	}{
+		{discoveryv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return discovery.NewStorage(Scheme, optsGetter) }},
+		{coordinationv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return coordination.NewStorage(Scheme, optsGetter) }},
+		{networkingv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return networking.NewStorage(Scheme, optsGetter) }},
+	} {
+		st, err := g.new()
+		if err != nil {
+			return err
+		}
+		info := genericapiserver.NewDefaultAPIGroupInfo(g.gv.Group, Scheme, metav1.ParameterCodec, Codecs)
+		info.VersionedResourcesStorageMap[g.gv.Version] = st
+		groups = append(groups, &info)
+	}
+	if err := s.generic.InstallAPIGroups(groups...); err != nil {
+		return fmt.Errorf("installing API groups: %w", err)
+	}
+	return nil
+}
+
+// Run serves until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	if s.etcd != nil {
+		defer s.etcd.Close()
+		go func() {
+			select {
+			case err := <-s.etcd.Err():
+				s.log.Error("embedded etcd failed", "err", err)
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return s.generic.PrepareRun().RunWithContext(ctx)
+}
+
+func firstServiceIP(cfg *Config) string {
+	if len(cfg.ServiceRanges) == 0 {
+		return ""
+	}
+	p := cfg.ServiceRanges[0]
+	return p.Addr().Next().String()
+}

@@ -1,0 +1,275 @@
+// Package generic builds registry stores for Duet's resources: a Strategy
+// that a resource configures with its own defaulting and validation, the
+// status-subresource variant, field selectors, and the wiring into
+// k8s.io/apiserver's generic registry Store.
+package generic
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+
+	validation "k8s.io/apimachinery/pkg/api/validation"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/apiserver/pkg/registry/generic"
+	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
+	"k8s.io/apiserver/pkg/registry/rest"
+	"k8s.io/apiserver/pkg/storage"
+	"k8s.io/apiserver/pkg/storage/names"
+	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
+)
+
+// Strategy is a resource's create/update/delete policy. Hooks left nil do
+// nothing; metadata validation (names, labels, annotations) always runs.
+type Strategy struct {
+	runtime.ObjectTyper
+	names.NameGenerator
+
+	Namespaced bool
+	// HasStatus splits the object: the main resource ignores status
+	// changes and the status subresource ignores everything else.
+	HasStatus bool
+	// NameValidator checks metadata.name (a DNS subdomain by default).
+	NameValidator validation.ValidateNameFunc
+
+	PrepareForCreateFunc func(ctx context.Context, obj runtime.Object)
+	PrepareForUpdateFunc func(ctx context.Context, obj, old runtime.Object)
+	ValidateFunc         func(ctx context.Context, obj runtime.Object) field.ErrorList
+	ValidateUpdateFunc   func(ctx context.Context, obj, old runtime.Object) field.ErrorList
+	// APIVersion is the group/version string for reset fields.
+	APIVersion string
+}
+
+func (s *Strategy) NamespaceScoped() bool                         { return s.Namespaced }
+func (s *Strategy) AllowCreateOnUpdate(context.Context) bool      { return false }
+func (s *Strategy) AllowUnconditionalUpdate(context.Context) bool { return true }
+func (s *Strategy) Canonicalize(obj runtime.Object)               {}
+
+func (s *Strategy) WarningsOnCreate(ctx context.Context, obj runtime.Object) []string { return nil }
+func (s *Strategy) WarningsOnUpdate(ctx context.Context, obj, old runtime.Object) []string {
+	return nil
+}
+
+func (s *Strategy) PrepareForCreate(ctx context.Context, obj runtime.Object) {
+	if s.HasStatus {
+		resetField(obj, nil, "Status")
+	}
+	if s.PrepareForCreateFunc != nil {
+		s.PrepareForCreateFunc(ctx, obj)
+	}
+}
+
+func (s *Strategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object) {
+	if s.HasStatus {
+		resetField(obj, old, "Status")
+	}
+	if s.PrepareForUpdateFunc != nil {
+		s.PrepareForUpdateFunc(ctx, obj, old)
+	}
+}
+
+func (s *Strategy) Validate(ctx context.Context, obj runtime.Object) field.ErrorList {
+	errs := s.validateMeta(obj)
+	if s.ValidateFunc != nil {
+		errs = append(errs, s.ValidateFunc(ctx, obj)...)
+	}
+	return errs
+}
+
+func (s *Strategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+	newMeta, oldMeta := mustMeta(obj), mustMeta(old)
+	errs := validation.ValidateObjectMetaAccessorUpdate(newMeta, oldMeta, field.NewPath("metadata"))
+	errs = append(errs, s.validateMeta(obj)...)
+	if s.ValidateUpdateFunc != nil {
+		errs = append(errs, s.ValidateUpdateFunc(ctx, obj, old)...)
+	} else if s.ValidateFunc != nil {
+		errs = append(errs, s.ValidateFunc(ctx, obj)...)
+	}
+	return errs
+}
+
+func (s *Strategy) validateMeta(obj runtime.Object) field.ErrorList {
+	nameFn := s.NameValidator
+	if nameFn == nil {
+		nameFn = validation.NameIsDNSSubdomain
+	}
+	return validation.ValidateObjectMetaAccessor(mustMeta(obj), s.Namespaced, nameFn, field.NewPath("metadata"))
+}
+
+// GetResetFields tells server-side apply which fields this strategy wipes.
+func (s *Strategy) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
+	if !s.HasStatus || s.APIVersion == "" {
+		return nil
+	}
+	return map[fieldpath.APIVersion]*fieldpath.Set{
+		fieldpath.APIVersion(s.APIVersion): fieldpath.NewSet(fieldpath.MakePathOrDie("status")),
+	}
+}
+
+// StatusStrategy is the status subresource of a Strategy: only status
+// changes, and the status validation hook runs.
+type StatusStrategy struct {
+	*Strategy
+	ValidateStatusUpdateFunc func(ctx context.Context, obj, old runtime.Object) field.ErrorList
+}
+
+func (s *StatusStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object) {
+	// Keep everything but status (and the metadata a status writer may not change).
+	status := reflect.ValueOf(obj).Elem().FieldByName("Status")
+	saved := reflect.New(status.Type()).Elem()
+	saved.Set(status)
+	newMeta := mustMeta(obj)
+	rv, managed := newMeta.GetResourceVersion(), newMeta.GetManagedFields()
+	reflect.ValueOf(obj).Elem().Set(reflect.ValueOf(old.DeepCopyObject()).Elem())
+	reflect.ValueOf(obj).Elem().FieldByName("Status").Set(saved)
+	m := mustMeta(obj)
+	m.SetResourceVersion(rv)
+	m.SetManagedFields(managed)
+}
+
+func (s *StatusStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+	errs := validation.ValidateObjectMetaAccessorUpdate(mustMeta(obj), mustMeta(old), field.NewPath("metadata"))
+	if s.ValidateStatusUpdateFunc != nil {
+		errs = append(errs, s.ValidateStatusUpdateFunc(ctx, obj, old)...)
+	}
+	return errs
+}
+
+func (s *StatusStrategy) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
+	if s.APIVersion == "" {
+		return nil
+	}
+	return map[fieldpath.APIVersion]*fieldpath.Set{
+		fieldpath.APIVersion(s.APIVersion): fieldpath.NewSet(fieldpath.MakePathOrDie("spec"), fieldpath.MakePathOrDie("metadata", "labels"), fieldpath.MakePathOrDie("metadata", "annotations")),
+	}
+}
+
+// resetField sets obj's named field to old's (or to its zero value when
+// old is nil).
+func resetField(obj, old runtime.Object, name string) {
+	f := reflect.ValueOf(obj).Elem().FieldByName(name)
+	if !f.IsValid() {
+		return
+	}
+	if old == nil {
+		f.Set(reflect.Zero(f.Type()))
+		return
+	}
+	f.Set(reflect.ValueOf(old.DeepCopyObject()).Elem().FieldByName(name))
+}
+
+func mustMeta(obj runtime.Object) metav1.Object {
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		panic(fmt.Sprintf("%T has no object metadata", obj))
+	}
+	return m
+}
+
+// FieldsFunc returns a kind's selectable fields beyond name and namespace.
+type FieldsFunc func(obj runtime.Object) fields.Set
+
+// GetAttrs returns labels and selectable fields for the store's predicate.
+func GetAttrs(namespaced bool, extra FieldsFunc) func(runtime.Object) (labels.Set, fields.Set, error) {
+	return func(obj runtime.Object) (labels.Set, fields.Set, error) {
+		m, ok := obj.(metav1.Object)
+		if !ok {
+			return nil, nil, fmt.Errorf("%T has no object metadata", obj)
+		}
+		fs := fields.Set{"metadata.name": m.GetName()}
+		if namespaced {
+			fs["metadata.namespace"] = m.GetNamespace()
+		}
+		if extra != nil {
+			fs = generic.MergeFieldsSets(fs, extra(obj))
+		}
+		return labels.Set(m.GetLabels()), fs, nil
+	}
+}
+
+// Matcher returns the store's predicate for label and field selectors.
+func Matcher(attrs func(runtime.Object) (labels.Set, fields.Set, error)) func(label labels.Selector, field fields.Selector) storage.SelectionPredicate {
+	return func(label labels.Selector, field fields.Selector) storage.SelectionPredicate {
+		return storage.SelectionPredicate{Label: label, Field: field, GetAttrs: attrs}
+	}
+}
+
+// Options describes one resource's store.
+type Options struct {
+	NewFunc, NewListFunc func() runtime.Object
+	Resource             string // plural, e.g. "services"
+	Singular             string
+	Group                string
+	Strategy             *Strategy
+	Fields               FieldsFunc
+	Table                rest.TableConvertor
+	ShortNames           []string
+	Categories           []string
+}
+
+// Store is a registry store plus the discovery details kubectl uses.
+type Store struct {
+	*genericregistry.Store
+	shortNames, categories []string
+}
+
+func (s *Store) ShortNames() []string { return s.shortNames }
+func (s *Store) Categories() []string { return s.categories }
+
+// NewStore builds the main resource store.
+func NewStore(o Options, optsGetter generic.RESTOptionsGetter) (*Store, error) {
+	attrs := GetAttrs(o.Strategy.Namespaced, o.Fields)
+	table := o.Table
+	if table == nil {
+		table = rest.NewDefaultTableConvertor(qualified(o.Group, o.Resource))
+	}
+	s := &genericregistry.Store{
+		NewFunc:                   o.NewFunc,
+		NewListFunc:               o.NewListFunc,
+		DefaultQualifiedResource:  qualified(o.Group, o.Resource),
+		SingularQualifiedResource: qualified(o.Group, o.Singular),
+		PredicateFunc:             Matcher(attrs),
+		CreateStrategy:            o.Strategy,
+		UpdateStrategy:            o.Strategy,
+		DeleteStrategy:            o.Strategy,
+		ResetFieldsStrategy:       o.Strategy,
+		TableConvertor:            table,
+	}
+	if err := s.CompleteWithOptions(&generic.StoreOptions{RESTOptions: optsGetter, AttrFunc: attrs}); err != nil {
+		return nil, fmt.Errorf("building %s storage: %w", o.Resource, err)
+	}
+	return &Store{Store: s, shortNames: o.ShortNames, categories: o.Categories}, nil
+}
+
+// StatusStore is the status subresource of a store: get and update only.
+type StatusStore struct{ store *genericregistry.Store }
+
+// NewStatusStore derives the status subresource from a main store.
+func NewStatusStore(main *Store, status *StatusStrategy) *StatusStore {
+	s := *main.Store
+	s.CreateStrategy = nil
+	s.DeleteStrategy = nil
+	s.UpdateStrategy = status
+	s.ResetFieldsStrategy = status
+	return &StatusStore{store: &s}
+}
+
+func (r *StatusStore) New() runtime.Object { return r.store.New() }
+func (r *StatusStore) Destroy()            {}
+func (r *StatusStore) Get(ctx context.Context, name string, options *metav1.GetOptions) (runtime.Object, error) {
+	return r.store.Get(ctx, name, options)
+}
+func (r *StatusStore) Update(ctx context.Context, name string, objInfo rest.UpdatedObjectInfo, createValidation rest.ValidateObjectFunc, updateValidation rest.ValidateObjectUpdateFunc, forceAllowCreate bool, options *metav1.UpdateOptions) (runtime.Object, bool, error) {
+	// Subresources never create.
+	return r.store.Update(ctx, name, objInfo, createValidation, updateValidation, false, options)
+}
+func (r *StatusStore) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
+	return r.store.GetResetFields()
+}
+func (r *StatusStore) ConvertToTable(ctx context.Context, object runtime.Object, tableOptions runtime.Object) (*metav1.Table, error) {
+	return r.store.ConvertToTable(ctx, object, tableOptions)
+}

@@ -1,0 +1,344 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/klog/v2"
+
+	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/apis/core"
+	"github.com/duet-net/duet/internal/netaddr"
+)
+
+// serviceKind names Services in Invalid errors.
+var serviceKind = schema.GroupKind{Group: "", Kind: "Service"}
+
+// The kubernetes Service in the default namespace owns the first address of
+// the primary range, which the primary ServiceRange keeps reserved for it.
+const (
+	kubernetesServiceNamespace = "default"
+	kubernetesServiceName      = "kubernetes"
+)
+
+// Txn is the outcome of an allocation, settled once the Service has been
+// persisted or has failed to be. Exactly one of the two methods takes
+// effect; calling either again does nothing.
+type Txn interface {
+	// Commit is called after the Service was persisted: it releases what
+	// the update gave up (a secondary cluster IP, every cluster IP of a
+	// Service that became an ExternalName).
+	Commit()
+	// Revert is called when the Service was not persisted: it releases
+	// what the call allocated, and keeps what it would have given up.
+	Revert()
+}
+
+// Allocators hands out and takes back Services' cluster IPs, one
+// ServiceRange per family of the cluster. Every call allocates all or
+// nothing: on any failure it releases what it took before returning.
+type Allocators struct {
+	cfg    Config
+	ranges map[corev1.IPFamily]*alloc.ServiceRange
+}
+
+// NewAllocators checks that ranges holds exactly one ServiceRange per
+// family of cfg, each for the configured range, the primary one reserving
+// the kubernetes Service's address.
+func NewAllocators(cfg Config, ranges map[netaddr.Family]*alloc.ServiceRange) (*Allocators, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	fams := cfg.Families()
+	if len(ranges) != len(fams) {
+		return nil, fmt.Errorf("service IP allocators: the cluster serves %s, got allocators for %d families", cfg.familyList(), len(ranges))
+	}
+	a := &Allocators{cfg: cfg, ranges: map[corev1.IPFamily]*alloc.ServiceRange{}}
+	for i, fam := range fams {
+		r := ranges[fam]
+		if r == nil {
+			return nil, fmt.Errorf("service IP allocators: no allocator for %s", fam)
+		}
+		if r.CIDR() != cfg.Ranges[i] {
+			return nil, fmt.Errorf("service IP allocators: the %s allocator serves %s, --service-cluster-ip-range says %s", fam, r.CIDR(), cfg.Ranges[i])
+		}
+		a.ranges[corev1.IPFamily(fam)] = r
+	}
+	if p := a.primary(); !p.Has(p.KubernetesServiceIP()) {
+		return nil, fmt.Errorf("service IP allocators: the primary range %s must reserve %s for the kubernetes Service (create it as Primary)", p.CIDR(), p.KubernetesServiceIP())
+	}
+	return a, nil
+}
+
+func (a *Allocators) primary() *alloc.ServiceRange { return a.ranges[a.cfg.primaryFamily()] }
+
+// AllocateCreate gives a new Service its cluster IPs, one per entry of
+// ipFamilies and in that order, filling clusterIPs and clusterIP. Addresses
+// the client chose are taken as they are; the others are drawn from the
+// ranges. It runs PrepareForCreate first and refuses, with a 422, a Service
+// whose family fields do not validate.
+//
+// With dryRun nothing is taken: chosen addresses are only checked, and a
+// drawn one is reported as the range's network address, as Kubernetes does.
+//
+// ExternalName and headless Services get no address. The kubernetes Service
+// in the default namespace gets the primary range's first address, which is
+// reserved for it.
+func (a *Allocators) AllocateCreate(ctx context.Context, svc *core.Service, dryRun bool) (Txn, error) {
+	PrepareForCreate(svc, a.cfg)
+	if errs := familyErrors(svc, nil, a.cfg); len(errs) != 0 {
+		return nil, apierrors.NewInvalid(serviceKind, svc.Name, errs)
+	}
+	t := a.newTxn(ctx, svc)
+	if needsClusterIP(svc) && !isHeadless(svc) {
+		if err := a.allocClusterIPs(t, svc, 0, dryRun); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// AllocateUpdate adjusts the cluster IPs of oldSvc as updated to newSvc,
+// after running PrepareForUpdate:
+//
+//   - from ExternalName to a type with cluster IPs: all are allocated;
+//   - to ExternalName: all are released on Commit;
+//   - one family to two (upgrade): the secondary is allocated;
+//   - two families to one (downgrade): the secondary is released on Commit;
+//   - anything else, headless Services and PreferDualStack Services the
+//     client did not re-shape: nothing changes.
+//
+// Family fields that do not validate are refused with a 422 before any
+// address is touched.
+func (a *Allocators) AllocateUpdate(ctx context.Context, newSvc, oldSvc *core.Service, dryRun bool) (Txn, error) {
+	PrepareForUpdate(newSvc, oldSvc, a.cfg)
+	if errs := familyErrors(newSvc, oldSvc, a.cfg); len(errs) != 0 {
+		return nil, apierrors.NewInvalid(serviceKind, newSvc.Name, errs)
+	}
+	t := a.newTxn(ctx, newSvc)
+	if isUntouchedPreferDualStack(newSvc, oldSvc) {
+		return t, nil
+	}
+	oldFams, newFams := len(oldSvc.Spec.IPFamilies), len(newSvc.Spec.IPFamilies)
+	switch {
+	case !needsClusterIP(oldSvc) && needsClusterIP(newSvc):
+		if !isHeadless(newSvc) {
+			if err := a.allocClusterIPs(t, newSvc, 0, dryRun); err != nil {
+				return nil, err
+			}
+		}
+	case isHeadless(oldSvc):
+		// Nothing was allocated, nothing will be.
+	case needsClusterIP(oldSvc) && !needsClusterIP(newSvc):
+		if !dryRun {
+			t.release = parseIPs(oldSvc.Spec.ClusterIPs)
+		}
+	case oldFams == 1 && newFams == 2:
+		if err := a.allocClusterIPs(t, newSvc, 1, dryRun); err != nil {
+			return nil, err
+		}
+	case oldFams == 2 && newFams == 1:
+		if !dryRun && len(oldSvc.Spec.ClusterIPs) == 2 {
+			t.release = parseIPs(oldSvc.Spec.ClusterIPs[1:])
+		}
+	}
+	return t, nil
+}
+
+// Release gives back the cluster IPs of a deleted Service. Addresses of a
+// family the cluster no longer serves are skipped: there is nothing to give
+// them back to.
+func (a *Allocators) Release(ctx context.Context, svc *core.Service) error {
+	if !needsClusterIP(svc) || isHeadless(svc) {
+		return nil
+	}
+	return errors.Join(a.release(withOwner(ctx, svc), parseIPs(svc.Spec.ClusterIPs))...)
+}
+
+// allocClusterIPs fills clusterIPs[from:] for ipFamilies[from:], taking
+// each address the client chose or drawing one. It sets the fields only
+// when every address was obtained, and gives back what it took otherwise.
+func (a *Allocators) allocClusterIPs(t *txn, svc *core.Service, from int, dryRun bool) error {
+	fams := svc.Spec.IPFamilies
+	ips := slices.Clone(svc.Spec.ClusterIPs)
+	for len(ips) < len(fams) {
+		ips = append(ips, "")
+	}
+	var taken []netip.Addr
+	for i := from; i < len(fams); i++ {
+		ip, took, err := a.allocOne(t.ctx, svc, fams[i], i, ips[i], dryRun)
+		if err != nil {
+			a.release(t.ctx, taken)
+			return err
+		}
+		if took {
+			taken = append(taken, ip)
+		}
+		ips[i] = ip.String()
+	}
+	t.allocated = append(t.allocated, taken...)
+	svc.Spec.ClusterIPs = ips
+	if len(ips) > 0 {
+		svc.Spec.ClusterIP = ips[0]
+	}
+	return nil
+}
+
+// allocOne obtains the address at index i of clusterIPs, of family fam:
+// the one requested, or any. It reports whether it took an address that
+// must be given back on failure.
+func (a *Allocators) allocOne(ctx context.Context, svc *core.Service, fam corev1.IPFamily, i int, requested string, dryRun bool) (netip.Addr, bool, error) {
+	r := a.ranges[fam]
+	if r == nil { // validation makes this impossible
+		return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("no service IP range for %s", fam))
+	}
+	kubernetes := isKubernetesService(svc) && fam == a.cfg.primaryFamily()
+
+	if requested == "" {
+		switch {
+		case kubernetes:
+			return r.KubernetesServiceIP(), false, nil
+		case dryRun:
+			if r.Free().IsZero() {
+				return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("failed to allocate a serviceIP: %v", alloc.ErrFull))
+			}
+			// Finding a free address without taking it would be racy
+			// anyway; Kubernetes reports the network address too.
+			return r.CIDR().Addr(), false, nil
+		}
+		ip, err := r.AllocateNext(ctx)
+		if err != nil {
+			return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("failed to allocate a serviceIP: %v", err))
+		}
+		return ip, true, nil
+	}
+
+	ip, err := netip.ParseAddr(requested)
+	if err != nil { // validation makes this impossible
+		return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("failed to parse service IP %q", requested))
+	}
+	if kubernetes && ip == r.KubernetesServiceIP() {
+		return ip, false, nil
+	}
+	if dryRun {
+		err = a.check(r, ip)
+	} else {
+		err = r.Allocate(ctx, ip)
+	}
+	if err != nil {
+		var reason string
+		switch {
+		case errors.Is(err, alloc.ErrAllocated):
+			reason = alloc.ErrAllocated.Error() // whoever said so, in Kubernetes' words
+		case errors.Is(err, alloc.ErrNotInRange), errors.Is(err, alloc.ErrReserved):
+			reason = err.Error()
+		default:
+			return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("failed to allocate IP %s: %w", requested, err))
+		}
+		el := field.ErrorList{field.Invalid(field.NewPath("spec", "clusterIPs").Index(i), requested,
+			fmt.Sprintf("failed to allocate IP %v: %v", requested, reason))}
+		return netip.Addr{}, false, apierrors.NewInvalid(serviceKind, svc.Name, el)
+	}
+	return ip, !dryRun, nil
+}
+
+// check reports what Allocate would say about ip, without taking it.
+func (a *Allocators) check(r *alloc.ServiceRange, ip netip.Addr) error {
+	cidr := r.CIDR()
+	last := netaddr.AddrAt(cidr, netaddr.LastOffset(cidr))
+	if !cidr.Contains(ip) || ip == cidr.Addr() || (ip.Is4() && ip == last) {
+		e := &alloc.NotInRangeError{What: "IP", Value: ip.String(), ValidRange: cidr.String()}
+		switch {
+		case ip == cidr.Addr():
+			e.Reason = "it is the network address"
+		case cidr.Contains(ip):
+			e.Reason = "it is the broadcast address"
+		}
+		return e
+	}
+	if r == a.primary() && ip == r.KubernetesServiceIP() {
+		return &alloc.ReservedError{Value: ip.String(), For: "the kubernetes service"}
+	}
+	if r.Has(ip) {
+		return alloc.ErrAllocated
+	}
+	return nil
+}
+
+// release gives addresses back to their ranges and returns what failed.
+func (a *Allocators) release(ctx context.Context, ips []netip.Addr) []error {
+	var errs []error
+	for _, ip := range ips {
+		r := a.ranges[familyOfAddr(ip)]
+		if r == nil {
+			klog.V(4).InfoS("Not releasing a cluster IP of a family the cluster no longer serves", "clusterIP", ip)
+			continue
+		}
+		if err := r.Release(ctx, ip); err != nil {
+			errs = append(errs, fmt.Errorf("releasing cluster IP %s: %w", ip, err))
+		}
+	}
+	return errs
+}
+
+// txn is the Txn of one allocation call.
+type txn struct {
+	a    *Allocators
+	ctx  context.Context
+	name string // namespace/name, for logs
+
+	allocated []netip.Addr // given back by Revert
+	release   []netip.Addr // given back by Commit
+	once      sync.Once
+}
+
+func (a *Allocators) newTxn(ctx context.Context, svc *core.Service) *txn {
+	// Settling must happen even when the request's context is done, or
+	// addresses would leak.
+	return &txn{a: a, ctx: context.WithoutCancel(withOwner(ctx, svc)), name: svc.Namespace + "/" + svc.Name}
+}
+
+func (t *txn) Commit() {
+	t.once.Do(func() {
+		for _, err := range t.a.release(t.ctx, t.release) {
+			// The repair loop reclaims what is left behind.
+			klog.ErrorS(err, "Failed to release a cluster IP the Service gave up", "service", t.name)
+		}
+	})
+}
+
+func (t *txn) Revert() {
+	t.once.Do(func() {
+		for _, err := range t.a.release(t.ctx, t.allocated) {
+			klog.ErrorS(err, "Failed to release a cluster IP allocated for a Service that was not stored", "service", t.name)
+		}
+	})
+}
+
+func withOwner(ctx context.Context, svc *core.Service) context.Context {
+	return alloc.WithOwner(ctx, alloc.Owner{Group: "", Resource: "services", Namespace: svc.Namespace, Name: svc.Name})
+}
+
+func isKubernetesService(svc *core.Service) bool {
+	return svc.Namespace == kubernetesServiceNamespace && svc.Name == kubernetesServiceName
+}
+
+// parseIPs returns the addresses among ips, skipping "None" and anything
+// else that is not one.
+func parseIPs(ips []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ips {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
