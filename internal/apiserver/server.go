@@ -17,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
@@ -27,12 +28,15 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/duet-net/duet/internal/alloc"
 	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
+	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/pki"
 	"github.com/duet-net/duet/internal/registry/coordination"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
 	"github.com/duet-net/duet/internal/registry/discovery"
 	"github.com/duet-net/duet/internal/registry/networking"
+	"github.com/duet-net/duet/internal/registry/service"
 )
 
 // Server is a prepared `duet server`: credentials written, storage and
@@ -44,6 +48,11 @@ type Server struct {
 	Kubeconfig string
 	URL        string
 	log        *slog.Logger
+
+	serviceRanges map[netaddr.Family]*alloc.ServiceRange
+	ipStore       *service.IPAddressStore
+	coreStorage   map[string]restStorage
+	port          int
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API.
@@ -81,6 +90,7 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 		return nil, fmt.Errorf("listening on --bind-address %s --secure-port %d: %w", cfg.BindAddress, cfg.SecurePort, err)
 	}
 	port := listener.Addr().(*net.TCPAddr).Port
+	s.port = port
 	host := cfg.BindAddress.String()
 	if cfg.BindAddress.IsUnspecified() {
 		host = "127.0.0.1"
@@ -121,6 +131,7 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	config.SecureServing.ClientCA = clientCA
 	config.Authentication.Authenticator = newAuthenticator(ca.Cert)
 	config.Authorization.Authorizer = newAuthorizer()
+	config.LoopbackClientConfig.ContentType = runtime.ContentTypeJSON
 	genericapiserver.AuthorizeClientBearerToken(config.LoopbackClientConfig, &config.Authentication, &config.Authorization)
 	config.EffectiveVersion = servedVersion{utilcompatibility.DefaultBuildEffectiveVersion()}
 
@@ -173,10 +184,42 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 	optsGetter := completed.RESTOptionsGetter
 
+	netStorage, err := networking.NewStorage(Scheme, optsGetter)
+	if err != nil {
+		return err
+	}
+	ipStore := &service.IPAddressStore{Storage: netStorage["ipaddresses"].(service.IPAddressStorage)}
+	svcCfg := service.Config{Ranges: s.cfg.ServiceRanges, DualStack: s.cfg.DualStack}
+	ranges := map[netaddr.Family]*alloc.ServiceRange{}
+	for i, p := range s.cfg.ServiceRanges {
+		r, err := alloc.NewServiceRange(p, alloc.ServiceRangeOptions{Primary: i == 0, Store: ipStore})
+		if err != nil {
+			return err
+		}
+		// Learn what earlier runs and other replicas allocated.
+		if err := r.Sync(context.Background()); err != nil {
+			return err
+		}
+		ranges[r.Family()] = r
+	}
+	allocs, err := service.NewAllocators(svcCfg, ranges)
+	if err != nil {
+		return err
+	}
+	s.serviceRanges, s.ipStore = ranges, ipStore
+
 	coreStorage, err := registrycore.NewStorage(Scheme, optsGetter)
 	if err != nil {
 		return err
 	}
+	svcStorage, err := service.NewStorage(Scheme, optsGetter, svcCfg, allocs)
+	if err != nil {
+		return err
+	}
+	for k, v := range svcStorage {
+		coreStorage[k] = v
+	}
+	s.coreStorage = coreStorage
 	legacy := genericapiserver.NewDefaultAPIGroupInfo("", Scheme, metav1.ParameterCodec, Codecs)
 	legacy.VersionedResourcesStorageMap["v1"] = coreStorage
 	if err := s.generic.InstallLegacyAPIGroup(genericapiserver.DefaultLegacyAPIPrefix, &legacy); err != nil {
@@ -190,7 +233,7 @@ func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 	}{
 		{discoveryv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return discovery.NewStorage(Scheme, optsGetter) }},
 		{coordinationv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return coordination.NewStorage(Scheme, optsGetter) }},
-		{networkingv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return networking.NewStorage(Scheme, optsGetter) }},
+		{networkingv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return netStorage, nil }},
 	} {
 		st, err := g.new()
 		if err != nil {

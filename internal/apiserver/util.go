@@ -33,7 +33,8 @@ func (v servedVersion) Info() *apimachineryversion.Info {
 	if info == nil {
 		return nil
 	}
-	info.GitVersion = "v" + v.BinaryVersion().String() + "+duet"
+	bin := v.BinaryVersion()
+	info.GitVersion = fmt.Sprintf("v%d.%d.%d+duet", bin.Major(), bin.Minor(), bin.Patch())
 	info.GitCommit = duetversion.Commit
 	info.GitTreeState = "clean"
 	return info

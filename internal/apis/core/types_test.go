@@ -36,3 +36,22 @@ func TestIPFamilyRoundTripsBesideInlineSpec(t *testing.T) {
 		t.Fatal("conversion lost or invented fields")
 	}
 }
+
+func TestProtobufRoundTripKeepsV1Fields(t *testing.T) {
+	fam := corev1.IPv6Protocol
+	in := &Service{Spec: ServiceSpec{IPFamily: &fam}}
+	in.Name = "p"
+	in.Spec.ClusterIPs = []string{"fd00::5"}
+	in.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
+	data, err := in.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out Service
+	if err := out.Unmarshal(data); err != nil {
+		t.Fatal(err)
+	}
+	if out.Name != "p" || out.Spec.ClusterIPs[0] != "fd00::5" || out.Spec.IPFamily != nil {
+		t.Fatalf("round trip gave %+v", out)
+	}
+}

@@ -35,6 +35,10 @@ type Strategy struct {
 	HasStatus bool
 	// NameValidator checks metadata.name (a DNS subdomain by default).
 	NameValidator validation.ValidateNameFunc
+	// ValidatesMeta says the Validate hooks check metadata themselves.
+	ValidatesMeta bool
+	// WarningsFunc returns warnings for a created or updated object.
+	WarningsFunc func(obj runtime.Object) []string
 
 	PrepareForCreateFunc func(ctx context.Context, obj runtime.Object)
 	PrepareForUpdateFunc func(ctx context.Context, obj, old runtime.Object)
@@ -49,9 +53,15 @@ func (s *Strategy) AllowCreateOnUpdate(context.Context) bool      { return false
 func (s *Strategy) AllowUnconditionalUpdate(context.Context) bool { return true }
 func (s *Strategy) Canonicalize(obj runtime.Object)               {}
 
-func (s *Strategy) WarningsOnCreate(ctx context.Context, obj runtime.Object) []string { return nil }
+func (s *Strategy) WarningsOnCreate(ctx context.Context, obj runtime.Object) []string {
+	if s.WarningsFunc == nil {
+		return nil
+	}
+	return s.WarningsFunc(obj)
+}
+
 func (s *Strategy) WarningsOnUpdate(ctx context.Context, obj, old runtime.Object) []string {
-	return nil
+	return s.WarningsOnCreate(ctx, obj)
 }
 
 func (s *Strategy) PrepareForCreate(ctx context.Context, obj runtime.Object) {
@@ -81,8 +91,10 @@ func (s *Strategy) Validate(ctx context.Context, obj runtime.Object) field.Error
 }
 
 func (s *Strategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
-	newMeta, oldMeta := mustMeta(obj), mustMeta(old)
-	errs := validation.ValidateObjectMetaAccessorUpdate(newMeta, oldMeta, field.NewPath("metadata"))
+	var errs field.ErrorList
+	if !s.ValidatesMeta {
+		errs = validation.ValidateObjectMetaAccessorUpdate(mustMeta(obj), mustMeta(old), field.NewPath("metadata"))
+	}
 	errs = append(errs, s.validateMeta(obj)...)
 	if s.ValidateUpdateFunc != nil {
 		errs = append(errs, s.ValidateUpdateFunc(ctx, obj, old)...)
@@ -93,6 +105,9 @@ func (s *Strategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) 
 }
 
 func (s *Strategy) validateMeta(obj runtime.Object) field.ErrorList {
+	if s.ValidatesMeta {
+		return nil
+	}
 	nameFn := s.NameValidator
 	if nameFn == nil {
 		nameFn = validation.NameIsDNSSubdomain
