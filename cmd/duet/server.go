@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -60,5 +61,7 @@ It writes DIR/admin.kubeconfig before it reports ready on /readyz.`,
 	fs.IntVar(&f.NodeMasks.IPv6, "node-cidr-mask-size-ipv6", netaddr.DefaultNodeMaskIPv6, "prefix length of each Node's IPv6 pod CIDR")
 	fs.StringToStringVar(&f.FeatureGates, "feature-gates", nil, "feature gates, e.g. IPv6DualStack=false")
 	fs.StringSliceVar(&f.EtcdServers, "etcd-servers", nil, "external etcd URLs (comma-separated); without it an embedded etcd runs in --data-dir")
+	fs.DurationVar(&f.RepairInterval, "repair-interval", 30*time.Second, "how often cluster IP records are reconciled with Services")
+	_ = fs.MarkHidden("repair-interval")
 	return cmd
 }

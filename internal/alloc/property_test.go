@@ -32,8 +32,8 @@ type subject struct {
 
 func serviceSubject(r *ServiceRange) subject {
 	return subject{
-		next: func() (string, error) { ip, err := r.AllocateNext(ctx); return ip.String(), err },
-		take: func(k string) error { return r.Allocate(ctx, netip.MustParseAddr(k)) },
+		next:    func() (string, error) { ip, err := r.AllocateNext(ctx); return ip.String(), err },
+		take:    func(k string) error { return r.Allocate(ctx, netip.MustParseAddr(k)) },
 		release: func(k string) error { return r.Release(ctx, netip.MustParseAddr(k)) },
 		has:     func(k string) bool { return r.Has(netip.MustParseAddr(k)) },
 		used:    r.Used, free: r.Free,
@@ -45,8 +45,8 @@ func serviceSubject(r *ServiceRange) subject {
 
 func podSubject(a *PodIPs) subject {
 	return subject{
-		next: func() (string, error) { ip, err := a.AllocateNext(ctx); return ip.String(), err },
-		take: func(k string) error { return a.Allocate(ctx, netip.MustParseAddr(k)) },
+		next:    func() (string, error) { ip, err := a.AllocateNext(ctx); return ip.String(), err },
+		take:    func(k string) error { return a.Allocate(ctx, netip.MustParseAddr(k)) },
 		release: func(k string) error { return a.Release(ctx, netip.MustParseAddr(k)) },
 		has:     func(k string) bool { return a.Has(netip.MustParseAddr(k)) },
 		used:    a.Used, free: a.Free,
@@ -58,8 +58,8 @@ func podSubject(a *PodIPs) subject {
 
 func nodeSubject(n *NodeCIDRs) subject {
 	return subject{
-		next: func() (string, error) { p, err := n.AllocateNext(ctx); return p.String(), err },
-		take: func(k string) error { return n.Occupy(ctx, netip.MustParsePrefix(k)) },
+		next:    func() (string, error) { p, err := n.AllocateNext(ctx); return p.String(), err },
+		take:    func(k string) error { return n.Occupy(ctx, netip.MustParsePrefix(k)) },
 		release: func(k string) error { return n.Release(ctx, netip.MustParsePrefix(k)) },
 		has:     func(k string) bool { return n.Has(netip.MustParsePrefix(k)) },
 		used:    n.Used, free: n.Free,
@@ -275,8 +275,12 @@ func TestSyncRestoresState(t *testing.T) {
 // nothing half-applied.
 type failingStore struct{}
 
-func (failingStore) Create(context.Context, netip.Prefix) error { return errors.New("etcd unavailable") }
-func (failingStore) Delete(context.Context, netip.Prefix) error { return errors.New("etcd unavailable") }
+func (failingStore) Create(context.Context, netip.Prefix) error {
+	return errors.New("etcd unavailable")
+}
+func (failingStore) Delete(context.Context, netip.Prefix) error {
+	return errors.New("etcd unavailable")
+}
 func (failingStore) List(context.Context, netip.Prefix, func(netip.Prefix) error) error {
 	return errors.New("etcd unavailable")
 }

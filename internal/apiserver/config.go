@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"k8s.io/apiserver/pkg/registry/rest"
 
@@ -25,6 +26,8 @@ type Config struct {
 	ClusterCIDRs  netaddr.ClusterCIDRs
 	DualStack     bool
 	EtcdServers   []string
+	// RepairInterval is how often cluster IP records are reconciled.
+	RepairInterval time.Duration
 }
 
 // Flags are the command-line values before validation.
@@ -34,6 +37,7 @@ type Flags struct {
 	NodeMasks                                                netaddr.NodeMaskFlags
 	FeatureGates                                             map[string]string
 	EtcdServers                                              []string
+	RepairInterval                                           time.Duration
 }
 
 // knownGates are the feature gates Duet understands, with defaults.
@@ -44,7 +48,10 @@ func (f Flags) Complete() (*Config, error) {
 	if f.DataDir == "" {
 		return nil, errors.New("--data-dir is required")
 	}
-	cfg := &Config{DataDir: f.DataDir, SecurePort: f.SecurePort, EtcdServers: f.EtcdServers, DualStack: knownGates["IPv6DualStack"]}
+	cfg := &Config{DataDir: f.DataDir, SecurePort: f.SecurePort, EtcdServers: f.EtcdServers, DualStack: knownGates["IPv6DualStack"], RepairInterval: f.RepairInterval}
+	if cfg.RepairInterval <= 0 {
+		cfg.RepairInterval = 30 * time.Second
+	}
 	if f.SecurePort < 0 || f.SecurePort > 65535 {
 		return nil, fmt.Errorf("--secure-port %d must be between 0 and 65535", f.SecurePort)
 	}

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 core/v1 Endpoints are served for compatibility although Kubernetes deprecates them.
+
 package apiserver
 
 import (

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -19,7 +20,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/endpoints/openapi"
+	"k8s.io/apiserver/pkg/registry/rest"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	genericoptions "k8s.io/apiserver/pkg/server/options"
@@ -28,6 +31,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
 	"github.com/duet-net/duet/internal/alloc"
 	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
 	"github.com/duet-net/duet/internal/netaddr"
@@ -53,6 +57,7 @@ type Server struct {
 	ipStore       *service.IPAddressStore
 	coreStorage   map[string]restStorage
 	port          int
+	etcdServers   []string
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API.
@@ -75,6 +80,7 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 		}
 		etcdServers = []string{s.etcd.ClientURL}
 	}
+	s.etcdServers = etcdServers
 
 	pkiDir := filepath.Join(cfg.DataDir, "pki")
 	if err := os.MkdirAll(pkiDir, 0o700); err != nil {
@@ -133,6 +139,10 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	config.Authorization.Authorizer = newAuthorizer()
 	config.LoopbackClientConfig.ContentType = runtime.ContentTypeJSON
 	genericapiserver.AuthorizeClientBearerToken(config.LoopbackClientConfig, &config.Authentication, &config.Authorization)
+	config.AdmissionControl = namespacelifecycle.New(func(ctx context.Context, name string) (*corev1.Namespace, error) {
+		// Bound once the APIs are installed, before the server serves.
+		return namespacelifecycle.FromStorage(s.coreStorage["namespaces"].(rest.Getter))(ctx, name)
+	})
 	config.EffectiveVersion = servedVersion{utilcompatibility.DefaultBuildEffectiveVersion()}
 
 	namer := openapi.NewDefinitionNamer(OpenAPIScheme)
@@ -178,6 +188,9 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := generic.AddPostStartHook("duet-controllers", s.startControllers); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -196,9 +209,15 @@ func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 		if err != nil {
 			return err
 		}
-		// Learn what earlier runs and other replicas allocated.
-		if err := r.Sync(context.Background()); err != nil {
-			return err
+		// Learn what earlier runs and other replicas allocated; the watch
+		// cache answers only once it has loaded.
+		var syncErr error
+		err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			syncErr = r.Sync(ctx)
+			return syncErr == nil, nil
+		})
+		if err != nil {
+			return fmt.Errorf("loading cluster IP allocations: %w", syncErr)
 		}
 		ranges[r.Family()] = r
 	}

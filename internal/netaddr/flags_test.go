@@ -64,9 +64,9 @@ func TestParseServiceClusterIPRange(t *testing.T) {
 // The three messages the issue quotes must match Kubernetes' text exactly.
 func TestServiceRangeMessagesAreKubernetes(t *testing.T) {
 	for value, want := range map[string]string{
-		"":                                 "--service-cluster-ip-range must contain at least one valid cidr",
+		"":                                  "--service-cluster-ip-range must contain at least one valid cidr",
 		"10.0.0.0/16,fd00::/64,10.1.0.0/16": "--service-cluster-ip-range must not contain more than two entries",
-		"10.0.0.0/16,10.1.0.0/16":          "--service-cluster-ip-range[0] and --service-cluster-ip-range[1] must be of different IP family",
+		"10.0.0.0/16,10.1.0.0/16":           "--service-cluster-ip-range[0] and --service-cluster-ip-range[1] must be of different IP family",
 	} {
 		_, err := ParseServiceClusterIPRange(value)
 		if err == nil || err.Error() != want {

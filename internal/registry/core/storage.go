@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 core/v1 Endpoints are served for compatibility although Kubernetes deprecates them.
+
 // Package core holds the registries of the core/v1 resources Duet serves
 // from k8s.io/api (Services have their own package): namespaces, nodes,
 // pods, endpoints and events.

@@ -1,0 +1,128 @@
+package apiserver
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	genericapiserver "k8s.io/apiserver/pkg/server"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/controller/namespace"
+	"github.com/duet-net/duet/internal/controller/nodeipam"
+	"github.com/duet-net/duet/internal/etcdstore"
+	"github.com/duet-net/duet/internal/registry/service"
+)
+
+// LeaseName is the Lease in kube-system that elects which replica runs the
+// cluster-wide controllers.
+const LeaseName = "duet-controller-manager"
+
+// startControllers runs the repair loop in every replica and the
+// cluster-wide controllers (namespace deletion, node IPAM) in the elected
+// one.
+func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext) error {
+	client, err := kubernetes.NewForConfig(hookCtx.LoopbackClientConfig)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-hookCtx.Done()
+		cancel()
+	}()
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	repair := &service.Repair{
+		Client:   client,
+		Ranges:   s.serviceRanges,
+		Recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ipallocator-repair-controller"}),
+		Interval: s.cfg.RepairInterval,
+		Grace:    10 * time.Second,
+	}
+	go repair.Run(ctx)
+
+	etcdClient, err := clientv3.New(clientv3.Config{Endpoints: s.etcdServers, DialTimeout: 10 * time.Second})
+	if err != nil {
+		return fmt.Errorf("connecting to etcd for node CIDR records: %w", err)
+	}
+	store, err := etcdstore.New(etcdClient, "/duet/allocations/nodecidrs/")
+	if err != nil {
+		return err
+	}
+	var allocators []*alloc.NodeCIDRs
+	for i, cidr := range s.cfg.ClusterCIDRs.CIDRs {
+		a, err := alloc.NewNodeCIDRs(cidr, s.cfg.ClusterCIDRs.NodeMaskSizes[i], store)
+		if err != nil {
+			return err
+		}
+		allocators = append(allocators, a)
+	}
+
+	id, _ := os.Hostname()
+	id = fmt.Sprintf("%s_%s", id, uuid.NewUUID())
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: metav1.NamespaceSystem, Name: LeaseName},
+		Client:     client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+	}
+	go func() {
+		defer etcdClient.Close()
+		for ctx.Err() == nil {
+			leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+				Lock:            lock,
+				LeaseDuration:   15 * time.Second,
+				RenewDeadline:   10 * time.Second,
+				RetryPeriod:     2 * time.Second,
+				ReleaseOnCancel: true,
+				Name:            LeaseName,
+				Callbacks: leaderelection.LeaderCallbacks{
+					OnStartedLeading: func(leaderCtx context.Context) {
+						klog.InfoS("leading: starting cluster-wide controllers", "identity", id)
+						s.runLeaderControllers(leaderCtx, client, allocators, store)
+					},
+					OnStoppedLeading: func() { klog.InfoS("no longer leading", "identity", id) },
+				},
+			})
+		}
+	}()
+	return nil
+}
+
+// runLeaderControllers runs until leadership is lost; every start builds
+// its state afresh from the API and the store.
+func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Interface, allocators []*alloc.NodeCIDRs, store alloc.Store) {
+	factory := informers.NewSharedInformerFactory(client, 0)
+	var wg sync.WaitGroup
+	ns := namespace.New(client, factory.Core().V1().Namespaces())
+	wg.Go(func() { ns.Run(ctx, 2) })
+	if len(allocators) > 0 {
+		recorder, stop := nodeipam.NewEventRecorder(ctx, client)
+		defer stop()
+		ipam, err := nodeipam.New(client, factory.Core().V1().Nodes(), s.cfg.ClusterCIDRs, allocators, store, recorder, nodeipam.Options{})
+		if err != nil {
+			klog.ErrorS(err, "starting node IPAM")
+		} else {
+			wg.Go(func() { ipam.Run(ctx, 2) })
+		}
+	}
+	factory.Start(ctx.Done())
+	wg.Wait()
+	factory.Shutdown()
+}
