@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/apimachinery/pkg/util/wait"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -26,6 +27,8 @@ import (
 	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
 	"github.com/duet-net/duet/internal/etcdstore"
+	"github.com/duet-net/duet/internal/metrics"
+	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/registry/service"
 )
 
@@ -56,6 +59,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 		Interval: s.cfg.RepairInterval,
 		Grace:    10 * time.Second,
 	}
+	metrics.Register()
 	go repair.Run(ctx)
 
 	etcdClient, err := clientv3.New(clientv3.Config{Endpoints: s.etcdServers, DialTimeout: 10 * time.Second})
@@ -74,6 +78,11 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 		}
 		allocators = append(allocators, a)
 	}
+	go wait.UntilWithContext(ctx, func(context.Context) {
+		for _, a := range allocators {
+			metrics.Observe("node-cidr", string(netaddr.FamilyOf(a.CIDR().Addr())), a.CIDR().String(), a)
+		}
+	}, 15*time.Second)
 
 	id, _ := os.Hostname()
 	id = fmt.Sprintf("%s_%s", id, uuid.NewUUID())

@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/metrics"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
@@ -124,10 +125,11 @@ func (r *Repair) RunOnce(ctx context.Context) error {
 		}
 	}
 
-	for _, rng := range r.Ranges {
+	for fam, rng := range r.Ranges {
 		if err := rng.Sync(ctx); err != nil {
 			return err
 		}
+		metrics.Observe("service-ip", string(fam), rng.CIDR().String(), rng)
 	}
 	return nil
 }
