@@ -86,7 +86,7 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	if err := os.MkdirAll(pkiDir, 0o700); err != nil {
 		return nil, err
 	}
-	ca, err := pki.LoadOrCreateCA(pkiDir, "duet-ca")
+	ca, err := sharedCA(context.Background(), etcdServers, pkiDir)
 	if err != nil {
 		return nil, err
 	}

@@ -206,3 +206,22 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	}
 	return os.Rename(tmp.Name(), path)
 }
+
+// PEM returns the CA's certificate and key files' contents.
+func (ca *CA) PEM() (certPEM, keyPEM []byte, err error) {
+	certPEM, err = os.ReadFile(ca.CertFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = os.ReadFile(filepath.Join(filepath.Dir(ca.CertFile), "ca.key"))
+	return certPEM, keyPEM, err
+}
+
+// InstallCA replaces the CA in dir with the given one (a replica adopting
+// the CA its peers share) and loads it.
+func InstallCA(dir string, certPEM, keyPEM []byte) (*CA, error) {
+	if err := (Pair{CertPEM: certPEM, KeyPEM: keyPEM}).WriteFiles(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")); err != nil {
+		return nil, err
+	}
+	return LoadOrCreateCA(dir, "")
+}
