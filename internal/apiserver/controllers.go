@@ -26,6 +26,7 @@ import (
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
+	"github.com/duet-net/duet/internal/controller/scheduler"
 	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/metrics"
 	"github.com/duet-net/duet/internal/netaddr"
@@ -37,8 +38,8 @@ import (
 const LeaseName = "duet-controller-manager"
 
 // startControllers runs the repair loop in every replica and the
-// cluster-wide controllers (namespace deletion, node IPAM) in the elected
-// one.
+// cluster-wide controllers (namespace deletion, scheduling, node IPAM) in
+// the elected one.
 func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext) error {
 	client, err := kubernetes.NewForConfig(hookCtx.LoopbackClientConfig)
 	if err != nil {
@@ -121,6 +122,12 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 	var wg sync.WaitGroup
 	ns := namespace.New(client, factory.Core().V1().Namespaces())
 	wg.Go(func() { ns.Run(ctx, 2) })
+	schedBroadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	schedBroadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	defer schedBroadcaster.Shutdown()
+	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(),
+		schedBroadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: scheduler.Name}))
+	wg.Go(func() { sched.Run(ctx, 1) })
 	if len(allocators) > 0 {
 		recorder, stop := nodeipam.NewEventRecorder(ctx, client)
 		defer stop()

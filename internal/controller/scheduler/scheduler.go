@@ -1,0 +1,208 @@
+// Package scheduler binds pods without spec.nodeName to a node: the one
+// with the fewest pods among the schedulable nodes that match the pod's
+// nodeSelector, ties broken by name. It is deliberately simple: Duet is a
+// networking system, and this is enough to spread pods over nodes.
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+)
+
+// Name is the scheduler's name: pods whose spec.schedulerName is another
+// name are left alone.
+const Name = corev1.DefaultSchedulerName
+
+// Scheduler binds pending pods to nodes.
+type Scheduler struct {
+	client   kubernetes.Interface
+	pods     corelisters.PodLister
+	nodes    corelisters.NodeLister
+	synced   []cache.InformerSynced
+	recorder record.EventRecorder
+	queue    workqueue.TypedRateLimitingInterface[string]
+	// assumed counts bindings made but not yet seen in the pod cache, so a
+	// burst spreads instead of piling onto the node that looked emptiest.
+	assumed map[string]string // pod key -> node
+}
+
+// New returns a scheduler over the given informers.
+func New(client kubernetes.Interface, pods coreinformers.PodInformer, nodes coreinformers.NodeInformer, recorder record.EventRecorder) *Scheduler {
+	s := &Scheduler{
+		client: client, pods: pods.Lister(), nodes: nodes.Lister(), recorder: recorder,
+		synced: []cache.InformerSynced{pods.Informer().HasSynced, nodes.Informer().HasSynced},
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 30*time.Second),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "scheduler"}),
+		assumed: map[string]string{},
+	}
+	_, _ = pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    s.enqueuePod,
+		UpdateFunc: func(_, obj any) { s.enqueuePod(obj) },
+	})
+	// A new or changed node may make waiting pods schedulable.
+	_, _ = nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.enqueuePending() },
+		UpdateFunc: func(_, _ any) { s.enqueuePending() },
+	})
+	return s
+}
+
+func (s *Scheduler) enqueuePod(obj any) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok || !needsBinding(pod) {
+		return
+	}
+	if key, err := cache.MetaNamespaceKeyFunc(pod); err == nil {
+		s.queue.Add(key)
+	}
+}
+
+func (s *Scheduler) enqueuePending() {
+	pods, err := s.pods.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, p := range pods {
+		s.enqueuePod(p)
+	}
+}
+
+func needsBinding(pod *corev1.Pod) bool {
+	return pod.Spec.NodeName == "" && pod.DeletionTimestamp == nil &&
+		(pod.Spec.SchedulerName == "" || pod.Spec.SchedulerName == Name) &&
+		pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
+}
+
+// Run schedules until ctx is done.
+func (s *Scheduler) Run(ctx context.Context, workers int) {
+	defer utilruntime.HandleCrash()
+	defer s.queue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
+		return
+	}
+	// One worker at a time keeps counting simple; binding is one update.
+	_ = workers
+	go func() {
+		for s.next(ctx) {
+		}
+	}()
+	<-ctx.Done()
+}
+
+func (s *Scheduler) next(ctx context.Context) bool {
+	key, quit := s.queue.Get()
+	if quit {
+		return false
+	}
+	defer s.queue.Done(key)
+	if err := s.schedule(ctx, key); err != nil {
+		klog.V(2).InfoS("scheduling failed, will retry", "pod", key, "err", err)
+		s.queue.AddRateLimited(key)
+		return true
+	}
+	s.queue.Forget(key)
+	return true
+}
+
+func (s *Scheduler) schedule(ctx context.Context, key string) error {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil
+	}
+	pod, err := s.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		delete(s.assumed, key)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !needsBinding(pod) {
+		delete(s.assumed, key)
+		return nil
+	}
+	if node, ok := s.assumed[key]; ok {
+		return s.bind(ctx, pod, node)
+	}
+	node, err := s.pick(pod)
+	if err != nil {
+		s.recorder.Event(pod, corev1.EventTypeWarning, "FailedScheduling", err.Error())
+		return err
+	}
+	s.assumed[key] = node
+	return s.bind(ctx, pod, node)
+}
+
+// pick returns the matching schedulable node with the fewest pods.
+func (s *Scheduler) pick(pod *corev1.Pod) (string, error) {
+	nodes, err := s.nodes.List(labels.SelectorFromSet(pod.Spec.NodeSelector))
+	if err != nil {
+		return "", err
+	}
+	pods, err := s.pods.List(labels.Everything())
+	if err != nil {
+		return "", err
+	}
+	count := map[string]int{}
+	seen := map[string]bool{}
+	for _, p := range pods {
+		if p.Spec.NodeName != "" && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			count[p.Spec.NodeName]++
+			seen[p.Namespace+"/"+p.Name] = true
+		}
+	}
+	for key, node := range s.assumed {
+		if seen[key] {
+			delete(s.assumed, key) // the cache has caught up
+		} else {
+			count[node]++
+		}
+	}
+	var candidates []*corev1.Node
+	for _, n := range nodes {
+		if !n.Spec.Unschedulable && n.DeletionTimestamp == nil {
+			candidates = append(candidates, n)
+		}
+	}
+	if len(candidates) == 0 {
+		return "", fmt.Errorf("0/%d nodes are available: no schedulable node matches the pod's node selector %v", len(nodes), pod.Spec.NodeSelector)
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		ci, cj := count[candidates[i].Name], count[candidates[j].Name]
+		if ci != cj {
+			return ci < cj
+		}
+		return candidates[i].Name < candidates[j].Name
+	})
+	return candidates[0].Name, nil
+}
+
+func (s *Scheduler) bind(ctx context.Context, pod *corev1.Pod, node string) error {
+	p := pod.DeepCopy()
+	p.Spec.NodeName = node
+	_, err := s.client.CoreV1().Pods(p.Namespace).Update(ctx, p, metav1.UpdateOptions{})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("binding %s/%s to %s: %w", p.Namespace, p.Name, node, err)
+	}
+	s.recorder.Eventf(pod, corev1.EventTypeNormal, "Scheduled", "Successfully assigned %s/%s to %s", p.Namespace, p.Name, node)
+	return nil
+}
