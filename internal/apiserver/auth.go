@@ -55,6 +55,11 @@ func newAuthorizer() authorizer.Authorizer {
 		if slices.Contains(groups, user.SystemPrivilegedGroup) {
 			return authorizer.DecisionAllow, "", nil
 		}
+		if node, ok := NodeName(u); ok {
+			if d, reason := authorizeNode(node, a); d != authorizer.DecisionNoOpinion {
+				return d, reason, nil
+			}
+		}
 		if !a.IsResourceRequest() && a.GetVerb() == "get" {
 			path := a.GetPath()
 			if isPublicPath(path) {

@@ -21,7 +21,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/endpoints/openapi"
+	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
@@ -139,10 +141,19 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	config.Authorization.Authorizer = newAuthorizer()
 	config.LoopbackClientConfig.ContentType = runtime.ContentTypeJSON
 	genericapiserver.AuthorizeClientBearerToken(config.LoopbackClientConfig, &config.Authentication, &config.Authorization)
-	config.AdmissionControl = namespacelifecycle.New(func(ctx context.Context, name string) (*corev1.Namespace, error) {
-		// Bound once the APIs are installed, before the server serves.
-		return namespacelifecycle.FromStorage(s.coreStorage["namespaces"].(rest.Getter))(ctx, name)
-	})
+	// The getters are bound once the APIs are installed, before serving.
+	config.AdmissionControl = admission.NewChainHandler(
+		namespacelifecycle.New(func(ctx context.Context, name string) (*corev1.Namespace, error) {
+			return namespacelifecycle.FromStorage(s.coreStorage["namespaces"].(rest.Getter))(ctx, name)
+		}),
+		&nodeRestriction{getPod: func(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+			obj, err := s.coreStorage["pods"].(rest.Getter).Get(genericapirequest.WithNamespace(ctx, namespace), name, &metav1.GetOptions{})
+			if err != nil {
+				return nil, err
+			}
+			return obj.(*corev1.Pod), nil
+		}},
+	)
 	config.EffectiveVersion = servedVersion{utilcompatibility.DefaultBuildEffectiveVersion()}
 
 	namer := openapi.NewDefinitionNamer(OpenAPIScheme)

@@ -1,0 +1,112 @@
+package apiserver
+
+import (
+	"context"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/admission"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+)
+
+func nodeUser(name string) user.Info {
+	return &user.DefaultInfo{Name: nodeUserPrefix + name, Groups: []string{user.NodesGroup, user.AllAuthenticated}}
+}
+
+func TestNodeAuthorization(t *testing.T) {
+	authz := newAuthorizer()
+	tests := []struct {
+		name                              string
+		verb, ns, resource, sub, objName string
+		allow                             bool
+	}{
+		{"a node reads pods", "list", "", "pods", "", "", true},
+		{"a node watches services", "watch", "", "services", "", "", true},
+		{"a node reads endpointslices", "list", "", "endpointslices", "", "", true},
+		{"a node updates its own status", "update", "", "nodes", "status", "n1", true},
+		{"a node patches its own Node", "patch", "", "nodes", "", "n1", true},
+		{"a node may not update another Node", "update", "", "nodes", "status", "n2", false},
+		{"a node may not delete Nodes", "delete", "", "nodes", "", "n1", false},
+		{"a node renews its own lease", "update", "kube-node-lease", "leases", "", "n1", true},
+		{"a node may not renew another node's lease", "update", "kube-node-lease", "leases", "", "n2", false},
+		{"a node may not touch leases elsewhere", "update", "kube-system", "leases", "", "n1", false},
+		{"a node updates pod status (admission checks the binding)", "update", "default", "pods", "status", "p", true},
+		{"a node may not change pod specs", "update", "default", "pods", "", "p", false},
+		{"a node may not create services", "create", "default", "services", "", "", false},
+		{"a node may not create pods", "create", "default", "pods", "", "", false},
+		{"a node records events", "create", "default", "events", "", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, reason, _ := authz.Authorize(context.Background(), authorizer.AttributesRecord{
+				User: nodeUser("n1"), Verb: tt.verb, Namespace: tt.ns, Resource: tt.resource, Subresource: tt.sub,
+				Name: tt.objName, ResourceRequest: true,
+			})
+			if got := d == authorizer.DecisionAllow; got != tt.allow {
+				t.Fatalf("allowed = %v (%s), want %v", got, reason, tt.allow)
+			}
+		})
+	}
+	// Anyone else without system:masters is refused.
+	d, _, _ := authz.Authorize(context.Background(), authorizer.AttributesRecord{
+		User: &user.DefaultInfo{Name: "bob", Groups: []string{user.AllAuthenticated}}, Verb: "list", Resource: "pods", ResourceRequest: true,
+	})
+	if d == authorizer.DecisionAllow {
+		t.Fatal("an ordinary user may list pods")
+	}
+}
+
+func TestNodeRestrictionAdmission(t *testing.T) {
+	pods := map[string]*corev1.Pod{
+		"mine":   {ObjectMeta: metav1.ObjectMeta{Name: "mine", Namespace: "default"}, Spec: corev1.PodSpec{NodeName: "n1"}},
+		"theirs": {ObjectMeta: metav1.ObjectMeta{Name: "theirs", Namespace: "default"}, Spec: corev1.PodSpec{NodeName: "n2"}},
+	}
+	nr := &nodeRestriction{getPod: func(_ context.Context, _, name string) (*corev1.Pod, error) {
+		if p, ok := pods[name]; ok {
+			return p, nil
+		}
+		return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
+	}}
+	tests := []struct {
+		name       string
+		u          user.Info
+		op         admission.Operation
+		resource   string
+		sub        string
+		objName    string
+		wantDenied bool
+	}{
+		{"status of a pod bound to the node", nodeUser("n1"), admission.Update, "pods", "status", "mine", false},
+		{"status of a pod bound elsewhere", nodeUser("n1"), admission.Update, "pods", "status", "theirs", true},
+		{"deleting a pod bound elsewhere", nodeUser("n1"), admission.Delete, "pods", "", "theirs", true},
+		{"creating its own Node", nodeUser("n1"), admission.Create, "nodes", "", "n1", false},
+		{"creating another Node", nodeUser("n1"), admission.Create, "nodes", "", "n2", true},
+		{"creating another node's lease", nodeUser("n1"), admission.Create, "leases", "", "n2", true},
+		{"an admin is not restricted", &user.DefaultInfo{Name: "admin", Groups: []string{user.SystemPrivilegedGroup}}, admission.Update, "pods", "status", "theirs", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var old *corev1.Pod
+			if tt.resource == "pods" {
+				old = pods[tt.objName]
+			}
+			attrs := admission.NewAttributesRecord(nil, old, schema.GroupVersionKind{}, "default", tt.objName,
+				schema.GroupVersionResource{Version: "v1", Resource: tt.resource}, tt.sub, tt.op, nil, false, tt.u)
+			if old == nil {
+				attrs = admission.NewAttributesRecord(nil, nil, schema.GroupVersionKind{}, "default", tt.objName,
+					schema.GroupVersionResource{Version: "v1", Resource: tt.resource}, tt.sub, tt.op, nil, false, tt.u)
+			}
+			err := nr.Validate(context.Background(), attrs, nil)
+			if denied := err != nil; denied != tt.wantDenied {
+				t.Fatalf("denied = %v (%v), want %v", denied, err, tt.wantDenied)
+			}
+			if err != nil && !apierrors.IsForbidden(err) {
+				t.Fatalf("error is not Forbidden: %v", err)
+			}
+		})
+	}
+}
