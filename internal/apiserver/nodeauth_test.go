@@ -20,9 +20,9 @@ func nodeUser(name string) user.Info {
 func TestNodeAuthorization(t *testing.T) {
 	authz := newAuthorizer()
 	tests := []struct {
-		name                              string
+		name                             string
 		verb, ns, resource, sub, objName string
-		allow                             bool
+		allow                            bool
 	}{
 		{"a node reads pods", "list", "", "pods", "", "", true},
 		{"a node watches services", "watch", "", "services", "", "", true},
