@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/duet-net/duet/internal/agent"
+	"github.com/duet-net/duet/internal/version"
+)
+
+func newAgentCommand() *cobra.Command {
+	var kubeconfig, nodeName, netns string
+	var nodeIPs []string
+	cmd := &cobra.Command{
+		Use:   "agent --kubeconfig FILE --node-name NAME --node-ip A[,B] [--netns PATH]",
+		Short: "Run a node agent: register the Node and program its network",
+		Long: `duet agent registers its Node with an InternalIP of each family, keeps it Ready
+with a Lease heartbeat, and programs routes to every other node's pod CIDRs via
+that node's InternalIP of the same family. With --netns it programs that network
+namespace (as duet up's nodes are) instead of its own.`,
+		Example: "  duet agent --kubeconfig node1.kubeconfig --node-name node1 --node-ip 203.0.113.11,2001:db8::11",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if nodeName == "" {
+				return fmt.Errorf("--node-name is required")
+			}
+			cfg := agent.Config{NodeName: nodeName, NetNS: netns, Version: "v1.37.0-duet-" + version.Version}
+			fams := map[bool]bool{}
+			for _, s := range nodeIPs {
+				ip, err := netip.ParseAddr(s)
+				if err != nil || ip.Zone() != "" {
+					return fmt.Errorf("--node-ip: %q is not an IP address", s)
+				}
+				if fams[ip.Is4()] {
+					return fmt.Errorf("--node-ip: at most one address per family, got %v", nodeIPs)
+				}
+				fams[ip.Is4()] = true
+				cfg.InternalIPs = append(cfg.InternalIPs, ip)
+			}
+			if len(cfg.InternalIPs) == 0 {
+				return fmt.Errorf("--node-ip is required (one address per family, primary first)")
+			}
+			rest, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+			if err != nil {
+				return fmt.Errorf("--kubeconfig: %w", err)
+			}
+			rest.UserAgent = "duet-agent/" + nodeName
+			client, err := kubernetes.NewForConfig(rest)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", nodeName)
+			return agent.Run(ctx, client, cfg, log)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig with this node's credential")
+	fs.StringVar(&nodeName, "node-name", "", "the Node's name")
+	fs.StringSliceVar(&nodeIPs, "node-ip", nil, "the node's InternalIPs, one per family, primary first")
+	fs.StringVar(&netns, "netns", "", "network namespace to program (default: the agent's own)")
+	return cmd
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/duet-net/duet/internal/cluster"
+)
+
+func newUpCommand() *cobra.Command {
+	o := cluster.Options{}
+	cmd := &cobra.Command{
+		Use:   "up --data-dir DIR [--nodes 2] [--cluster-cidr …] [--service-cluster-ip-range …] [--ipv6-primary]",
+		Short: "Run a dual-stack cluster on this host (root): a control plane and N nodes in network namespaces",
+		Long: `duet up starts a duet server and N nodes. Each node is a network namespace on an
+underlay network built in namespaces of its own, with one IPv4 and one IPv6
+InternalIP from documentation ranges (203.0.113.0/24, 2001:db8:0:1::/64); nothing
+of the cluster's network goes into the host's namespace. It prints progress, then
+the kubeconfig path, and runs in the foreground: Ctrl-C (or SIGTERM) tears
+everything down. After a crash, duet down --data-dir DIR cleans up.`,
+		Example: "  sudo duet up --data-dir /tmp/duet\n  kubectl --kubeconfig /tmp/duet/admin.kubeconfig get nodes -o wide",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			o.Binary, o.Out = exe, cmd.OutOrStdout()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return cluster.Up(ctx, o)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.DataDir, "data-dir", "", "directory for the cluster's state, logs and admin.kubeconfig (required)")
+	fs.IntVar(&o.Nodes, "nodes", 2, "number of nodes")
+	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", cluster.DefaultClusterCIDR, "pod CIDRs, one per family, primary first")
+	fs.StringVar(&o.ServiceRange, "service-cluster-ip-range", cluster.DefaultServiceRange, "service ranges, one per family, primary first")
+	fs.BoolVar(&o.IPv6Primary, "ipv6-primary", false, "make IPv6 the primary family (puts the IPv6 entries first)")
+	_ = cmd.MarkFlagRequired("data-dir")
+	return cmd
+}
+
+func newDownCommand() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:   "down --data-dir DIR",
+		Short: "Remove what a crashed duet up left behind (processes, namespaces)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cluster.Down(dataDir, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the data directory given to duet up (required)")
+	_ = cmd.MarkFlagRequired("data-dir")
+	return cmd
+}

@@ -1,0 +1,315 @@
+// Package cluster is `duet up`: a dual-stack cluster on one host, whose
+// nodes are network namespaces on an underlay network built in namespaces
+// of its own, so nothing of the cluster's network touches the host's
+// namespace.
+package cluster
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Documentation ranges stand for the underlay and for the outside world.
+var (
+	underlay4 = netip.MustParsePrefix("203.0.113.0/24")
+	underlay6 = netip.MustParsePrefix("2001:db8:0:1::/64")
+	// External is the "Internet": addresses in the external namespace.
+	External4 = netip.MustParsePrefix("198.51.100.0/24")
+	External6 = netip.MustParsePrefix("2001:db8:ffff::/48")
+)
+
+// Node is one node of the topology.
+type Node struct {
+	Name  string // the Node object's name
+	NetNS string // network namespace name (under /run/netns)
+	IPv4  netip.Addr
+	IPv6  netip.Addr
+}
+
+// Topology is the network a cluster lives on.
+type Topology struct {
+	ID       string // short hash of the data directory, in every name
+	Underlay string // namespace holding the underlay bridge
+	External string // namespace standing for the outside world
+	Nodes    []Node
+	ExtIPv4  netip.Addr // the external namespace's underlay addresses
+	ExtIPv6  netip.Addr
+}
+
+// Plan returns the topology of a cluster kept in dataDir. Names derive from
+// the directory, so `duet down` finds them again after a crash and two
+// clusters in two directories do not collide.
+func Plan(dataDir string, nodes int) (Topology, error) {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return Topology{}, err
+	}
+	if nodes < 1 || nodes > 200 {
+		return Topology{}, fmt.Errorf("--nodes must be between 1 and 200, got %d", nodes)
+	}
+	sum := sha256.Sum256([]byte(abs))
+	id := hex.EncodeToString(sum[:])[:6]
+	t := Topology{
+		ID: id, Underlay: "duet-" + id + "-ul", External: "duet-" + id + "-ext",
+		ExtIPv4: addrAt(underlay4, 254), ExtIPv6: addrAt(underlay6, 0xfe),
+	}
+	for i := 1; i <= nodes; i++ {
+		t.Nodes = append(t.Nodes, Node{
+			Name:  fmt.Sprintf("node%d", i),
+			NetNS: fmt.Sprintf("duet-%s-node%d", id, i),
+			IPv4:  addrAt(underlay4, 10+i),
+			IPv6:  addrAt(underlay6, 0x10+i),
+		})
+	}
+	return t, nil
+}
+
+func addrAt(p netip.Prefix, n int) netip.Addr {
+	a := p.Addr()
+	for range n {
+		a = a.Next()
+	}
+	return a
+}
+
+// NetNSPath is where a named namespace is mounted.
+func NetNSPath(name string) string { return filepath.Join("/run/netns", name) }
+
+// Namespaces lists every namespace of the topology.
+func (t Topology) Namespaces() []string {
+	out := []string{t.Underlay, t.External}
+	for _, n := range t.Nodes {
+		out = append(out, n.NetNS)
+	}
+	return out
+}
+
+// Create builds the topology: the underlay bridge, every node's eth0 on
+// it with an address of each family, and the external namespace with the
+// outside world's addresses. Half-built topologies are destroyed.
+func (t Topology) Create() (err error) {
+	defer func() {
+		if err != nil {
+			_ = t.Destroy()
+		}
+	}()
+	for _, name := range t.Namespaces() {
+		if err := newNamedNS(name); err != nil {
+			return err
+		}
+	}
+	ul, err := handleIn(t.Underlay)
+	if err != nil {
+		return err
+	}
+	defer ul.Close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := ul.LinkAdd(br); err != nil {
+		return fmt.Errorf("creating the underlay bridge: %w", err)
+	}
+	if err := ul.LinkSetUp(br); err != nil {
+		return err
+	}
+
+	attach := func(ns, port string, v4, v6 netip.Prefix) error {
+		if err := t.veth(ul, br, ns, port); err != nil {
+			return err
+		}
+		h, err := handleIn(ns)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		eth, err := h.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		for _, p := range []netip.Prefix{v4, v6} {
+			if err := addAddr(h, eth, p); err != nil {
+				return fmt.Errorf("addressing eth0 in %s: %w", ns, err)
+			}
+		}
+		if err := h.LinkSetUp(eth); err != nil {
+			return err
+		}
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return h.LinkSetUp(lo)
+	}
+
+	if err := attach(t.External, "ext", netip.PrefixFrom(t.ExtIPv4, 24), netip.PrefixFrom(t.ExtIPv6, 64)); err != nil {
+		return err
+	}
+	ext, err := handleIn(t.External)
+	if err != nil {
+		return err
+	}
+	defer ext.Close()
+	lo, err := ext.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	for _, p := range []netip.Prefix{netip.PrefixFrom(addrAt(External4, 1), 24), netip.PrefixFrom(addrAt(External6, 1), 48)} {
+		if err := addAddr(ext, lo, p); err != nil {
+			return fmt.Errorf("adding the outside world's addresses: %w", err)
+		}
+	}
+	if err := setSysctls(t.External, map[string]string{"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}); err != nil {
+		return err
+	}
+
+	for i, n := range t.Nodes {
+		if err := attach(n.NetNS, fmt.Sprintf("n%d", i+1), netip.PrefixFrom(n.IPv4, 24), netip.PrefixFrom(n.IPv6, 64)); err != nil {
+			return err
+		}
+		if err := setSysctls(n.NetNS, map[string]string{
+			"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1",
+			"net/ipv6/conf/default/accept_dad": "0", "net/ipv6/conf/all/accept_dad": "0",
+		}); err != nil {
+			return err
+		}
+		// The outside world is reached through the external namespace.
+		h, err := handleIn(n.NetNS)
+		if err != nil {
+			return err
+		}
+		for _, r := range []struct{ dst, via netip.Addr }{{netip.IPv4Unspecified(), t.ExtIPv4}, {netip.IPv6Unspecified(), t.ExtIPv6}} {
+			bits := r.dst.BitLen()
+			route := &netlink.Route{Dst: &net.IPNet{IP: r.dst.AsSlice(), Mask: net.CIDRMask(0, bits)}, Gw: r.via.AsSlice()}
+			if err := h.RouteReplace(route); err != nil {
+				h.Close()
+				return fmt.Errorf("default route in %s: %w", n.NetNS, err)
+			}
+		}
+		h.Close()
+	}
+	return nil
+}
+
+// veth connects namespace ns (as eth0) to the underlay bridge (as port),
+// creating both ends directly in their namespaces.
+func (t Topology) veth(ul *netlink.Handle, br netlink.Link, ns, port string) error {
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MasterIndex: br.Attrs().Index}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(target))}
+	if err := ul.LinkAdd(v); err != nil {
+		return fmt.Errorf("connecting %s to the underlay: %w", ns, err)
+	}
+	l, err := ul.LinkByName(port)
+	if err != nil {
+		return err
+	}
+	return ul.LinkSetUp(l)
+}
+
+// Destroy deletes every namespace of the topology (which deletes the links
+// in them); absent ones are fine.
+func (t Topology) Destroy() error {
+	var errs []error
+	for _, name := range t.Namespaces() {
+		errs = append(errs, t.destroyOne(name))
+	}
+	return errors.Join(errs...)
+}
+
+func (Topology) destroyOne(name string) error {
+	if _, err := os.Stat(NetNSPath(name)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("deleting namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+func handleIn(name string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		return nil, fmt.Errorf("opening namespace %s: %w", name, err)
+	}
+	defer ns.Close()
+	return netlink.NewHandleAt(ns)
+}
+
+func addAddr(h *netlink.Handle, l netlink.Link, p netip.Prefix) error {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return h.AddrReplace(l, a)
+}
+
+// newNamedNS creates a network namespace mounted at /run/netns/name
+// without leaving any thread of this process in it.
+func newNamedNS(name string) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	ns, err := netns.NewNamed(name)
+	if err != nil {
+		_ = netns.Set(orig)
+		return fmt.Errorf("creating namespace %s: %w", name, err)
+	}
+	ns.Close()
+	return netns.Set(orig)
+}
+
+// setSysctls writes /proc/sys values inside a namespace, from a thread
+// that enters it and comes back.
+func setSysctls(name string, values map[string]string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is not unlocked: if returning to the original
+		// namespace failed, it must die with the goroutine.
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- err
+			return
+		}
+		var errs []error
+		for k, v := range values {
+			if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
+				errs = append(errs, fmt.Errorf("sysctl %s in %s: %w", k, name, err))
+			}
+		}
+		if err := netns.Set(orig); err != nil {
+			errs = append(errs, err)
+		} else {
+			runtime.UnlockOSThread()
+		}
+		errc <- errors.Join(errs...)
+	}()
+	return <-errc
+}

@@ -1,0 +1,340 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/duet-net/duet/internal/apiserver"
+	"github.com/duet-net/duet/internal/netaddr"
+)
+
+// Defaults of `duet up`, IPv4 primary.
+const (
+	DefaultClusterCIDR  = "10.244.0.0/16,fd00:10:244::/56"
+	DefaultServiceRange = "10.96.0.0/16,fd00:10:96::/108"
+)
+
+// Options configure `duet up`.
+type Options struct {
+	DataDir      string
+	Nodes        int
+	ClusterCIDR  string
+	ServiceRange string
+	IPv6Primary  bool
+	// Binary is the duet executable the server and agents run as.
+	Binary string
+	Out    io.Writer
+}
+
+// state is what `duet down` needs after a crash.
+type state struct {
+	Nodes int   `json:"nodes"`
+	PIDs  []int `json:"pids"`
+}
+
+// Up starts a cluster and runs it until ctx is done, then tears it down.
+// It returns nil after a clean teardown.
+func Up(ctx context.Context, o Options) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("duet up needs root: it creates network namespaces and links")
+	}
+	clusterCIDR, err := primaryFirst(o.ClusterCIDR, o.IPv6Primary)
+	if err != nil {
+		return fmt.Errorf("--cluster-cidr: %w", err)
+	}
+	serviceRange, err := primaryFirst(o.ServiceRange, o.IPv6Primary)
+	if err != nil {
+		return fmt.Errorf("--service-cluster-ip-range: %w", err)
+	}
+	// Check the flags here, with the server's own rules, before building
+	// anything.
+	if _, err := netaddr.ParseServiceClusterIPRange(serviceRange); err != nil {
+		return err
+	}
+	if _, err := netaddr.ParseClusterCIDRs(clusterCIDR, netaddr.NodeMaskFlags{}); err != nil {
+		return err
+	}
+	topo, err := Plan(o.DataDir, o.Nodes)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(o.DataDir, "logs"), 0o700); err != nil {
+		return err
+	}
+	// A previous run that crashed leaves namespaces and processes behind.
+	if err := Down(o.DataDir, io.Discard); err != nil {
+		return fmt.Errorf("cleaning up a previous run: %w", err)
+	}
+
+	say := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
+	say("Creating the network: %d node namespaces on a dual-stack underlay (%s, %s)…", o.Nodes, underlay4, underlay6)
+	if err := topo.Create(); err != nil {
+		return err
+	}
+	var procs []*exec.Cmd
+	defer func() {
+		say("Stopping…")
+		stopAll(procs)
+		if derr := topo.Destroy(); derr != nil && err == nil {
+			err = derr
+		}
+		_ = os.Remove(filepath.Join(o.DataDir, "up.json"))
+		if err == nil {
+			say("Stopped; nothing of the cluster is left running.")
+		}
+	}()
+	record := func() {
+		st := state{Nodes: o.Nodes}
+		for _, p := range procs {
+			st.PIDs = append(st.PIDs, p.Process.Pid)
+		}
+		data, _ := json.Marshal(st)
+		_ = os.WriteFile(filepath.Join(o.DataDir, "up.json"), data, 0o600)
+	}
+
+	say("Starting the control plane (cluster CIDRs %s, service ranges %s)…", clusterCIDR, serviceRange)
+	kubeconfig := filepath.Join(o.DataDir, "admin.kubeconfig")
+	_ = os.Remove(kubeconfig)
+	server, err := start(o.Binary, filepath.Join(o.DataDir, "logs", "server.log"),
+		"server", "--data-dir", o.DataDir, "--secure-port", "0",
+		"--service-cluster-ip-range", serviceRange, "--cluster-cidr", clusterCIDR)
+	if err != nil {
+		return err
+	}
+	procs = append(procs, server)
+	record()
+	client, err := waitForServer(ctx, kubeconfig, server)
+	if err != nil {
+		return err
+	}
+
+	say("Starting %d node agents…", o.Nodes)
+	for _, n := range topo.Nodes {
+		nodeKubeconfig := filepath.Join(o.DataDir, "nodes", n.Name+".kubeconfig")
+		if err := os.MkdirAll(filepath.Dir(nodeKubeconfig), 0o700); err != nil {
+			return err
+		}
+		if err := apiserver.WriteNodeKubeconfig(o.DataDir, n.Name, nodeKubeconfig); err != nil {
+			return err
+		}
+		ips := []netip.Addr{n.IPv4, n.IPv6}
+		if o.IPv6Primary {
+			ips = []netip.Addr{n.IPv6, n.IPv4}
+		}
+		agent, err := start(o.Binary, filepath.Join(o.DataDir, "logs", n.Name+".log"),
+			"agent", "--kubeconfig", nodeKubeconfig, "--node-name", n.Name,
+			"--netns", NetNSPath(n.NetNS), "--node-ip", ips[0].String()+","+ips[1].String())
+		if err != nil {
+			return err
+		}
+		procs = append(procs, agent)
+		record()
+	}
+
+	say("Waiting for the nodes to be Ready with a pod CIDR of each family…")
+	if err := waitForNodes(ctx, client, o.Nodes, procs); err != nil {
+		return err
+	}
+	say("Cluster ready. kubeconfig: %s", kubeconfig)
+	say("Try: kubectl --kubeconfig %s get nodes -o wide", kubeconfig)
+
+	// Run until asked to stop, or until a process dies.
+	died := make(chan error, len(procs))
+	for _, p := range procs {
+		go func(p *exec.Cmd) {
+			err := p.Wait()
+			died <- fmt.Errorf("%s exited: %v (see %s)", strings.Join(p.Args[1:3], " "), err, logOf(p))
+		}(p)
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-died:
+		return err
+	}
+}
+
+// primaryFirst reorders a two-entry list so the requested family leads.
+func primaryFirst(value string, ipv6 bool) (string, error) {
+	parts := strings.Split(value, ",")
+	if !ipv6 || len(parts) != 2 {
+		return value, nil
+	}
+	first, err := netaddr.ParseCIDR(strings.TrimSpace(parts[0]))
+	if err != nil {
+		return "", err
+	}
+	if first.Addr().Is4() {
+		parts[0], parts[1] = parts[1], parts[0]
+	}
+	return strings.Join(parts, ","), nil
+}
+
+func start(binary, logFile string, args ...string) (*exec.Cmd, error) {
+	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	// Children get their own process group so that a ^C in the terminal
+	// reaches duet up only, which stops them in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting duet %s: %w", args[0], err)
+	}
+	f.Close()
+	return cmd, nil
+}
+
+func logOf(p *exec.Cmd) string {
+	if f, ok := p.Stdout.(*os.File); ok {
+		return f.Name()
+	}
+	return "its log"
+}
+
+// stopAll stops agents before the server, each with SIGTERM and, after a
+// grace period, SIGKILL.
+func stopAll(procs []*exec.Cmd) {
+	for i := len(procs) - 1; i >= 0; i-- {
+		p := procs[i]
+		if p.Process == nil || p.ProcessState != nil {
+			continue
+		}
+		_ = p.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() {
+			_, _ = p.Process.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = p.Process.Kill()
+			<-done
+		}
+	}
+}
+
+func waitForServer(ctx context.Context, kubeconfig string, server *exec.Cmd) (kubernetes.Interface, error) {
+	var client kubernetes.Interface
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		if server.ProcessState != nil {
+			return false, fmt.Errorf("duet server exited (see %s)", logOf(server))
+		}
+		if _, err := os.Stat(kubeconfig); err != nil {
+			return false, nil
+		}
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return false, nil
+		}
+		c, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return false, err
+		}
+		body, err := c.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		if err != nil || string(body) != "ok" {
+			return false, nil
+		}
+		client = c
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("waiting for duet server: %w (see %s)", err, logOf(server))
+	}
+	return client, nil
+}
+
+func waitForNodes(ctx context.Context, client kubernetes.Interface, want int, procs []*exec.Cmd) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		ready := 0
+		for _, n := range nodes.Items {
+			if isReady(&n) && len(n.Spec.PodCIDRs) == 2 {
+				ready++
+			}
+		}
+		last = fmt.Sprintf("%d of %d nodes ready", ready, want)
+		return ready == want, nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for nodes: %s: %w (see the logs in the data directory)", last, err)
+	}
+	return nil
+}
+
+func isReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// Down removes what a crashed `duet up` left: its processes and its
+// namespaces. It is safe to run when nothing is left.
+func Down(dataDir string, out io.Writer) error {
+	var st state
+	if data, err := os.ReadFile(filepath.Join(dataDir, "up.json")); err == nil {
+		_ = json.Unmarshal(data, &st)
+	}
+	for _, pid := range st.PIDs {
+		if p, err := os.FindProcess(pid); err == nil && p.Signal(syscall.Signal(0)) == nil {
+			if isDuet(pid) {
+				fmt.Fprintf(out, "stopping process %d\n", pid)
+				_ = p.Signal(syscall.SIGKILL)
+			}
+		}
+	}
+	// Namespaces are found by the data directory's ID, whatever the node
+	// count was.
+	topo, err := Plan(dataDir, 1)
+	if err != nil {
+		return err
+	}
+	entries, _ := os.ReadDir("/run/netns")
+	var errs []error
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "duet-"+topo.ID+"-") {
+			fmt.Fprintf(out, "deleting namespace %s\n", e.Name())
+			if err := netnsDelete(e.Name()); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	_ = os.Remove(filepath.Join(dataDir, "up.json"))
+	return errors.Join(errs...)
+}
+
+func isDuet(pid int) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && strings.Contains(filepath.Base(exe), "duet")
+}
+
+func netnsDelete(name string) error {
+	return Topology{}.destroyOne(name)
+}

@@ -1,0 +1,221 @@
+// Package e2e drives `duet up` clusters as a user would: as root, with the
+// machine's kubectl, checking the kernel state of the node namespaces.
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/duet-net/duet/internal/cluster"
+)
+
+var duetBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "duet-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	duetBin = filepath.Join(dir, "duet")
+	build := exec.Command("go", "build", "-o", duetBin, "./cmd/duet")
+	build.Dir = "../.."
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building duet:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// up starts `duet up` and returns once it printed the ready line; the
+// cluster is stopped with SIGINT in t.Cleanup, which must exit 0 and leave
+// no namespace behind.
+func up(t *testing.T, args ...string) (dataDir, kubeconfig string) {
+	t.Helper()
+	dataDir = t.TempDir()
+	cmd := exec.Command(duetBin, append([]string{"up", "--data-dir", dataDir}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			lines <- s.Text()
+		}
+		close(lines)
+	}()
+	var out []string
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("duet up exited with %v after SIGINT; output:\n%s", err, strings.Join(out, "\n"))
+			}
+		case <-time.After(60 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("duet up did not stop within 60s of SIGINT")
+		}
+		topo, _ := cluster.Plan(dataDir, 1)
+		if left, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(left), "duet-"+topo.ID) {
+			t.Errorf("namespaces left after duet up stopped:\n%s", left)
+		}
+	})
+	deadline := time.After(3 * time.Minute)
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("duet up exited before it was ready:\n%s\nserver log:\n%s", strings.Join(out, "\n"), tail(filepath.Join(dataDir, "logs", "server.log")))
+			}
+			out = append(out, line)
+			if k, ok := strings.CutPrefix(line, "Cluster ready. kubeconfig: "); ok {
+				return dataDir, k
+			}
+		case <-deadline:
+			t.Fatalf("duet up not ready after 3 minutes:\n%s", strings.Join(out, "\n"))
+		}
+	}
+}
+
+func tail(path string) string {
+	data, _ := os.ReadFile(path)
+	if len(data) > 4000 {
+		data = data[len(data)-4000:]
+	}
+	return string(data)
+}
+
+func kubectl(t *testing.T, kubeconfig string, args ...string) []byte {
+	t.Helper()
+	out, err := exec.Command("kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func TestUpNodesAreDualStack(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		primary string // family of the first address and CIDR
+	}{
+		{"IPv4 primary", nil, "IPv4"},
+		{"IPv6 primary", []string{"--ipv6-primary"}, "IPv6"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dataDir, kubeconfig := up(t, tc.args...)
+			if kubeconfig != filepath.Join(dataDir, "admin.kubeconfig") {
+				t.Fatalf("kubeconfig %s, want it in the data directory", kubeconfig)
+			}
+			var list corev1.NodeList
+			if err := json.Unmarshal(kubectl(t, kubeconfig, "get", "nodes", "-o", "json"), &list); err != nil {
+				t.Fatal(err)
+			}
+			if len(list.Items) != 2 {
+				t.Fatalf("%d nodes, want 2", len(list.Items))
+			}
+			family := func(s string) string {
+				if p, err := netip.ParsePrefix(s); err == nil {
+					s = p.Addr().String()
+				}
+				if netip.MustParseAddr(s).Is4() {
+					return "IPv4"
+				}
+				return "IPv6"
+			}
+			topo, _ := cluster.Plan(dataDir, 2)
+			for i, n := range list.Items {
+				var ips []string
+				for _, a := range n.Status.Addresses {
+					if a.Type == corev1.NodeInternalIP {
+						ips = append(ips, a.Address)
+					}
+				}
+				if len(ips) != 2 || family(ips[0]) != tc.primary || family(ips[0]) == family(ips[1]) {
+					t.Errorf("%s InternalIPs %v: want one per family, %s first", n.Name, ips, tc.primary)
+				}
+				if c := n.Spec.PodCIDRs; len(c) != 2 || family(c[0]) != tc.primary || family(c[0]) == family(c[1]) || n.Spec.PodCIDR != c[0] {
+					t.Errorf("%s podCIDRs %v (podCIDR %s): want one per family, %s first", n.Name, c, n.Spec.PodCIDR, tc.primary)
+				}
+				// The other node's pod CIDRs are routed via its address of the same family.
+				other := list.Items[1-i]
+				routes, err := exec.Command("sh", "-c", "ip -n "+topo.Nodes[i].NetNS+" route; ip -n "+topo.Nodes[i].NetNS+" -6 route").CombinedOutput()
+				if err != nil {
+					t.Fatalf("reading routes: %v\n%s", err, routes)
+				}
+				for _, c := range other.Spec.PodCIDRs {
+					via := ""
+					for _, a := range other.Status.Addresses {
+						if a.Type == corev1.NodeInternalIP && family(a.Address) == family(c) {
+							via = a.Address
+						}
+					}
+					if want := c + " via " + via; !strings.Contains(string(routes), want) {
+						t.Errorf("node %s lacks route %q:\n%s", n.Name, want, routes)
+					}
+				}
+			}
+			// Nothing of the cluster's network is in the host namespace.
+			if out, _ := exec.Command("ip", "route").Output(); strings.Contains(string(out), "10.244.") {
+				t.Errorf("host routes mention pod CIDRs:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestDownCleansUpAfterACrash(t *testing.T) {
+	dataDir := t.TempDir()
+	cmd := exec.Command(duetBin, "up", "--data-dir", dataDir, "--nodes", "1")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := bufio.NewScanner(stdout)
+	ready := false
+	for s.Scan() {
+		if strings.HasPrefix(s.Text(), "Cluster ready.") {
+			ready = true
+			break
+		}
+	}
+	if !ready {
+		t.Fatal("duet up never became ready")
+	}
+	_ = cmd.Process.Kill() // a crash: no teardown
+	_ = cmd.Wait()
+	topo, _ := cluster.Plan(dataDir, 1)
+	out, err := exec.Command(duetBin, "down", "--data-dir", dataDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("duet down: %v\n%s", err, out)
+	}
+	if left, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(left), "duet-"+topo.ID) {
+		t.Fatalf("namespaces left after duet down:\n%s", left)
+	}
+	if !strings.Contains(string(out), "deleting namespace") {
+		t.Fatalf("duet down said nothing about what it removed:\n%s", out)
+	}
+}
