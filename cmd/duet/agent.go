@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"os/signal"
 	"syscall"
 
@@ -18,7 +19,7 @@ import (
 )
 
 func newAgentCommand() *cobra.Command {
-	var kubeconfig, nodeName, netns string
+	var kubeconfig, nodeName, netns, stateDir string
 	var nodeIPs []string
 	cmd := &cobra.Command{
 		Use:   "agent --kubeconfig FILE --node-name NAME --node-ip A[,B] [--netns PATH]",
@@ -33,7 +34,14 @@ namespace (as duet up's nodes are) instead of its own.`,
 			if nodeName == "" {
 				return fmt.Errorf("--node-name is required")
 			}
-			cfg := agent.Config{NodeName: nodeName, NetNS: netns, Version: "v1.37.0-duet-" + version.Version}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			if stateDir == "" {
+				stateDir = filepath.Join("/var/lib/duet/agent", nodeName)
+			}
+			cfg := agent.Config{NodeName: nodeName, NetNS: netns, Version: "v1.37.0-duet-" + version.Version, Binary: exe, StateDir: stateDir}
 			fams := map[bool]bool{}
 			for _, s := range nodeIPs {
 				ip, err := netip.ParseAddr(s)
@@ -69,5 +77,6 @@ namespace (as duet up's nodes are) instead of its own.`,
 	fs.StringVar(&nodeName, "node-name", "", "the Node's name")
 	fs.StringSliceVar(&nodeIPs, "node-ip", nil, "the node's InternalIPs, one per family, primary first")
 	fs.StringVar(&netns, "netns", "", "network namespace to program (default: the agent's own)")
+	fs.StringVar(&stateDir, "state-dir", "", "where the node's IPAM store and container logs live (default /var/lib/duet/agent/NODE)")
 	return cmd
 }

@@ -9,16 +9,25 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
+	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/duet-net/duet/internal/agent/nodestatus"
+	"github.com/duet-net/duet/internal/agent/pods"
 	"github.com/duet-net/duet/internal/agent/routes"
 )
 
@@ -32,6 +41,10 @@ type Config struct {
 	// ResyncInterval bounds how long a route changed behind the agent's
 	// back stays wrong.
 	ResyncInterval time.Duration
+	// Binary is the duet executable (containers run through duet ns-exec).
+	Binary string
+	// StateDir keeps the node's IPAM store and container logs.
+	StateDir string
 }
 
 // Run runs the agent until ctx is done.
@@ -80,6 +93,10 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	}
 	go wait.UntilWithContext(ctx, func(context.Context) { queue.Add("routes") }, resync)
 
+	if err := runPods(ctx, client, cfg, log); err != nil {
+		return err
+	}
+
 	go func() {
 		<-ctx.Done()
 		queue.ShutDown()
@@ -105,4 +122,165 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 		}
 		queue.Done(key)
 	}
+}
+
+// runPods starts the pod loop: it waits for the node's pod CIDRs, removes
+// what a previous run left for pods no longer here, then keeps every pod
+// bound to the node running.
+func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) error {
+	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
+	mgr := &pods.Manager{
+		Client: client, NodeName: cfg.NodeName, NodeNS: cfg.NetNS, HostIPs: cfg.InternalIPs,
+		Binary: cfg.Binary, StateDir: cfg.StateDir, Log: log,
+		OnChange: func(ns, name string) { queue.Add(ns + "/" + name) },
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
+		}))
+	podInformer := factory.Core().V1().Pods()
+	var uidsMu sync.Mutex
+	uids := map[string]types.UID{} // last UID seen per pod key
+	enqueue := func(obj any) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		if p, ok := obj.(*corev1.Pod); ok {
+			key := p.Namespace + "/" + p.Name
+			uidsMu.Lock()
+			if old, ok := uids[key]; ok && old != p.UID {
+				queue.Add("uid:" + string(old)) // replaced by a pod of the same name
+			}
+			uids[key] = p.UID
+			uidsMu.Unlock()
+			queue.Add(key)
+		}
+	}
+	if _, err := podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: enqueue,
+	}); err != nil {
+		return err
+	}
+	nodeInformer := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
+		})).Core().V1().Nodes()
+	podCIDRs := make(chan []netip.Prefix, 1)
+	if _, err := nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*corev1.Node); ok && len(n.Spec.PodCIDRs) > 0 {
+				select {
+				case podCIDRs <- parsePrefixes(n.Spec.PodCIDRs):
+				default:
+				}
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if n, ok := obj.(*corev1.Node); ok && len(n.Spec.PodCIDRs) > 0 {
+				select {
+				case podCIDRs <- parsePrefixes(n.Spec.PodCIDRs):
+				default:
+				}
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	go nodeInformer.Informer().Run(ctx.Done())
+
+	go func() {
+		defer queue.ShutDown()
+		// Pods wait for the node's pod CIDRs (one per cluster CIDR).
+		var cidrs []netip.Prefix
+		select {
+		case cidrs = <-podCIDRs:
+		case <-ctx.Done():
+			return
+		}
+		for {
+			err := mgr.SetPodCIDRs(cidrs)
+			if err == nil {
+				break
+			}
+			log.Error("preparing the node for pods", "err", err)
+			select {
+			case <-time.After(2 * time.Second):
+			case <-ctx.Done():
+				return
+			}
+		}
+		log.Info("node ready for pods", "podCIDRs", cidrs)
+		factory.Start(ctx.Done())
+		if !cache.WaitForCacheSync(ctx.Done(), podInformer.Informer().HasSynced) {
+			return
+		}
+		keep := map[types.UID]bool{}
+		all, _ := podInformer.Lister().List(labels.Everything())
+		for _, p := range all {
+			if p.DeletionTimestamp == nil {
+				keep[p.UID] = true
+			}
+		}
+		if err := mgr.Reconcile(keep); err != nil {
+			log.Error("reconciling sandboxes left by an earlier run", "err", err)
+		}
+		go wait.UntilWithContext(ctx, func(context.Context) {
+			all, _ := podInformer.Lister().List(labels.Everything())
+			for _, p := range all {
+				queue.Add(p.Namespace + "/" + p.Name)
+			}
+		}, 30*time.Second)
+		for i := 0; i < 4; i++ {
+			go func() {
+				for {
+					key, quit := queue.Get()
+					if quit {
+						return
+					}
+					err := syncPod(ctx, mgr, podInformer.Lister(), key, uids, &uidsMu)
+					if err != nil {
+						log.Error("syncing pod", "pod", key, "err", err)
+						queue.AddRateLimited(key)
+					} else {
+						queue.Forget(key)
+					}
+					queue.Done(key)
+				}
+			}()
+		}
+		<-ctx.Done()
+	}()
+	return nil
+}
+
+func syncPod(ctx context.Context, mgr *pods.Manager, lister corelisters.PodLister, key string, uids map[string]types.UID, mu *sync.Mutex) error {
+	if uid, ok := strings.CutPrefix(key, "uid:"); ok {
+		return mgr.Sync(ctx, types.UID(uid), nil)
+	}
+	ns, name, _ := cache.SplitMetaNamespaceKey(key)
+	pod, err := lister.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		mu.Lock()
+		uid, ok := uids[key]
+		delete(uids, key)
+		mu.Unlock()
+		if !ok {
+			return nil
+		}
+		return mgr.Sync(ctx, uid, nil)
+	}
+	if err != nil {
+		return err
+	}
+	return mgr.Sync(ctx, pod.UID, pod)
+}
+
+func parsePrefixes(ss []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -139,7 +139,8 @@ func Up(ctx context.Context, o Options) (err error) {
 		}
 		agent, err := start(o.Binary, filepath.Join(o.DataDir, "logs", n.Name+".log"),
 			"agent", "--kubeconfig", nodeKubeconfig, "--node-name", n.Name,
-			"--netns", NetNSPath(n.NetNS), "--node-ip", ips[0].String()+","+ips[1].String())
+			"--netns", NetNSPath(n.NetNS), "--node-ip", ips[0].String()+","+ips[1].String(),
+			"--state-dir", filepath.Join(o.DataDir, "nodes", n.Name))
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -182,6 +183,84 @@ func TestUpNodesAreDualStack(t *testing.T) {
 			// Nothing of the cluster's network is in the host namespace.
 			if out, _ := exec.Command("ip", "route").Output(); strings.Contains(string(out), "10.244.") {
 				t.Errorf("host routes mention pod CIDRs:\n%s", out)
+			}
+		})
+	}
+}
+
+const podsManifest = `
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node1}
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "8080", --udp-port, "8081"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node2}
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "8080", --udp-port, "8081"]}]
+`
+
+// TestPodsTalkOverBothFamilies runs a netexec pod on each node and checks
+// that each reaches the other's two addresses over HTTP.
+func TestPodsTalkOverBothFamilies(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		primary bool // true: IPv4 first
+	}{
+		{"IPv4 primary", nil, true},
+		{"IPv6 primary", []string{"--ipv6-primary"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dataDir, kubeconfig := up(t, tc.args...)
+			manifest := filepath.Join(t.TempDir(), "pods.yaml")
+			if err := os.WriteFile(manifest, []byte(podsManifest), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			kubectl(t, kubeconfig, "apply", "-f", manifest)
+			kubectl(t, kubeconfig, "wait", "--for=condition=Ready", "pod/a", "pod/b", "--timeout=60s")
+			var list corev1.PodList
+			if err := json.Unmarshal(kubectl(t, kubeconfig, "get", "pods", "-o", "json"), &list); err != nil {
+				t.Fatal(err)
+			}
+			ips := map[string][]string{}
+			for _, p := range list.Items {
+				if len(p.Status.PodIPs) != 2 || p.Status.PodIP != p.Status.PodIPs[0].IP {
+					t.Fatalf("pod %s IPs %+v (podIP %s): want two, podIP first", p.Name, p.Status.PodIPs, p.Status.PodIP)
+				}
+				first, second := netip.MustParseAddr(p.Status.PodIPs[0].IP), netip.MustParseAddr(p.Status.PodIPs[1].IP)
+				if first.Is4() != tc.primary || second.Is4() == first.Is4() {
+					t.Fatalf("pod %s IPs %v: want one per family, primary family first", p.Name, p.Status.PodIPs)
+				}
+				ips[p.Name] = []string{first.String(), second.String()}
+			}
+			for from, to := range map[string]string{"a": "b", "b": "a"} {
+				for _, ip := range ips[to] {
+					url := "http://" + net.JoinHostPort(ip, "8080") + "/hostname"
+					out, err := exec.Command(duetBin, "exec", "--data-dir", dataDir, from, "--", "curl", "-sS", "--max-time", "5", url).CombinedOutput()
+					if err != nil || strings.TrimSpace(string(out)) != to {
+						t.Errorf("from pod %s, GET %s = %q, %v; want %q", from, url, out, err, to)
+					}
+				}
+			}
+			// Deleting a pod removes its network namespace.
+			topo, _ := cluster.Plan(dataDir, 2)
+			before, _ := exec.Command("ip", "netns", "list").Output()
+			kubectl(t, kubeconfig, "delete", "pod", "a", "--wait=true", "--timeout=60s")
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				after, _ := exec.Command("ip", "netns", "list").Output()
+				if strings.Count(string(after), "duet-") < strings.Count(string(before), "duet-") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("pod a's namespace still present 30s after deletion (cluster %s):\n%s", topo.ID, after)
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
 		})
 	}

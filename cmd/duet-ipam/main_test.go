@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// pluginBin is duet-ipam built by TestMain, as a runtime would find it.
+var pluginBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "duet-ipam-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pluginBin = filepath.Join(dir, "duet-ipam")
+	build := exec.Command("go", "build", "-trimpath", "-o", pluginBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building duet-ipam:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var netnsSeq atomic.Int64
+
+// netns creates a network namespace for the test and deletes it after.
+func netns(t testing.TB) (name, path string) {
+	t.Helper()
+	name = fmt.Sprintf("duet-ipam-%d-%d", os.Getpid(), netnsSeq.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s (these tests need root and iproute2)", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	return name, "/run/netns/" + name
+}
+
+// invocation is one exec of a CNI plugin, as a runtime makes it.
+type invocation struct {
+	bin, command, containerID, netns string
+	stdin                            []byte
+}
+
+func (iv invocation) run() ([]byte, error) {
+	cmd := exec.Command(iv.bin)
+	cmd.Env = []string{
+		"CNI_COMMAND=" + iv.command,
+		"CNI_CONTAINERID=" + iv.containerID,
+		"CNI_NETNS=" + iv.netns,
+		"CNI_IFNAME=eth0",
+		"CNI_PATH=" + filepath.Dir(iv.bin),
+		"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+	}
+	cmd.Stdin = bytes.NewReader(iv.stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("%s %s %s: %v: %s%s", filepath.Base(iv.bin), iv.command, iv.containerID, err, stdout.String(), stderr.String())
+	}
+	return stdout.Bytes(), nil
+}
+
+func ipamConf(version, dataDir, ranges string) []byte {
+	return []byte(fmt.Sprintf(`{"cniVersion":%q,"name":"bench","type":"bridge","ipam":{"type":"duet-ipam","dataDir":%q,"ranges":%s}}`, version, dataDir, ranges))
+}
+
+func resultIPs(t testing.TB, out []byte) []string {
+	t.Helper()
+	res, err := current.NewResult(out)
+	if err != nil {
+		t.Fatalf("decoding %s: %v", out, err)
+	}
+	var ips []string
+	for _, ip := range res.(*current.Result).IPs {
+		ips = append(ips, ip.Address.IP.String())
+	}
+	return ips
+}
+
+func TestConcurrentProcessesNeverShareAnAddress(t *testing.T) {
+	_, ns := netns(t)
+	stdin := ipamConf("1.1.0", t.TempDir(), `[[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00:10:244:1::/64"}]]`)
+	const n = 30
+	outs := make([][]byte, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], errs[i] = invocation{pluginBin, "ADD", fmt.Sprintf("ctr%d", i), ns, stdin}.run()
+		}()
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	for i := 0; i < n; i++ {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		ips := resultIPs(t, outs[i])
+		if len(ips) != 2 || !strings.Contains(ips[1], ":") {
+			t.Fatalf("ctr%d got %v, want one IPv4 and one IPv6 address", i, ips)
+		}
+		for _, ip := range ips {
+			if j, dup := seen[ip]; dup {
+				t.Fatalf("%s handed to ctr%d and ctr%d", ip, j, i)
+			}
+			seen[ip] = i
+		}
+	}
+	// Every one of them is recorded: a repeated ADD returns the same pair.
+	for i := 0; i < n; i += 7 {
+		out, err := invocation{pluginBin, "ADD", fmt.Sprintf("ctr%d", i), ns, stdin}.run()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := resultIPs(t, out), resultIPs(t, outs[i]); strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Fatalf("repeated ADD of ctr%d got %v, first got %v", i, got, want)
+		}
+	}
+}
+
+func TestGCAndStatusThroughTheBinary(t *testing.T) {
+	_, ns := netns(t)
+	dataDir := t.TempDir()
+	// Room for exactly one pod in IPv4.
+	stdin := ipamConf("1.1.0", dataDir, `[[{"subnet":"10.0.0.0/30"}],[{"subnet":"fd00::/64"}]]`)
+	if _, err := (invocation{pluginBin, "STATUS", "", "", stdin}).run(); err != nil {
+		t.Fatalf("STATUS of an empty network: %v", err)
+	}
+	if _, err := (invocation{pluginBin, "ADD", "leaked", ns, stdin}).run(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := invocation{pluginBin, "STATUS", "", "", stdin}.run()
+	var cniErr struct {
+		Code uint   `json:"code"`
+		Msg  string `json:"msg"`
+	}
+	if err == nil || json.Unmarshal(out, &cniErr) != nil || cniErr.Code != 50 {
+		t.Fatalf("STATUS of a full network: %s, %v; want error code 50", out, err)
+	}
+	// The runtime knows of no attachment: GC frees the leaked one.
+	gc := bytes.Replace(stdin, []byte(`"type":"bridge"`), []byte(`"type":"bridge","cni.dev/valid-attachments":[]`), 1)
+	if _, err := (invocation{pluginBin, "GC", "", "", gc}).run(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (invocation{pluginBin, "STATUS", "", "", stdin}).run(); err != nil {
+		t.Fatalf("STATUS after GC: %v", err)
+	}
+	if out, err := (invocation{pluginBin, "CHECK", "leaked", ns, stdin}).run(); err == nil {
+		t.Fatalf("CHECK after GC succeeded: %s", out)
+	}
+	// The freed address is cooling, but it is all there is: a new pod gets it.
+	out, err = invocation{pluginBin, "ADD", "next", ns, stdin}.run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ips := resultIPs(t, out); ips[0] != "10.0.0.2" {
+		t.Fatalf("got %v", ips)
+	}
+}
+
+func TestVersionAdvertisesCNI11(t *testing.T) {
+	out, err := invocation{pluginBin, "VERSION", "", "", nil}.run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		Supported []string `json:"supportedVersions"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil || !strings.Contains(strings.Join(v.Supported, ","), "1.1.0") {
+		t.Fatalf("VERSION said %s", out)
+	}
+}

@@ -1,0 +1,431 @@
+// Package pods runs the pods bound to one node: a network namespace per
+// pod wired to the node's bridge with one address of each family from the
+// node's pod CIDRs (recorded in duet-ipam's durable store before use), the
+// containers' commands run as processes inside that namespace, and the
+// pod's status reported with the cluster's primary family first.
+//
+// Duet is a networking system, not an image runtime: a container's image is
+// ignored and its command and args run as a host process.
+package pods
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	cnitypes "github.com/containernetworking/cni/pkg/types"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/cni/ipam"
+)
+
+const (
+	// Bridge is the node's pod bridge.
+	Bridge = "duet0"
+	ifName = "eth0"
+	// network names the node's duet-ipam store.
+	network = "duet"
+)
+
+// Manager runs the pods of one node.
+type Manager struct {
+	Client   kubernetes.Interface
+	NodeName string
+	NodeNS   string       // the node's network namespace path
+	HostIPs  []netip.Addr // the node's InternalIPs, primary first
+	Binary   string       // the duet executable, for ns-exec
+	StateDir string       // IPAM store and container logs
+	Log      *slog.Logger
+	// OnChange is called when a pod's status should be reported again.
+	OnChange func(namespace, name string)
+
+	mu       sync.Mutex
+	podCIDRs []netip.Prefix
+	ipamConf *ipam.Config
+	running  map[types.UID]*podRun
+}
+
+type podRun struct {
+	sandbox    *sandbox.Sandbox
+	containers map[string]*containerRun
+	cancel     context.CancelFunc
+	started    metav1.Time
+}
+
+type containerRun struct {
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	restarts int32
+	state    corev1.ContainerState
+}
+
+// SetPodCIDRs prepares the node's bridge once its pod CIDRs are known.
+func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.podCIDRs) == len(cidrs) {
+		return nil
+	}
+	if err := sandbox.EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
+		return fmt.Errorf("preparing the node's bridge: %w", err)
+	}
+	var list []string
+	for _, c := range cidrs {
+		list = append(list, c.String())
+	}
+	conf, _ := json.Marshal(map[string]any{
+		"cniVersion": "1.1.0", "name": network,
+		"ipam": map[string]any{"type": "duet-ipam", "podCIDRs": list, "dataDir": filepath.Join(m.StateDir, "ipam")},
+	})
+	cfg, err := ipam.Parse(conf, "")
+	if err != nil {
+		return fmt.Errorf("IPAM configuration for %v: %w", list, err)
+	}
+	m.podCIDRs, m.ipamConf = cidrs, cfg
+	if m.running == nil {
+		m.running = map[types.UID]*podRun{}
+	}
+	return nil
+}
+
+// Ready reports whether pods can be run (the node has its pod CIDRs).
+func (m *Manager) Ready() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ipamConf != nil
+}
+
+func (m *Manager) store() (*ipam.Store, error) {
+	return ipam.Open(m.ipamConf.DataDir, network, 30*time.Second)
+}
+
+// Sync brings one pod to its desired state: running when it is bound here
+// and not being deleted, gone otherwise. pod is nil when it was deleted.
+func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) error {
+	if !m.Ready() {
+		return errors.New("node has no pod CIDRs yet")
+	}
+	if pod == nil || pod.DeletionTimestamp != nil || pod.Spec.NodeName != m.NodeName {
+		return m.stop(uid)
+	}
+	m.mu.Lock()
+	run, ok := m.running[uid]
+	m.mu.Unlock()
+	if !ok {
+		var err error
+		if run, err = m.start(ctx, pod); err != nil {
+			return err
+		}
+	}
+	return m.reportStatus(ctx, pod, run)
+}
+
+// start reserves addresses, wires the sandbox and starts the containers;
+// on failure it leaves nothing behind.
+func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err error) {
+	owner := ipam.Owner{ContainerID: string(pod.UID), IfName: ifName}
+	st, err := m.store()
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := st.Reserve(owner, m.ipamConf.RangeSets, nil, time.Now(), m.ipamConf.Cooldown)
+	st.Close()
+	if err != nil {
+		return nil, fmt.Errorf("reserving addresses for %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	defer func() {
+		if err != nil {
+			m.release(owner)
+		}
+	}()
+	req := sandbox.Request{ID: string(pod.UID), Bridge: Bridge, IfName: ifName}
+	for i, a := range addrs {
+		cidr := m.podCIDRs[i]
+		req.Addrs = append(req.Addrs, netip.PrefixFrom(a, cidr.Bits()))
+		req.Gateways = append(req.Gateways, sandbox.Gateway(cidr).Addr())
+	}
+	sb, err := sandbox.Setup(ctx, m.NodeNS, req)
+	if err != nil {
+		return nil, fmt.Errorf("wiring %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	run := &podRun{sandbox: sb, containers: map[string]*containerRun{}, cancel: cancel, started: metav1.Now()}
+	logDir := filepath.Join(m.StateDir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID))
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		cancel()
+		_ = sandbox.Teardown(m.NodeNS, string(pod.UID))
+		return nil, err
+	}
+	for _, c := range pod.Spec.Containers {
+		cr := &containerRun{state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
+		run.containers[c.Name] = cr
+		go m.supervise(runCtx, pod.DeepCopy(), c, cr, sb.NetNS, filepath.Join(logDir, c.Name+".log"))
+	}
+	m.mu.Lock()
+	m.running[pod.UID] = run
+	m.mu.Unlock()
+	m.Log.Info("pod started", "pod", pod.Namespace+"/"+pod.Name, "ips", addrs)
+	return run, nil
+}
+
+// supervise runs a container's command and restarts it per restartPolicy.
+func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Container, cr *containerRun, netns, logFile string) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		argv := append(append([]string{}, c.Command...), c.Args...)
+		if len(argv) == 0 {
+			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "NoCommand", Message: "Duet runs a container's command and args; this container has none"}})
+			return
+		}
+		log, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
+			return
+		}
+		if argv[0] == "duet" {
+			argv[0] = m.Binary // pods may run duet itself (duet netexec) wherever it is installed
+		}
+		cmd := exec.Command(m.Binary, append([]string{"ns-exec", netns, "--"}, argv...)...)
+		cmd.Stdout, cmd.Stderr = log, log
+		cmd.Dir = c.WorkingDir
+		cmd.Env = append(os.Environ(), "HOSTNAME="+pod.Name, "POD_NAME="+pod.Name, "POD_NAMESPACE="+pod.Namespace)
+		for _, e := range c.Env {
+			if e.ValueFrom == nil {
+				cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+			}
+		}
+		// Containers die with the agent; a restarted agent starts them again.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			log.Close()
+			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
+			return
+		}
+		cr.mu.Lock()
+		cr.cmd = cmd
+		cr.state = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
+		cr.mu.Unlock()
+		m.poke(pod)
+		err = cmd.Wait()
+		log.Close()
+		code := 0
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		}
+		reason := "Completed"
+		if code != 0 {
+			reason = "Error"
+		}
+		cr.set(corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, FinishedAt: metav1.Now()}})
+		if ctx.Err() != nil {
+			return
+		}
+		m.poke(pod)
+		restart := pod.Spec.RestartPolicy == corev1.RestartPolicyAlways || pod.Spec.RestartPolicy == corev1.RestartPolicyOnFailure && code != 0
+		if !restart {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Minute)
+		cr.mu.Lock()
+		cr.restarts++
+		cr.mu.Unlock()
+	}
+}
+
+func (cr *containerRun) set(s corev1.ContainerState) {
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	cr.state = s
+}
+
+// poke asks for the pod's status to be reported again.
+func (m *Manager) poke(pod *corev1.Pod) {
+	if m.OnChange != nil {
+		m.OnChange(pod.Namespace, pod.Name)
+	}
+}
+
+// stop kills a pod's containers, removes its sandbox and releases its
+// addresses. Each step is idempotent, so a half-stopped pod is finished by
+// the next call.
+func (m *Manager) stop(uid types.UID) error {
+	m.mu.Lock()
+	run, ok := m.running[uid]
+	delete(m.running, uid)
+	m.mu.Unlock()
+	if ok {
+		run.cancel()
+		for _, cr := range run.containers {
+			cr.mu.Lock()
+			if cr.cmd != nil && cr.cmd.Process != nil {
+				_ = syscall.Kill(-cr.cmd.Process.Pid, syscall.SIGKILL)
+			}
+			cr.mu.Unlock()
+		}
+	}
+	if err := sandbox.Teardown(m.NodeNS, string(uid)); err != nil {
+		return err
+	}
+	m.release(ipam.Owner{ContainerID: string(uid), IfName: ifName})
+	if ok {
+		m.Log.Info("pod stopped", "uid", uid)
+	}
+	return nil
+}
+
+func (m *Manager) release(owner ipam.Owner) {
+	st, err := m.store()
+	if err != nil {
+		m.Log.Error("opening the IPAM store", "err", err)
+		return
+	}
+	defer st.Close()
+	if _, err := st.Release(owner, time.Now(), m.ipamConf.Cooldown); err != nil {
+		m.Log.Error("releasing addresses", "owner", owner.String(), "err", err)
+	}
+}
+
+// Reconcile removes sandboxes and reservations of pods that are no longer
+// bound here, after a restart (the agent may have been killed at any
+// point). keep holds the UIDs of the pods bound to this node.
+func (m *Manager) Reconcile(keep map[types.UID]bool) error {
+	entries, err := sandbox.List(m.NodeNS)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.ID == "" {
+			_ = sandbox.TeardownNetNS(m.NodeNS, e.NetNS)
+			continue
+		}
+		if !keep[types.UID(e.ID)] {
+			if err := m.stop(types.UID(e.ID)); err != nil {
+				return err
+			}
+		}
+	}
+	// Reservations without a sandbox (a crash between reserving and
+	// wiring) go too.
+	st, err := m.store()
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var valid []cnitypes.GCAttachment
+	for uid := range keep {
+		valid = append(valid, cnitypes.GCAttachment{ContainerID: string(uid), IfName: ifName})
+	}
+	_, err = st.GC(valid, time.Now(), m.ipamConf.Cooldown)
+	return err
+}
+
+// reportStatus writes the pod's status: phase, IPs (primary family first,
+// the order of the node's pod CIDRs), conditions and container statuses.
+func (m *Manager) reportStatus(ctx context.Context, pod *corev1.Pod, run *podRun) error {
+	p := pod.DeepCopy()
+	s := &p.Status
+	s.PodIPs = nil
+	for _, a := range run.sandbox.Addrs {
+		s.PodIPs = append(s.PodIPs, corev1.PodIP{IP: a.Addr().String()})
+	}
+	if len(s.PodIPs) > 0 {
+		s.PodIP = s.PodIPs[0].IP
+	}
+	s.HostIPs = nil
+	for _, ip := range m.HostIPs {
+		s.HostIPs = append(s.HostIPs, corev1.HostIP{IP: ip.String()})
+	}
+	if len(s.HostIPs) > 0 {
+		s.HostIP = s.HostIPs[0].IP
+	}
+	if s.StartTime == nil {
+		s.StartTime = &run.started
+	}
+	allReady, anyRunning, allDone, anyFailed := true, false, true, false
+	s.ContainerStatuses = nil
+	for _, c := range pod.Spec.Containers {
+		cr := run.containers[c.Name]
+		cr.mu.Lock()
+		st := corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: "", State: cr.state, RestartCount: cr.restarts}
+		if cr.cmd != nil && cr.cmd.Process != nil {
+			st.ContainerID = fmt.Sprintf("duet://%d", cr.cmd.Process.Pid)
+		}
+		cr.mu.Unlock()
+		st.Ready = st.State.Running != nil
+		st.Started = &st.Ready
+		allReady = allReady && st.Ready
+		anyRunning = anyRunning || st.State.Running != nil
+		done := st.State.Terminated != nil
+		allDone = allDone && done
+		anyFailed = anyFailed || done && st.State.Terminated.ExitCode != 0
+		s.ContainerStatuses = append(s.ContainerStatuses, st)
+	}
+	switch {
+	case anyRunning || !allDone:
+		s.Phase = corev1.PodRunning
+		if !anyRunning {
+			s.Phase = corev1.PodPending
+		}
+	case anyFailed:
+		s.Phase = corev1.PodFailed
+	default:
+		s.Phase = corev1.PodSucceeded
+	}
+	if pod.Spec.RestartPolicy == corev1.RestartPolicyAlways && allDone {
+		s.Phase = corev1.PodRunning // it will be restarted
+	}
+	now := metav1.Now()
+	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
+		status := corev1.ConditionFalse
+		if ok {
+			status = corev1.ConditionTrue
+		}
+		for _, c := range pod.Status.Conditions {
+			if c.Type == t && c.Status == status {
+				return c
+			}
+		}
+		return corev1.PodCondition{Type: t, Status: status, LastTransitionTime: now}
+	}
+	s.Conditions = []corev1.PodCondition{
+		cond(corev1.PodScheduled, true),
+		cond(corev1.PodInitialized, true),
+		cond(corev1.PodReadyToStartContainers, true),
+		cond(corev1.ContainersReady, allReady),
+		cond(corev1.PodReady, allReady),
+	}
+	if equalStatus(&pod.Status, s) {
+		return nil
+	}
+	_, err := m.Client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // a newer version is on its way through the informer
+	}
+	return err
+}
+
+func equalStatus(a, b *corev1.PodStatus) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}

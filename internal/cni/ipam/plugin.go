@@ -1,0 +1,225 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/duet-net/duet/internal/alloc"
+)
+
+// ErrPluginNotAvailable is CNI 1.1's error code 50: the plugin cannot
+// service ADD requests (here: a range set is exhausted).
+const ErrPluginNotAvailable uint = 50
+
+// Plugin wires the CNI verbs to the config parser and the store.
+type Plugin struct {
+	// Now is the clock for cool-downs; nil means time.Now.
+	Now func() time.Time
+	// LockTimeout bounds the wait for the network's lock; zero means
+	// DefaultLockTimeout.
+	LockTimeout time.Duration
+	// Stdout receives ADD's result; nil means os.Stdout.
+	Stdout io.Writer
+}
+
+// Funcs returns the verbs for skel.PluginMainFuncs.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
+}
+
+func (p *Plugin) now() time.Time {
+	if p.Now != nil {
+		return p.Now()
+	}
+	return time.Now()
+}
+
+func (p *Plugin) open(c *Config) (*Store, error) {
+	timeout := p.LockTimeout
+	if timeout == 0 {
+		timeout = DefaultLockTimeout
+	}
+	st, err := Open(c.DataDir, c.Name, timeout)
+	if err != nil {
+		var timeout *LockTimeoutError
+		if errors.As(err, &timeout) {
+			return nil, types.NewError(types.ErrTryAgainLater, err.Error(), "")
+		}
+		return nil, types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	return st, nil
+}
+
+func parse(args *skel.CmdArgs) (*Config, error) {
+	c, err := Parse(args.StdinData, args.Args)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "duet-ipam: "+err.Error(), "")
+	}
+	return c, nil
+}
+
+func owner(args *skel.CmdArgs) Owner {
+	return Owner{ContainerID: args.ContainerID, IfName: args.IfName}
+}
+
+// Add reserves one address per range set and prints the result.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	c, err := parse(args)
+	if err != nil {
+		return err
+	}
+	st, err := p.open(c)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	addrs, err := st.Reserve(owner(args), c.RangeSets, c.Requested, p.now(), c.Cooldown)
+	if err != nil {
+		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
+	}
+	res := Result(c, addrs)
+	out, err := res.GetAsVersion(resultVersion(c))
+	if err != nil {
+		// Both addresses or neither: the runtime gets no result, so it
+		// must not keep a reservation either.
+		if _, relErr := st.Release(owner(args), p.now(), 0); relErr != nil {
+			return errors.Join(err, relErr)
+		}
+		return types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("duet-ipam: network %s: %v", c.Name, err), "")
+	}
+	w := p.Stdout
+	if w == nil {
+		w = os.Stdout
+	}
+	return out.PrintTo(w)
+}
+
+func resultVersion(c *Config) string {
+	if c.CNIVersion == "" {
+		return "0.1.0" // what the CNI library assumes for a config without one
+	}
+	return c.CNIVersion
+}
+
+// Result is the CNI result for addrs, one per range set of c.
+func Result(c *Config, addrs []netip.Addr) *current.Result {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: c.Routes, DNS: c.DNS}
+	for i, a := range addrs {
+		r, _ := c.RangeSets[i].rangeOf(a)
+		res.IPs = append(res.IPs, &current.IPConfig{
+			Address: net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(r.Subnet.Bits(), a.BitLen())},
+			Gateway: r.Gateway.AsSlice(),
+		})
+	}
+	return res
+}
+
+// Del releases the attachment's addresses; an unknown one is success.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	c, err := parse(args)
+	if err != nil {
+		return err
+	}
+	st, err := p.open(c)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.Release(owner(args), p.now(), c.Cooldown); err != nil {
+		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+// Check verifies that the attachment holds one address per range set and,
+// given a prevResult, that the result carries them.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	c, err := parse(args)
+	if err != nil {
+		return err
+	}
+	st, err := p.open(c)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	addrs, err := st.Check(owner(args), c.RangeSets)
+	if err != nil {
+		var cniErr *types.Error
+		if errors.As(err, &cniErr) {
+			cniErr.Msg = fmt.Sprintf("duet-ipam: network %s: %s", c.Name, cniErr.Msg)
+			return cniErr
+		}
+		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
+	}
+	if len(c.PrevResult) == 0 {
+		return nil
+	}
+	prev, err := version.NewResult(resultVersion(c), c.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "duet-ipam: decoding prevResult: "+err.Error(), "")
+	}
+	res, err := current.NewResultFromResult(prev)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "duet-ipam: converting prevResult: "+err.Error(), "")
+	}
+	for _, a := range addrs {
+		found := false
+		for _, ip := range res.IPs {
+			if got, ok := netip.AddrFromSlice(ip.Address.IP); ok && got.Unmap() == a {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("duet-ipam: network %s: reserved address %s of container %s interface %s is missing from prevResult", c.Name, a, args.ContainerID, args.IfName)
+		}
+	}
+	return nil
+}
+
+// GC releases every reservation not in cni.dev/valid-attachments.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	c, err := parse(args)
+	if err != nil {
+		return err
+	}
+	st, err := p.open(c)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.GC(c.ValidAttachments, p.now(), c.Cooldown); err != nil {
+		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+// Status fails with code 50 when a range set has no address left.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	c, err := parse(args)
+	if err != nil {
+		return err
+	}
+	st, err := p.open(c)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := st.Available(c.RangeSets); err != nil {
+		if errors.Is(err, alloc.ErrFull) {
+			return types.NewError(ErrPluginNotAvailable, fmt.Sprintf("duet-ipam: network %s: %v", c.Name, err), "")
+		}
+		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
+	}
+	return nil
+}
