@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -87,10 +90,10 @@ func Up(ctx context.Context, o Options) (err error) {
 	if err := topo.Create(); err != nil {
 		return err
 	}
-	var procs []*exec.Cmd
+	sup := &supervisor{say: say}
 	defer func() {
 		say("Stopping…")
-		stopAll(procs)
+		sup.stopAll()
 		if derr := topo.Destroy(); derr != nil && err == nil {
 			err = derr
 		}
@@ -99,26 +102,26 @@ func Up(ctx context.Context, o Options) (err error) {
 			say("Stopped; nothing of the cluster is left running.")
 		}
 	}()
-	record := func() {
-		st := state{Nodes: o.Nodes}
-		for _, p := range procs {
-			st.PIDs = append(st.PIDs, p.Process.Pid)
-		}
-		data, _ := json.Marshal(st)
+	sup.record = func(pids []int) {
+		data, _ := json.Marshal(state{Nodes: o.Nodes, PIDs: pids})
 		_ = os.WriteFile(filepath.Join(o.DataDir, "up.json"), data, 0o600)
 	}
 
 	say("Starting the control plane (cluster CIDRs %s, service ranges %s)…", clusterCIDR, serviceRange)
 	kubeconfig := filepath.Join(o.DataDir, "admin.kubeconfig")
 	_ = os.Remove(kubeconfig)
-	server, err := start(o.Binary, filepath.Join(o.DataDir, "logs", "server.log"),
-		"server", "--data-dir", o.DataDir, "--secure-port", "0",
+	// One port for the cluster's life: a restarted server must be where the
+	// agents' kubeconfigs say it is.
+	port, err := freeLoopbackPort()
+	if err != nil {
+		return err
+	}
+	server, err := sup.start("the control plane", o.Binary, filepath.Join(o.DataDir, "logs", "server.log"),
+		"server", "--data-dir", o.DataDir, "--secure-port", strconv.Itoa(port),
 		"--service-cluster-ip-range", serviceRange, "--cluster-cidr", clusterCIDR)
 	if err != nil {
 		return err
 	}
-	procs = append(procs, server)
-	record()
 	client, err := waitForServer(ctx, kubeconfig, server)
 	if err != nil {
 		return err
@@ -137,38 +140,25 @@ func Up(ctx context.Context, o Options) (err error) {
 		if o.IPv6Primary {
 			ips = []netip.Addr{n.IPv6, n.IPv4}
 		}
-		agent, err := start(o.Binary, filepath.Join(o.DataDir, "logs", n.Name+".log"),
+		_, err := sup.start(n.Name+"'s agent", o.Binary, filepath.Join(o.DataDir, "logs", n.Name+".log"),
 			"agent", "--kubeconfig", nodeKubeconfig, "--node-name", n.Name,
 			"--netns", NetNSPath(n.NetNS), "--node-ip", ips[0].String()+","+ips[1].String(),
 			"--state-dir", filepath.Join(o.DataDir, "nodes", n.Name))
 		if err != nil {
 			return err
 		}
-		procs = append(procs, agent)
-		record()
 	}
 
 	say("Waiting for the nodes to be Ready with a pod CIDR of each family…")
-	if err := waitForNodes(ctx, client, o.Nodes, procs); err != nil {
+	if err := waitForNodes(ctx, client, o.Nodes); err != nil {
 		return err
 	}
 	say("Cluster ready. kubeconfig: %s", kubeconfig)
 	say("Try: kubectl --kubeconfig %s get nodes -o wide", kubeconfig)
 
-	// Run until asked to stop, or until a process dies.
-	died := make(chan error, len(procs))
-	for _, p := range procs {
-		go func(p *exec.Cmd) {
-			err := p.Wait()
-			died <- fmt.Errorf("%s exited: %v (see %s)", strings.Join(p.Args[1:3], " "), err, logOf(p))
-		}(p)
-	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-died:
-		return err
-	}
+	// Run until asked to stop; the supervisor restarts what dies.
+	<-ctx.Done()
+	return nil
 }
 
 // primaryFirst reorders a two-entry list so the requested family leads.
@@ -187,8 +177,100 @@ func primaryFirst(value string, ipv6 bool) (string, error) {
 	return strings.Join(parts, ","), nil
 }
 
-func start(binary, logFile string, args ...string) (*exec.Cmd, error) {
-	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+// supervisor runs the cluster's processes and restarts any that dies
+// (a crash, or a kill -9 in a test), as an init system would.
+type supervisor struct {
+	mu       sync.Mutex
+	children []*child
+	stopping bool
+	say      func(string, ...any)
+	record   func(pids []int)
+}
+
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+}
+
+func (s *supervisor) start(name, binary, logFile string, args ...string) (*exec.Cmd, error) {
+	cmd, err := spawn(binary, logFile, args...)
+	if err != nil {
+		return nil, err
+	}
+	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	s.mu.Lock()
+	s.children = append(s.children, c)
+	s.recordLocked()
+	s.mu.Unlock()
+	go s.watch(c, binary, logFile, args)
+	return cmd, nil
+}
+
+func (s *supervisor) watch(c *child, binary, logFile string, args []string) {
+	for {
+		err := c.cmd.Wait()
+		close(c.done)
+		s.mu.Lock()
+		stopping := s.stopping
+		s.mu.Unlock()
+		if stopping {
+			return
+		}
+		s.say("%s exited (%v); restarting it (log: %s)", c.name, err, logFile)
+		time.Sleep(time.Second) // do not spin on a process that cannot start
+		cmd, serr := spawn(binary, logFile, args...)
+		s.mu.Lock()
+		if s.stopping || serr != nil {
+			s.mu.Unlock()
+			if serr != nil {
+				s.say("restarting %s failed: %v", c.name, serr)
+			}
+			if cmd != nil {
+				_ = cmd.Process.Kill()
+			}
+			return
+		}
+		c.cmd, c.done = cmd, make(chan struct{})
+		s.recordLocked()
+		s.mu.Unlock()
+	}
+}
+
+func (s *supervisor) recordLocked() {
+	var pids []int
+	for _, c := range s.children {
+		pids = append(pids, c.cmd.Process.Pid)
+	}
+	if s.record != nil {
+		s.record(pids)
+	}
+}
+
+// stopAll stops agents before the server, each with SIGTERM and, after a
+// grace period, SIGKILL.
+func (s *supervisor) stopAll() {
+	s.mu.Lock()
+	s.stopping = true
+	children := append([]*child(nil), s.children...)
+	s.mu.Unlock()
+	for i := len(children) - 1; i >= 0; i-- {
+		c := children[i]
+		s.mu.Lock()
+		cmd, done := c.cmd, c.done
+		s.mu.Unlock()
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+func spawn(binary, logFile string, args ...string) (*exec.Cmd, error) {
+	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -210,29 +292,6 @@ func logOf(p *exec.Cmd) string {
 		return f.Name()
 	}
 	return "its log"
-}
-
-// stopAll stops agents before the server, each with SIGTERM and, after a
-// grace period, SIGKILL.
-func stopAll(procs []*exec.Cmd) {
-	for i := len(procs) - 1; i >= 0; i-- {
-		p := procs[i]
-		if p.Process == nil || p.ProcessState != nil {
-			continue
-		}
-		_ = p.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() {
-			_, _ = p.Process.Wait()
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = p.Process.Kill()
-			<-done
-		}
-	}
 }
 
 func waitForServer(ctx context.Context, kubeconfig string, server *exec.Cmd) (kubernetes.Interface, error) {
@@ -265,7 +324,7 @@ func waitForServer(ctx context.Context, kubeconfig string, server *exec.Cmd) (ku
 	return client, nil
 }
 
-func waitForNodes(ctx context.Context, client kubernetes.Interface, want int, procs []*exec.Cmd) error {
+func waitForNodes(ctx context.Context, client kubernetes.Interface, want int) error {
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
@@ -285,6 +344,15 @@ func waitForNodes(ctx context.Context, client kubernetes.Interface, want int, pr
 		return fmt.Errorf("waiting for nodes: %s: %w (see the logs in the data directory)", last, err)
 	}
 	return nil
+}
+
+func freeLoopbackPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port for the API: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func isReady(n *corev1.Node) bool {

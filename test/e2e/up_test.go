@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/cluster"
 )
 
@@ -296,5 +297,87 @@ func TestDownCleansUpAfterACrash(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "deleting namespace") {
 		t.Fatalf("duet down said nothing about what it removed:\n%s", out)
+	}
+}
+
+// TestKill9DuringPodBurst kills an agent and the server with SIGKILL while
+// 50 pods are being created; duet up restarts them, and every pod must end
+// Running with addresses of its own, with no sandbox left over.
+func TestKill9DuringPodBurst(t *testing.T) {
+	dataDir, kubeconfig := up(t)
+	var b strings.Builder
+	for i := 0; i < 50; i++ {
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p%d}\nspec:\n  containers: [{name: c, image: ignored, command: [sleep, \"3600\"]}]\n", i)
+	}
+	manifest := filepath.Join(t.TempDir(), "burst.yaml")
+	if err := os.WriteFile(manifest, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	apply := exec.Command("kubectl", "--kubeconfig", kubeconfig, "apply", "-f", manifest)
+	if err := apply.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Kill node1's agent and the server while the pods are being created.
+	var st struct{ PIDs []int }
+	data, err := os.ReadFile(filepath.Join(dataDir, "up.json"))
+	if err != nil || json.Unmarshal(data, &st) != nil || len(st.PIDs) < 2 {
+		t.Fatalf("reading up.json: %v %s", err, data)
+	}
+	for _, pid := range []int{st.PIDs[1], st.PIDs[0]} {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill -9 %d: %v", pid, err)
+		}
+	}
+	_ = apply.Wait() // may fail while the server restarts: apply again
+	deadline := time.Now().Add(4 * time.Minute)
+	var list corev1.PodList
+	for {
+		out, err := exec.Command("kubectl", "--kubeconfig", kubeconfig, "apply", "-f", manifest).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubectl apply after the restart: %v\n%s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	for {
+		out, err := exec.Command("kubectl", "--kubeconfig", kubeconfig, "get", "pods", "-o", "json").Output()
+		running := 0
+		if err == nil && json.Unmarshal(out, &list) == nil {
+			for _, p := range list.Items {
+				if p.Status.Phase == corev1.PodRunning && len(p.Status.PodIPs) == 2 {
+					running++
+				}
+			}
+		}
+		if running == 50 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 50 pods Running 4 minutes after the kills", running)
+		}
+		time.Sleep(time.Second)
+	}
+	seen := map[string]string{}
+	for _, p := range list.Items {
+		for _, ip := range p.Status.PodIPs {
+			if other, dup := seen[ip.IP]; dup {
+				t.Errorf("%s held by %s and %s", ip.IP, other, p.Name)
+			}
+			seen[ip.IP] = p.Name
+		}
+	}
+	topo, _ := cluster.Plan(dataDir, 2)
+	sandboxes := 0
+	for _, n := range topo.Nodes {
+		entries, err := sandbox.List(cluster.NetNSPath(n.NetNS))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sandboxes += len(entries)
+	}
+	if sandboxes != 50 {
+		t.Errorf("%d pod namespaces for 50 pods: sandboxes leaked or lost", sandboxes)
 	}
 }
