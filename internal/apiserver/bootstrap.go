@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/pki"
+	"github.com/duet-net/duet/internal/registry/service"
 )
 
 // systemNamespaces exist in every cluster.
@@ -56,6 +58,17 @@ func (s *Server) ensureKubernetesService(ctx context.Context, client kubernetes.
 	_, err := client.CoreV1().Services(metav1.NamespaceDefault).Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating the kubernetes service: %w", err)
+	}
+	// Its address is reserved rather than allocated, but it is recorded
+	// like every other cluster IP, as Kubernetes does.
+	_, err = client.NetworkingV1().IPAddresses().Create(ctx, &networkingv1.IPAddress{
+		ObjectMeta: metav1.ObjectMeta{Name: ip, Labels: map[string]string{
+			service.LabelIPFamily: string(primary), service.LabelManagedBy: service.ManagedBy,
+		}},
+		Spec: networkingv1.IPAddressSpec{ParentRef: &networkingv1.ParentReference{Resource: "services", Namespace: metav1.NamespaceDefault, Name: "kubernetes"}},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("recording the kubernetes service's IP: %w", err)
 	}
 	return nil
 }

@@ -93,6 +93,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
 	}
 	go func() {
+		defer close(s.controllersDone)
 		defer etcdClient.Close()
 		for ctx.Err() == nil {
 			leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{

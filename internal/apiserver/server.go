@@ -60,11 +60,14 @@ type Server struct {
 	coreStorage   map[string]restStorage
 	port          int
 	etcdServers   []string
+	// controllersDone is closed once the leader-elected controllers have
+	// stopped and released their lease.
+	controllersDone chan struct{}
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API.
 func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
-	s := &Server{cfg: cfg, log: log}
+	s := &Server{cfg: cfg, log: log, controllersDone: make(chan struct{})}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating --data-dir: %w", err)
 	}
@@ -291,7 +294,14 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	return s.generic.PrepareRun().RunWithContext(ctx)
+	err := s.generic.PrepareRun().RunWithContext(ctx)
+	// Release the leader lease before exiting, so that a restarted or
+	// another replica takes over at once instead of after it expires.
+	select {
+	case <-s.controllersDone:
+	case <-time.After(5 * time.Second):
+	}
+	return err
 }
 
 func firstServiceIP(cfg *Config) string {

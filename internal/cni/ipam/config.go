@@ -10,6 +10,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/duet-net/duet/internal/netaddr"
 )
@@ -244,6 +245,14 @@ func Parse(stdin []byte, cniArgs string) (*Config, error) {
 	}
 	if len(n.IPAM.PodCIDRs) == 2 && c.RangeSets[0].Family() == c.RangeSets[1].Family() {
 		return nil, fieldErr("ipam.podCIDRs", "%s and %s are both %s; a node has at most one pod CIDR per family", n.IPAM.PodCIDRs[0], n.IPAM.PodCIDRs[1], c.RangeSets[0].Family())
+	}
+	if old, _ := version.GreaterThanOrEqualTo(resultVersion(c), "0.3.0"); !old {
+		perFamily := map[netaddr.Family]int{}
+		for _, s := range c.RangeSets {
+			if perFamily[s.Family()]++; perFamily[s.Family()] > 1 {
+				return nil, fieldErr("cniVersion", "CNI version %s does not support more than 1 address per family; use 0.3.0 or later", resultVersion(c))
+			}
+		}
 	}
 	for i := range sets {
 		for j := 0; j < i; j++ {

@@ -153,6 +153,7 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"a bad cooldown", conf(`{"ranges":[[{"subnet":"10.0.0.0/24"}]],"cooldown":"soon"}`), `ipam.cooldown: "soon" is not a duration`},
 		{"a requested IP outside every range", `{"name":"pods","runtimeConfig":{"ips":["10.9.9.9"]},"ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]}}`, "runtimeConfig.ips[0]: requested IP 10.9.9.9 is in none of the configured ranges"},
 		{"a requested IP that is not one", `{"name":"pods","args":{"cni":{"ips":["x"]}},"ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]}}`, `args.cni.ips[0]: "x" is not an IP address`},
+		{"two IPv4 sets on CNI 0.2.0", `{"cniVersion":"0.2.0","name":"pods","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"10.0.1.0/24"}]]}}`, "cniVersion: CNI version 0.2.0 does not support more than 1 address per family"},
 		{"a missing resolv.conf", conf(`{"ranges":[[{"subnet":"10.0.0.0/24"}]],"resolvConf":"/nonexistent/resolv.conf"}`), "ipam.resolvConf: open /nonexistent/resolv.conf"},
 	}
 	for _, tc := range tests {

@@ -20,8 +20,8 @@
 //	}
 //
 // Each range set (one family, one or more ranges) gives an attachment one
-// address; the gateway is the first address of the subnet unless given and
-// is never handed out, nor is the network address or the IPv4 broadcast.
+// address; the gateway is the subnet's first usable address (.1, ::1) unless
+// given, and is never handed out, nor is the network address or the IPv4 broadcast.
 // Instead of ranges, "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]
 // (at most one per family, primary first, as the Duet agent passes a
 // node's spec.podCIDRs) makes one range set per CIDR. "cooldown" is Duet's

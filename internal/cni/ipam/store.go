@@ -163,6 +163,13 @@ func lockDir(dir string, timeout time.Duration) (func(), error) {
 		return nil, fmt.Errorf("opening %s to lock it: %w", dir, err)
 	}
 	fd := int(f.Fd())
+	unlock := func() {
+		_ = flock(fd, syscall.LOCK_UN)
+		f.Close()
+	}
+	if flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+		return unlock, nil // uncontended: no waiting goroutine needed
+	}
 	done := make(chan error, 1)
 	go func() { done <- flock(fd, syscall.LOCK_EX) }()
 	timer := time.NewTimer(timeout)
@@ -173,10 +180,7 @@ func lockDir(dir string, timeout time.Duration) (func(), error) {
 			f.Close()
 			return nil, fmt.Errorf("locking %s: %w", dir, err)
 		}
-		return func() {
-			_ = flock(fd, syscall.LOCK_UN)
-			f.Close()
-		}, nil
+		return unlock, nil
 	case <-timer.C:
 		go func() {
 			// The lock may still come; give it back, then the descriptor.

@@ -316,6 +316,10 @@ func TestRequestedAddresses(t *testing.T) {
 		if !errors.Is(err, alloc.ErrAllocated) || !strings.Contains(err.Error(), "held by container pod1 interface eth0") {
 			t.Fatalf("taken: %v", err)
 		}
+		_, err = s.Reserve(pod(3), ss, []netip.Addr{netip.MustParseAddr("10.244.1.8"), netip.MustParseAddr("10.244.1.9")}, t0, 0)
+		if err == nil || !strings.Contains(err.Error(), "requested IP 10.244.1.9 was not allocated") {
+			t.Fatalf("two requested in one set: %v", err)
+		}
 		_, err = s.Reserve(pod(2), ss, []netip.Addr{netip.MustParseAddr("10.244.1.1")}, t0, 0)
 		if !errors.Is(err, alloc.ErrReserved) || !strings.Contains(err.Error(), "the gateway") {
 			t.Fatalf("gateway: %v", err)

@@ -91,9 +91,6 @@ func (r *Repair) RunOnce(ctx context.Context) error {
 				continue
 			}
 			held[name] = key
-			if ip == rng.KubernetesServiceIP() && key == "default/kubernetes" {
-				continue // reserved, never recorded
-			}
 			rec, ok := records[name]
 			if !ok {
 				r.Recorder.Eventf(svc, corev1.EventTypeWarning, "ClusterIPNotAllocated", "Cluster IP [%s]: %s is not allocated; repairing", fam, name)
