@@ -16,6 +16,8 @@ import (
 	"runtime"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -221,9 +223,26 @@ func (t Topology) veth(ul *netlink.Handle, br netlink.Link, ns, port string) err
 // Destroy deletes every namespace of the topology (which deletes the links
 // in them); absent ones are fine.
 func (t Topology) Destroy() error {
-	var errs []error
+	errs := []error{t.removeSandboxes()}
 	for _, name := range t.Namespaces() {
 		errs = append(errs, t.destroyOne(name))
+	}
+	return errors.Join(errs...)
+}
+
+// removeSandboxes removes the pods' namespaces of every node, which live
+// beside the nodes' own in /run/netns.
+func (t Topology) removeSandboxes() error {
+	var errs []error
+	for _, n := range t.Nodes {
+		entries, err := sandbox.List(NetNSPath(n.NetNS))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range entries {
+			errs = append(errs, sandbox.TeardownNetNS(NetNSPath(n.NetNS), e.NetNS))
+		}
 	}
 	return errors.Join(errs...)
 }

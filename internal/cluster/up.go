@@ -380,13 +380,13 @@ func Down(dataDir string, out io.Writer) error {
 		}
 	}
 	// Namespaces are found by the data directory's ID, whatever the node
-	// count was.
-	topo, err := Plan(dataDir, 1)
+	// count was; pods' namespaces by their nodes'.
+	topo, err := Plan(dataDir, 200)
 	if err != nil {
 		return err
 	}
+	errs := []error{topo.removeSandboxes()}
 	entries, _ := os.ReadDir("/run/netns")
-	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), "duet-"+topo.ID+"-") {
 			fmt.Fprintf(out, "deleting namespace %s\n", e.Name())

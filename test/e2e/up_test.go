@@ -80,9 +80,14 @@ func up(t *testing.T, args ...string) (dataDir, kubeconfig string) {
 			_ = cmd.Process.Kill()
 			t.Errorf("duet up did not stop within 60s of SIGINT")
 		}
-		topo, _ := cluster.Plan(dataDir, 1)
+		topo, _ := cluster.Plan(dataDir, 2)
 		if left, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(left), "duet-"+topo.ID) {
 			t.Errorf("namespaces left after duet up stopped:\n%s", left)
+		}
+		for _, n := range topo.Nodes {
+			if left, _ := sandbox.List(cluster.NetNSPath(n.NetNS)); len(left) > 0 {
+				t.Errorf("pod namespaces of %s left after duet up stopped: %v", n.Name, left)
+			}
 		}
 	})
 	deadline := time.After(3 * time.Minute)
