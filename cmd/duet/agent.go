@@ -6,8 +6,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -62,6 +62,9 @@ namespace (as duet up's nodes are) instead of its own.`,
 				return fmt.Errorf("--kubeconfig: %w", err)
 			}
 			rest.UserAgent = "duet-agent/" + nodeName
+			// client-go's default of 5 QPS would pace a burst of pod
+			// status updates; the kubelet's defaults are these.
+			rest.QPS, rest.Burst = 50, 100
 			client, err := kubernetes.NewForConfig(rest)
 			if err != nil {
 				return err

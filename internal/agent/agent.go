@@ -230,7 +230,7 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 				queue.Add(p.Namespace + "/" + p.Name)
 			}
 		}, 30*time.Second)
-		for i := 0; i < 4; i++ {
+		for i := 0; i < 8; i++ {
 			go func() {
 				for {
 					key, quit := queue.Get()

@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 // up starts `duet up` and returns once it printed the ready line; the
 // cluster is stopped with SIGINT in t.Cleanup, which must exit 0 and leave
 // no namespace behind.
-func up(t *testing.T, args ...string) (dataDir, kubeconfig string) {
+func up(t testing.TB, args ...string) (dataDir, kubeconfig string) {
 	t.Helper()
 	dataDir = t.TempDir()
 	cmd := exec.Command(duetBin, append([]string{"up", "--data-dir", dataDir}, args...)...)

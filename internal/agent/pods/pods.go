@@ -67,6 +67,9 @@ type podRun struct {
 }
 
 type containerRun struct {
+	// started is closed after the first attempt to start the process, so
+	// the first status report already shows it running.
+	started  chan struct{}
 	mu       sync.Mutex
 	cmd      *exec.Cmd
 	restarts int32
@@ -171,9 +174,15 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		return nil, err
 	}
 	for _, c := range pod.Spec.Containers {
-		cr := &containerRun{state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
+		cr := &containerRun{started: make(chan struct{}), state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
 		run.containers[c.Name] = cr
 		go m.supervise(runCtx, pod.DeepCopy(), c, cr, sb.NetNS, filepath.Join(logDir, c.Name+".log"))
+	}
+	for _, cr := range run.containers {
+		select {
+		case <-cr.started:
+		case <-time.After(5 * time.Second):
+		}
 	}
 	m.mu.Lock()
 	m.running[pod.UID] = run
@@ -185,6 +194,14 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 // supervise runs a container's command and restarts it per restartPolicy.
 func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Container, cr *containerRun, netns, logFile string) {
 	backoff := time.Second
+	first := true
+	startedOnce := func() {
+		if first {
+			first = false
+			close(cr.started)
+		}
+	}
+	defer startedOnce()
 	for ctx.Err() == nil {
 		argv := append(append([]string{}, c.Command...), c.Args...)
 		if len(argv) == 0 {
@@ -219,7 +236,11 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 		cr.cmd = cmd
 		cr.state = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
 		cr.mu.Unlock()
-		m.poke(pod)
+		if first {
+			startedOnce() // the pod's first status report follows
+		} else {
+			m.poke(pod)
+		}
 		err = cmd.Wait()
 		log.Close()
 		code := 0
