@@ -128,7 +128,7 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 	defer schedBroadcaster.Shutdown()
 	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(),
 		schedBroadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: scheduler.Name}))
-	wg.Go(func() { sched.Run(ctx, 1) })
+	wg.Go(func() { sched.Run(ctx, 8) })
 	if len(allocators) > 0 {
 		recorder, stop := nodeipam.NewEventRecorder(ctx, client)
 		defer stop()

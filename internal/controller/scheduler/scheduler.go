@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -36,6 +37,9 @@ type Scheduler struct {
 	synced   []cache.InformerSynced
 	recorder record.EventRecorder
 	queue    workqueue.TypedRateLimitingInterface[string]
+	// mu makes choosing a node and counting it one step, so that workers
+	// binding concurrently still spread a burst.
+	mu sync.Mutex
 	// assumed counts bindings made but not yet seen in the pod cache, so a
 	// burst spreads instead of piling onto the node that looked emptiest.
 	assumed map[string]string // pod key -> node
@@ -96,12 +100,13 @@ func (s *Scheduler) Run(ctx context.Context, workers int) {
 	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
 		return
 	}
-	// One worker at a time keeps counting simple; binding is one update.
-	_ = workers
-	go func() {
-		for s.next(ctx) {
-		}
-	}()
+	// Binding is one API round trip each: workers overlap them.
+	for range max(workers, 1) {
+		go func() {
+			for s.next(ctx) {
+			}
+		}()
+	}
 	<-ctx.Done()
 }
 
@@ -127,29 +132,36 @@ func (s *Scheduler) schedule(ctx context.Context, key string) error {
 	}
 	pod, err := s.pods.Pods(ns).Get(name)
 	if apierrors.IsNotFound(err) {
+		s.mu.Lock()
 		delete(s.assumed, key)
+		s.mu.Unlock()
 		return nil
 	}
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
 	if !needsBinding(pod) {
 		delete(s.assumed, key)
+		s.mu.Unlock()
 		return nil
 	}
-	if node, ok := s.assumed[key]; ok {
-		return s.bind(ctx, pod, node)
+	node, ok := s.assumed[key]
+	if !ok {
+		node, err = s.pick(pod)
+		if err != nil {
+			s.mu.Unlock()
+			s.recorder.Event(pod, corev1.EventTypeWarning, "FailedScheduling", err.Error())
+			return err
+		}
+		s.assumed[key] = node
 	}
-	node, err := s.pick(pod)
-	if err != nil {
-		s.recorder.Event(pod, corev1.EventTypeWarning, "FailedScheduling", err.Error())
-		return err
-	}
-	s.assumed[key] = node
+	s.mu.Unlock()
 	return s.bind(ctx, pod, node)
 }
 
-// pick returns the matching schedulable node with the fewest pods.
+// pick returns the matching schedulable node with the fewest pods; s.mu
+// is held.
 func (s *Scheduler) pick(pod *corev1.Pod) (string, error) {
 	nodes, err := s.nodes.List(labels.SelectorFromSet(pod.Spec.NodeSelector))
 	if err != nil {
