@@ -6,6 +6,7 @@ package nodestatus
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"runtime"
 	"time"
@@ -65,7 +66,7 @@ func (r *Reporter) Register(ctx context.Context) (*corev1.Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registering node %s: %w", r.NodeName, err)
 	}
-	if want := r.labels(node.Labels); !equalMaps(want, node.Labels) {
+	if want := r.labels(node.Labels); !maps.Equal(want, node.Labels) {
 		node.Labels = want
 		if node, err = nodes.Update(ctx, node, metav1.UpdateOptions{}); err != nil {
 			return nil, fmt.Errorf("labelling node %s: %w", r.NodeName, err)
@@ -75,9 +76,9 @@ func (r *Reporter) Register(ctx context.Context) (*corev1.Node, error) {
 }
 
 func (r *Reporter) labels(have map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range have {
-		out[k] = v
+	out := maps.Clone(have)
+	if out == nil {
+		out = map[string]string{}
 	}
 	out[corev1.LabelHostname] = r.NodeName
 	out[corev1.LabelOSStable] = runtime.GOOS
@@ -171,16 +172,4 @@ func (r *Reporter) Run(ctx context.Context) {
 			klog.ErrorS(err, "refreshing node status", "node", r.NodeName)
 		}
 	}, StatusInterval)
-}
-
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if bv, ok := b[k]; !ok || bv != v {
-			return false
-		}
-	}
-	return true
 }
