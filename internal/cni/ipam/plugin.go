@@ -68,12 +68,9 @@ func parse(args *skel.CmdArgs) (*Config, error) {
 	return c, nil
 }
 
-func owner(args *skel.CmdArgs) Owner {
-	return Owner{ContainerID: args.ContainerID, IfName: args.IfName}
-}
-
-// Add reserves one address per range set and prints the result.
-func (p *Plugin) Add(args *skel.CmdArgs) error {
+// withStore parses the network configuration and runs fn with the
+// network's store open, as every verb does.
+func (p *Plugin) withStore(args *skel.CmdArgs, fn func(c *Config, st *Store) error) error {
 	c, err := parse(args)
 	if err != nil {
 		return err
@@ -83,25 +80,36 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return err
 	}
 	defer st.Close()
-	addrs, err := st.Reserve(owner(args), c.RangeSets, c.Requested, p.now(), c.Cooldown)
-	if err != nil {
-		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
-	}
-	res := Result(c, addrs)
-	out, err := res.GetAsVersion(resultVersion(c))
-	if err != nil {
-		// Both addresses or neither: the runtime gets no result, so it
-		// must not keep a reservation either.
-		if _, relErr := st.Release(owner(args), p.now(), 0); relErr != nil {
-			return errors.Join(err, relErr)
+	return fn(c, st)
+}
+
+func owner(args *skel.CmdArgs) Owner {
+	return Owner{ContainerID: args.ContainerID, IfName: args.IfName}
+}
+
+// Add reserves one address per range set and prints the result.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	return p.withStore(args, func(c *Config, st *Store) error {
+		addrs, err := st.Reserve(owner(args), c.RangeSets, c.Requested, p.now(), c.Cooldown)
+		if err != nil {
+			return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
 		}
-		return types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("duet-ipam: network %s: %v", c.Name, err), "")
-	}
-	w := p.Stdout
-	if w == nil {
-		w = os.Stdout
-	}
-	return out.PrintTo(w)
+		res := Result(c, addrs)
+		out, err := res.GetAsVersion(resultVersion(c))
+		if err != nil {
+			// Both addresses or neither: the runtime gets no result, so it
+			// must not keep a reservation either.
+			if _, relErr := st.Release(owner(args), p.now(), 0); relErr != nil {
+				return errors.Join(err, relErr)
+			}
+			return types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("duet-ipam: network %s: %v", c.Name, err), "")
+		}
+		w := p.Stdout
+		if w == nil {
+			w = os.Stdout
+		}
+		return out.PrintTo(w)
+	})
 }
 
 func resultVersion(c *Config) string {
@@ -126,100 +134,72 @@ func Result(c *Config, addrs []netip.Addr) *current.Result {
 
 // Del releases the attachment's addresses; an unknown one is success.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
-	c, err := parse(args)
-	if err != nil {
-		return err
-	}
-	st, err := p.open(c)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if _, err := st.Release(owner(args), p.now(), c.Cooldown); err != nil {
-		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
-	}
-	return nil
+	return p.withStore(args, func(c *Config, st *Store) error {
+		if _, err := st.Release(owner(args), p.now(), c.Cooldown); err != nil {
+			return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
+		}
+		return nil
+	})
 }
 
 // Check verifies that the attachment holds one address per range set and,
 // given a prevResult, that the result carries them.
 func (p *Plugin) Check(args *skel.CmdArgs) error {
-	c, err := parse(args)
-	if err != nil {
-		return err
-	}
-	st, err := p.open(c)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	addrs, err := st.Check(owner(args), c.RangeSets)
-	if err != nil {
-		var cniErr *types.Error
-		if errors.As(err, &cniErr) {
-			cniErr.Msg = fmt.Sprintf("duet-ipam: network %s: %s", c.Name, cniErr.Msg)
-			return cniErr
+	return p.withStore(args, func(c *Config, st *Store) error {
+		addrs, err := st.Check(owner(args), c.RangeSets)
+		if err != nil {
+			var cniErr *types.Error
+			if errors.As(err, &cniErr) {
+				cniErr.Msg = fmt.Sprintf("duet-ipam: network %s: %s", c.Name, cniErr.Msg)
+				return cniErr
+			}
+			return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
 		}
-		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
-	}
-	if len(c.PrevResult) == 0 {
-		return nil
-	}
-	prev, err := version.NewResult(resultVersion(c), c.PrevResult)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "duet-ipam: decoding prevResult: "+err.Error(), "")
-	}
-	res, err := current.NewResultFromResult(prev)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "duet-ipam: converting prevResult: "+err.Error(), "")
-	}
-	for _, a := range addrs {
-		found := false
-		for _, ip := range res.IPs {
-			if got, ok := netip.AddrFromSlice(ip.Address.IP); ok && got.Unmap() == a {
-				found = true
+		if len(c.PrevResult) == 0 {
+			return nil
+		}
+		prev, err := version.NewResult(resultVersion(c), c.PrevResult)
+		if err != nil {
+			return types.NewError(types.ErrDecodingFailure, "duet-ipam: decoding prevResult: "+err.Error(), "")
+		}
+		res, err := current.NewResultFromResult(prev)
+		if err != nil {
+			return types.NewError(types.ErrDecodingFailure, "duet-ipam: converting prevResult: "+err.Error(), "")
+		}
+		for _, a := range addrs {
+			found := false
+			for _, ip := range res.IPs {
+				if got, ok := netip.AddrFromSlice(ip.Address.IP); ok && got.Unmap() == a {
+					found = true
+				}
+			}
+			if !found {
+				return fmt.Errorf("duet-ipam: network %s: reserved address %s of container %s interface %s is missing from prevResult", c.Name, a, args.ContainerID, args.IfName)
 			}
 		}
-		if !found {
-			return fmt.Errorf("duet-ipam: network %s: reserved address %s of container %s interface %s is missing from prevResult", c.Name, a, args.ContainerID, args.IfName)
-		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // GC releases every reservation not in cni.dev/valid-attachments.
 func (p *Plugin) GC(args *skel.CmdArgs) error {
-	c, err := parse(args)
-	if err != nil {
-		return err
-	}
-	st, err := p.open(c)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if _, err := st.GC(c.ValidAttachments, p.now(), c.Cooldown); err != nil {
-		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
-	}
-	return nil
+	return p.withStore(args, func(c *Config, st *Store) error {
+		if _, err := st.GC(c.ValidAttachments, p.now(), c.Cooldown); err != nil {
+			return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
+		}
+		return nil
+	})
 }
 
 // Status fails with code 50 when a range set has no address left.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
-	c, err := parse(args)
-	if err != nil {
-		return err
-	}
-	st, err := p.open(c)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if err := st.Available(c.RangeSets); err != nil {
-		if errors.Is(err, alloc.ErrFull) {
-			return types.NewError(ErrPluginNotAvailable, fmt.Sprintf("duet-ipam: network %s: %v", c.Name, err), "")
+	return p.withStore(args, func(c *Config, st *Store) error {
+		if err := st.Available(c.RangeSets); err != nil {
+			if errors.Is(err, alloc.ErrFull) {
+				return types.NewError(ErrPluginNotAvailable, fmt.Sprintf("duet-ipam: network %s: %v", c.Name, err), "")
+			}
+			return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
 		}
-		return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
-	}
-	return nil
+		return nil
+	})
 }
