@@ -28,6 +28,11 @@ type Config struct {
 	EtcdServers   []string
 	// RepairInterval is how often cluster IP records are reconciled.
 	RepairInterval time.Duration
+	// NodePorts is --service-node-port-range: the first and last port.
+	NodePortBase, NodePortEnd int
+	// LBPools are --load-balancer-ip-pool: CIDRs of either family from
+	// which LoadBalancer Services get their ingress IPs.
+	LBPools []netip.Prefix
 }
 
 // Flags are the command-line values before validation.
@@ -38,6 +43,8 @@ type Flags struct {
 	FeatureGates                                             map[string]string
 	EtcdServers                                              []string
 	RepairInterval                                           time.Duration
+	NodePortRange                                            string
+	LBPools                                                  []string
 }
 
 // knownGates are the feature gates Duet understands, with defaults.
@@ -92,10 +99,63 @@ func (f Flags) Complete() (*Config, error) {
 		return nil, errors.New("--cluster-cidr must not contain more than one entry when dual-stack is disabled (--feature-gates IPv6DualStack=false)")
 	}
 	cfg.ClusterCIDRs = cidrs
+	if cfg.NodePortBase, cfg.NodePortEnd, err = ParsePortRange(f.NodePortRange); err != nil {
+		return nil, fmt.Errorf("--service-node-port-range: %w", err)
+	}
+	for _, s := range f.LBPools {
+		p, err := netaddr.ParseCIDR(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("--load-balancer-ip-pool: %w", err)
+		}
+		for _, q := range cfg.LBPools {
+			if q.Overlaps(p) {
+				return nil, fmt.Errorf("--load-balancer-ip-pool: %s overlaps %s", p, q)
+			}
+		}
+		for _, r := range cfg.ServiceRanges {
+			if r.Overlaps(p) {
+				return nil, fmt.Errorf("--load-balancer-ip-pool: %s overlaps --service-cluster-ip-range %s", p, r)
+			}
+		}
+		if !cfg.DualStack && len(cfg.ServiceRanges) > 0 && p.Addr().Is4() != cfg.ServiceRanges[0].Addr().Is4() {
+			return nil, fmt.Errorf("--load-balancer-ip-pool: %s is of the other family, and dual-stack is disabled", p)
+		}
+		cfg.LBPools = append(cfg.LBPools, p)
+	}
 	for _, s := range f.EtcdServers {
 		if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {
 			return nil, fmt.Errorf("--etcd-servers: %q must be a URL (http://host:port or https://host:port)", s)
 		}
 	}
 	return cfg, nil
+}
+
+// ParsePortRange parses a port range as kube-apiserver's
+// --service-node-port-range does: "base-end" or "base+size"; empty means
+// Kubernetes' default, 30000-32767.
+func ParsePortRange(v string) (base, end int, err error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 30000, 32767, nil
+	}
+	var a, b string
+	plus := false
+	if i := strings.IndexAny(v, "-+"); i > 0 {
+		a, b, plus = v[:i], v[i+1:], v[i] == '+'
+	} else {
+		a, b = v, v
+	}
+	base, err1 := strconv.Atoi(a)
+	n, err2 := strconv.Atoi(b)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("unable to parse port range: %s: want base-end or base+size", v)
+	}
+	end = n
+	if plus {
+		end = base + n - 1
+	}
+	if base < 1 || end > 65535 || base > end {
+		return 0, 0, fmt.Errorf("invalid port range %s: ports must lie in 1-65535, the first no higher than the last", v)
+	}
+	return base, end, nil
 }

@@ -21,8 +21,6 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
@@ -63,10 +61,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	metrics.Register()
 	go repair.Run(ctx)
 
-	etcdClient, err := clientv3.New(clientv3.Config{Endpoints: s.etcdServers, DialTimeout: 10 * time.Second})
-	if err != nil {
-		return fmt.Errorf("connecting to etcd for node CIDR records: %w", err)
-	}
+	etcdClient := s.etcdClient
 	store, err := etcdstore.New(etcdClient, "/duet/allocations/nodecidrs/")
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -36,6 +37,7 @@ import (
 	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
 	"github.com/duet-net/duet/internal/alloc"
 	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
+	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/pki"
 	"github.com/duet-net/duet/internal/registry/coordination"
@@ -60,6 +62,10 @@ type Server struct {
 	coreStorage   map[string]restStorage
 	port          int
 	etcdServers   []string
+	// etcdClient keeps the allocation records that are not API objects
+	// (node ports, node CIDRs, LoadBalancer IPs).
+	etcdClient *clientv3.Client
+	nodePorts  *alloc.PortRange
 	// controllersDone is closed once the leader-elected controllers have
 	// stopped and released their lease.
 	controllersDone chan struct{}
@@ -239,6 +245,23 @@ func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 	if err != nil {
 		return err
 	}
+	s.etcdClient, err = clientv3.New(clientv3.Config{Endpoints: s.etcdServers, DialTimeout: 10 * time.Second})
+	if err != nil {
+		return fmt.Errorf("connecting to etcd for allocation records: %w", err)
+	}
+	portStore, err := etcdstore.New(s.etcdClient, "/duet/allocations/nodeports/")
+	if err != nil {
+		return err
+	}
+	ports, err := alloc.NewPortRange(s.cfg.NodePortBase, s.cfg.NodePortEnd, portStore)
+	if err != nil {
+		return fmt.Errorf("--service-node-port-range: %w", err)
+	}
+	if err := ports.Sync(context.Background()); err != nil {
+		return fmt.Errorf("loading node port allocations: %w", err)
+	}
+	allocs.SetNodePorts(ports)
+	s.nodePorts = ports
 	s.serviceRanges, s.ipStore = ranges, ipStore
 
 	coreStorage, err := registrycore.NewStorage(Scheme, optsGetter)

@@ -48,6 +48,7 @@ type Txn interface {
 type Allocators struct {
 	cfg    Config
 	ranges map[corev1.IPFamily]*alloc.ServiceRange
+	ports  *alloc.PortRange
 }
 
 // NewAllocators checks that ranges holds exactly one ServiceRange per
@@ -103,6 +104,10 @@ func (a *Allocators) AllocateCreate(ctx context.Context, svc *core.Service, dryR
 			return nil, err
 		}
 	}
+	if err := a.allocNodePorts(t, svc, nil, dryRun); err != nil {
+		t.Revert()
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -124,6 +129,9 @@ func (a *Allocators) AllocateUpdate(ctx context.Context, newSvc, oldSvc *core.Se
 		return nil, apierrors.NewInvalid(serviceKind, newSvc.Name, errs)
 	}
 	t := a.newTxn(ctx, newSvc)
+	if err := a.allocNodePorts(t, newSvc, oldSvc, dryRun); err != nil {
+		return nil, err
+	}
 	if isUntouchedPreferDualStack(newSvc, oldSvc) {
 		return t, nil
 	}
@@ -132,6 +140,7 @@ func (a *Allocators) AllocateUpdate(ctx context.Context, newSvc, oldSvc *core.Se
 	case !needsClusterIP(oldSvc) && needsClusterIP(newSvc):
 		if !isHeadless(newSvc) {
 			if err := a.allocClusterIPs(t, newSvc, 0, dryRun); err != nil {
+				t.Revert()
 				return nil, err
 			}
 		}
@@ -143,6 +152,7 @@ func (a *Allocators) AllocateUpdate(ctx context.Context, newSvc, oldSvc *core.Se
 		}
 	case oldFams == 1 && newFams == 2:
 		if err := a.allocClusterIPs(t, newSvc, 1, dryRun); err != nil {
+			t.Revert()
 			return nil, err
 		}
 	case oldFams == 2 && newFams == 1:
@@ -157,10 +167,18 @@ func (a *Allocators) AllocateUpdate(ctx context.Context, newSvc, oldSvc *core.Se
 // family the cluster no longer serves are skipped: there is nothing to give
 // them back to.
 func (a *Allocators) Release(ctx context.Context, svc *core.Service) error {
-	if !needsClusterIP(svc) || isHeadless(svc) {
-		return nil
+	var errs []error
+	if a.ports != nil {
+		for p := range nodePortsOf(svc) {
+			if err := a.ports.Release(ctx, p); err != nil {
+				errs = append(errs, fmt.Errorf("releasing node port %d: %w", p, err))
+			}
+		}
 	}
-	return errors.Join(a.release(withOwner(ctx, svc), parseIPs(svc.Spec.ClusterIPs))...)
+	if !needsClusterIP(svc) || isHeadless(svc) {
+		return errors.Join(errs...)
+	}
+	return errors.Join(append(errs, a.release(withOwner(ctx, svc), parseIPs(svc.Spec.ClusterIPs))...)...)
 }
 
 // allocClusterIPs fills clusterIPs[from:] for ipFamilies[from:], taking
@@ -297,7 +315,10 @@ type txn struct {
 
 	allocated []netip.Addr // given back by Revert
 	release   []netip.Addr // given back by Commit
-	once      sync.Once
+
+	allocatedPorts []int // node ports given back by Revert
+	releasePorts   []int // node ports given back by Commit
+	once           sync.Once
 }
 
 func (a *Allocators) newTxn(ctx context.Context, svc *core.Service) *txn {
@@ -312,6 +333,7 @@ func (t *txn) Commit() {
 			// The repair loop reclaims what is left behind.
 			klog.ErrorS(err, "Failed to release a cluster IP the Service gave up", "service", t.name)
 		}
+		t.a.releasePorts(t.ctx, t.releasePorts)
 	})
 }
 
@@ -320,6 +342,7 @@ func (t *txn) Revert() {
 		for _, err := range t.a.release(t.ctx, t.allocated) {
 			klog.ErrorS(err, "Failed to release a cluster IP allocated for a Service that was not stored", "service", t.name)
 		}
+		t.a.releasePorts(t.ctx, t.allocatedPorts)
 	})
 }
 
