@@ -23,6 +23,7 @@ import (
 
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/controller/namespace"
+	"github.com/duet-net/duet/internal/controller/lbipam"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
 	"github.com/duet-net/duet/internal/controller/scheduler"
 	"github.com/duet-net/duet/internal/etcdstore"
@@ -132,6 +133,23 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 			klog.ErrorS(err, "starting node IPAM")
 		} else {
 			wg.Go(func() { ipam.Run(ctx, 2) })
+		}
+	}
+	if len(s.cfg.LBPools) > 0 {
+		lbStore, err := etcdstore.New(s.etcdClient, "/duet/allocations/lbips/")
+		if err == nil {
+			lbBroadcaster := record.NewBroadcaster(record.WithContext(ctx))
+			lbBroadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+			defer lbBroadcaster.Shutdown()
+			var lb *lbipam.Controller
+			lb, err = lbipam.New(client, factory.Core().V1().Services(), s.cfg.LBPools, lbStore,
+				lbBroadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: lbipam.ControllerName}))
+			if err == nil {
+				wg.Go(func() { lb.Run(ctx, 2) })
+			}
+		}
+		if err != nil {
+			klog.ErrorS(err, "starting load balancer IPAM")
 		}
 	}
 	factory.Start(ctx.Done())
