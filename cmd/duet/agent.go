@@ -15,12 +15,14 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/duet-net/duet/internal/agent"
+	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/version"
 )
 
 func newAgentCommand() *cobra.Command {
-	var kubeconfig, nodeName, netns, stateDir string
+	var kubeconfig, nodeName, netns, stateDir, clusterCIDR, serviceRange, masqConfig string
 	var nodeIPs []string
+	var noProxy, noMasq bool
 	cmd := &cobra.Command{
 		Use:   "agent --kubeconfig FILE --node-name NAME --node-ip A[,B] [--netns PATH]",
 		Short: "Run a node agent: register the Node and program its network",
@@ -57,6 +59,17 @@ namespace (as duet up's nodes are) instead of its own.`,
 			if len(cfg.InternalIPs) == 0 {
 				return fmt.Errorf("--node-ip is required (one address per family, primary first)")
 			}
+			if clusterCIDR != "" {
+				if cfg.ClusterCIDRs, err = netaddr.ParseCIDRList("--cluster-cidr", clusterCIDR); err != nil {
+					return err
+				}
+			}
+			if serviceRange != "" {
+				if cfg.ServiceCIDRs, err = netaddr.ParseCIDRList("--service-cluster-ip-range", serviceRange); err != nil {
+					return err
+				}
+			}
+			cfg.MasqConfig, cfg.NoProxy, cfg.NoMasq = masqConfig, noProxy, noMasq
 			rest, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 			if err != nil {
 				return fmt.Errorf("--kubeconfig: %w", err)
@@ -80,6 +93,11 @@ namespace (as duet up's nodes are) instead of its own.`,
 	fs.StringVar(&nodeName, "node-name", "", "the Node's name")
 	fs.StringSliceVar(&nodeIPs, "node-ip", nil, "the node's InternalIPs, one per family, primary first")
 	fs.StringVar(&netns, "netns", "", "network namespace to program (default: the agent's own)")
+	fs.StringVar(&clusterCIDR, "cluster-cidr", "", "the cluster's pod CIDRs (as given to duet server): never masqueraded; traffic from elsewhere to a Service is")
+	fs.StringVar(&serviceRange, "service-cluster-ip-range", "", "the cluster's service ranges (as given to duet server): not masqueraded by the IPv6 egress defaults")
+	fs.StringVar(&masqConfig, "masq-config", "", "ip-masq-agent config file (YAML or JSON), watched for changes; empty means the defaults")
+	fs.BoolVar(&noProxy, "no-proxy", false, "do not run the service proxy")
+	fs.BoolVar(&noMasq, "no-masq", false, "do not masquerade egress traffic")
 	fs.StringVar(&stateDir, "state-dir", "", "where the node's IPAM store and container logs live (default /var/lib/duet/agent/NODE)")
 	return cmd
 }

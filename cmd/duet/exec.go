@@ -21,14 +21,15 @@ import (
 )
 
 func newExecCommand() *cobra.Command {
-	var dataDir, namespace string
+	var dataDir, namespace, node string
 	var external bool
 	cmd := &cobra.Command{
-		Use:   "exec [--data-dir DIR] [-n NAMESPACE] (POD | --external) -- COMMAND [ARG...]",
-		Short: "Run a command in a pod's network namespace (or the external one) of a duet up cluster",
+		Use:   "exec [--data-dir DIR] [-n NAMESPACE] (POD | --external | --node NODE) -- COMMAND [ARG...]",
+		Short: "Run a command in a pod's network namespace (or the external one, or a node's) of a duet up cluster",
 		Long: `duet exec runs COMMAND, with its standard streams, in the network namespace of a
 pod of the duet up cluster kept in --data-dir (default $DUET_DATA_DIR), on this
-host. With --external it runs in the namespace that plays the outside world.`,
+host. With --external it runs in the namespace that plays the outside world;
+with --node in that node's own namespace.`,
 		Example: `  duet exec --data-dir /tmp/duet web-0 -- ip addr
   duet exec --data-dir /tmp/duet --external -- curl http://[2001:db8:ffff::10]/`,
 		Args: cobra.MinimumNArgs(1),
@@ -43,17 +44,19 @@ host. With --external it runs in the namespace that plays the outside world.`,
 			var pod string
 			var command []string
 			switch {
-			case external && (dash == 0 || dash == -1):
+			case external && node != "":
+				return errors.New("--external and --node exclude each other")
+			case (external || node != "") && (dash == 0 || dash == -1):
 				command = args
 			case !external && dash == 1:
 				pod, command = args[0], args[1:]
 			default:
-				return errors.New("usage: duet exec [-n NAMESPACE] POD -- COMMAND, or duet exec --external -- COMMAND")
+				return errors.New("usage: duet exec [-n NAMESPACE] POD -- COMMAND, duet exec --external -- COMMAND, or duet exec --node NODE -- COMMAND")
 			}
 			if len(command) == 0 {
 				return errors.New("no command given after --")
 			}
-			nsPath, err := execTarget(cmd.Context(), dataDir, namespace, pod, external)
+			nsPath, err := execTarget(cmd.Context(), dataDir, namespace, pod, external, node)
 			if err != nil {
 				return err
 			}
@@ -63,17 +66,29 @@ host. With --external it runs in the namespace that plays the outside world.`,
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the data directory of the duet up cluster")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", metav1.NamespaceDefault, "the pod's namespace")
 	cmd.Flags().BoolVar(&external, "external", false, "run in the external namespace (the outside world) instead of a pod's")
+	cmd.Flags().StringVar(&node, "node", "", "run in this node's network namespace instead of a pod's")
 	return cmd
 }
 
 // execTarget finds the network namespace to run in.
-func execTarget(ctx context.Context, dataDir, namespace, pod string, external bool) (string, error) {
+func execTarget(ctx context.Context, dataDir, namespace, pod string, external bool, node string) (string, error) {
 	topo, err := cluster.Plan(dataDir, 200)
 	if err != nil {
 		return "", err
 	}
 	if external {
 		return cluster.NetNSPath(topo.External), nil
+	}
+	if node != "" {
+		for _, n := range topo.Nodes {
+			if n.Name == node {
+				if _, err := os.Stat(cluster.NetNSPath(n.NetNS)); err != nil {
+					return "", fmt.Errorf("node %s of the cluster in %s: %w", node, dataDir, err)
+				}
+				return cluster.NetNSPath(n.NetNS), nil
+			}
+		}
+		return "", fmt.Errorf("no node %s in the cluster in %s (nodes are named node1, node2, …)", node, dataDir)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(dataDir, "admin.kubeconfig"))
 	if err != nil {

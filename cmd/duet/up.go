@@ -41,6 +41,8 @@ everything down. After a crash, duet down --data-dir DIR cleans up.`,
 	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", cluster.DefaultClusterCIDR, "pod CIDRs, one per family, primary first")
 	fs.StringVar(&o.ServiceRange, "service-cluster-ip-range", cluster.DefaultServiceRange, "service ranges, one per family, primary first")
 	fs.BoolVar(&o.IPv6Primary, "ipv6-primary", false, "make IPv6 the primary family (puts the IPv6 entries first)")
+	fs.StringVar(&o.LBPools, "load-balancer-ip-pool", cluster.DefaultLBPools, "LoadBalancer IP pools, CIDRs of either family, routed from the external namespace to the nodes; empty for none")
+	fs.StringVar(&o.MasqConfig, "masq-config", "", "ip-masq-agent config file (YAML or JSON) every node's agent watches; without it the defaults apply")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd
 }

@@ -45,6 +45,18 @@ type Config struct {
 	Binary string
 	// StateDir keeps the node's IPAM store and container logs.
 	StateDir string
+	// ClusterCIDRs are the whole cluster's pod CIDRs (--cluster-cidr):
+	// never masqueraded, and how the proxy tells in-cluster sources from
+	// outside ones.
+	ClusterCIDRs []netip.Prefix
+	// ServiceCIDRs are --service-cluster-ip-range, kept unmasqueraded by
+	// the IPv6 egress defaults.
+	ServiceCIDRs []netip.Prefix
+	// MasqConfig is the ip-masq-agent config file ("" means defaults).
+	MasqConfig string
+	// NoProxy and NoMasq leave the service proxy or egress masquerading
+	// to something else.
+	NoProxy, NoMasq bool
 }
 
 // Run runs the agent until ctx is done.

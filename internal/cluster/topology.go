@@ -332,3 +332,44 @@ func setSysctls(name string, values map[string]string) error {
 	}()
 	return <-errc
 }
+
+// RouteExternal gives the external namespace (the outside world) its routes
+// into the cluster: each node's pod CIDRs via that node, so that traffic
+// left unmasqueraded finds its way back, and the LoadBalancer pools via
+// every node (equal-cost multipath: any node's proxy answers for them).
+func (t Topology) RouteExternal(podCIDRs map[string][]netip.Prefix, lbPools []netip.Prefix) error {
+	h, err := handleIn(t.External)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	ipnet := func(p netip.Prefix) *net.IPNet {
+		return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	}
+	via := func(n Node, p netip.Prefix) netip.Addr {
+		if p.Addr().Is4() {
+			return n.IPv4
+		}
+		return n.IPv6
+	}
+	for _, n := range t.Nodes {
+		for _, p := range podCIDRs[n.Name] {
+			if err := h.RouteReplace(&netlink.Route{Dst: ipnet(p), Gw: via(n, p).AsSlice()}); err != nil {
+				return fmt.Errorf("routing %s via %s in the external namespace: %w", p, n.Name, err)
+			}
+		}
+	}
+	for _, p := range lbPools {
+		route := &netlink.Route{Dst: ipnet(p)}
+		for _, n := range t.Nodes {
+			route.MultiPath = append(route.MultiPath, &netlink.NexthopInfo{Gw: via(n, p).AsSlice()})
+		}
+		if len(t.Nodes) == 1 {
+			route.MultiPath, route.Gw = nil, via(t.Nodes[0], p).AsSlice()
+		}
+		if err := h.RouteReplace(route); err != nil {
+			return fmt.Errorf("routing load balancer pool %s to the nodes in the external namespace: %w", p, err)
+		}
+	}
+	return nil
+}

@@ -31,6 +31,9 @@ import (
 const (
 	DefaultClusterCIDR  = "10.244.0.0/16,fd00:10:244::/56"
 	DefaultServiceRange = "10.96.0.0/16,fd00:10:96::/108"
+	// DefaultLBPools are documentation ranges, routed from the external
+	// namespace to the nodes.
+	DefaultLBPools = "192.0.2.0/24,2001:db8:0:2::/112"
 )
 
 // Options configure `duet up`.
@@ -40,6 +43,10 @@ type Options struct {
 	ClusterCIDR  string
 	ServiceRange string
 	IPv6Primary  bool
+	// LBPools are the LoadBalancer IP pools, CIDRs of either family.
+	LBPools string
+	// MasqConfig is an ip-masq-agent config file every agent watches.
+	MasqConfig string
 	// Binary is the duet executable the server and agents run as.
 	Binary string
 	Out    io.Writer
@@ -72,6 +79,17 @@ func Up(ctx context.Context, o Options) (err error) {
 	}
 	if _, err := netaddr.ParseClusterCIDRs(clusterCIDR, netaddr.NodeMaskFlags{}); err != nil {
 		return err
+	}
+	var lbPools []netip.Prefix
+	if o.LBPools != "" {
+		if lbPools, err = netaddr.ParseCIDRList("--load-balancer-ip-pool", o.LBPools); err != nil {
+			return err
+		}
+	}
+	if o.MasqConfig != "" {
+		if o.MasqConfig, err = filepath.Abs(o.MasqConfig); err != nil {
+			return err
+		}
 	}
 	topo, err := Plan(o.DataDir, o.Nodes)
 	if err != nil {
@@ -116,9 +134,12 @@ func Up(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	server, err := sup.start("the control plane", o.Binary, filepath.Join(o.DataDir, "logs", "server.log"),
-		"server", "--data-dir", o.DataDir, "--secure-port", strconv.Itoa(port),
-		"--service-cluster-ip-range", serviceRange, "--cluster-cidr", clusterCIDR)
+	serverArgs := []string{"server", "--data-dir", o.DataDir, "--secure-port", strconv.Itoa(port),
+		"--service-cluster-ip-range", serviceRange, "--cluster-cidr", clusterCIDR}
+	if o.LBPools != "" {
+		serverArgs = append(serverArgs, "--load-balancer-ip-pool", o.LBPools)
+	}
+	server, err := sup.start("the control plane", o.Binary, filepath.Join(o.DataDir, "logs", "server.log"), serverArgs...)
 	if err != nil {
 		return err
 	}
@@ -140,18 +161,29 @@ func Up(ctx context.Context, o Options) (err error) {
 		if o.IPv6Primary {
 			ips = []netip.Addr{n.IPv6, n.IPv4}
 		}
-		_, err := sup.start(n.Name+"'s agent", o.Binary, filepath.Join(o.DataDir, "logs", n.Name+".log"),
-			"agent", "--kubeconfig", nodeKubeconfig, "--node-name", n.Name,
-			"--netns", NetNSPath(n.NetNS), "--node-ip", ips[0].String()+","+ips[1].String(),
-			"--state-dir", filepath.Join(o.DataDir, "nodes", n.Name))
+		args := []string{"agent", "--kubeconfig", nodeKubeconfig, "--node-name", n.Name,
+			"--netns", NetNSPath(n.NetNS), "--node-ip", ips[0].String() + "," + ips[1].String(),
+			"--state-dir", filepath.Join(o.DataDir, "nodes", n.Name),
+			"--cluster-cidr", clusterCIDR, "--service-cluster-ip-range", serviceRange}
+		if o.MasqConfig != "" {
+			args = append(args, "--masq-config", o.MasqConfig)
+		}
+		_, err := sup.start(n.Name+"'s agent", o.Binary, filepath.Join(o.DataDir, "logs", n.Name+".log"), args...)
 		if err != nil {
 			return err
 		}
 	}
 
 	say("Waiting for the nodes to be Ready with a pod CIDR of each family…")
-	if err := waitForNodes(ctx, client, o.Nodes); err != nil {
+	podCIDRs, err := waitForNodes(ctx, client, o.Nodes)
+	if err != nil {
 		return err
+	}
+	if err := topo.RouteExternal(podCIDRs, lbPools); err != nil {
+		return err
+	}
+	if len(lbPools) > 0 {
+		say("LoadBalancer IPs come from %s, routed from the external namespace (duet exec --external).", o.LBPools)
 	}
 	say("Cluster ready. kubeconfig: %s", kubeconfig)
 	say("Try: kubectl --kubeconfig %s get nodes -o wide", kubeconfig)
@@ -324,8 +356,9 @@ func waitForServer(ctx context.Context, kubeconfig string, server *exec.Cmd) (ku
 	return client, nil
 }
 
-func waitForNodes(ctx context.Context, client kubernetes.Interface, want int) error {
+func waitForNodes(ctx context.Context, client kubernetes.Interface, want int) (map[string][]netip.Prefix, error) {
 	var last string
+	podCIDRs := map[string][]netip.Prefix{}
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 		if err != nil {
@@ -335,15 +368,21 @@ func waitForNodes(ctx context.Context, client kubernetes.Interface, want int) er
 		for _, n := range nodes.Items {
 			if isReady(&n) && len(n.Spec.PodCIDRs) == 2 {
 				ready++
+				podCIDRs[n.Name] = nil
+				for _, c := range n.Spec.PodCIDRs {
+					if p, err := netip.ParsePrefix(c); err == nil {
+						podCIDRs[n.Name] = append(podCIDRs[n.Name], p)
+					}
+				}
 			}
 		}
 		last = fmt.Sprintf("%d of %d nodes ready", ready, want)
 		return ready == want, nil
 	})
 	if err != nil {
-		return fmt.Errorf("waiting for nodes: %s: %w (see the logs in the data directory)", last, err)
+		return nil, fmt.Errorf("waiting for nodes: %s: %w (see the logs in the data directory)", last, err)
 	}
-	return nil
+	return podCIDRs, nil
 }
 
 func freeLoopbackPort() (int, error) {

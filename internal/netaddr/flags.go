@@ -161,3 +161,20 @@ func ParseClusterCIDRs(value string, masks NodeMaskFlags) (ClusterCIDRs, error) 
 	}
 	return out, nil
 }
+
+// ParseCIDRList parses a comma-separated list of CIDRs of any families, as
+// an agent's copy of a cluster-wide flag; errors name flag.
+func ParseCIDRList(flag, value string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range splitList(value) {
+		p, err := ParseCIDR(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no CIDR in %q", flag, value)
+	}
+	return out, nil
+}

@@ -1,6 +1,7 @@
 package netaddr
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -171,4 +172,24 @@ func prefixStrings(ps []netip.Prefix) []string {
 		out[i] = p.String()
 	}
 	return out
+}
+
+func TestParseCIDRList(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{in: "10.244.0.0/16,fd00:10:244::/56", want: "[10.244.0.0/16 fd00:10:244::/56]"},
+		{in: " 10.0.0.0/8 ", want: "[10.0.0.0/8]"},
+		{in: "10.0.0.1/8", err: "--cluster-cidr: "},
+		{in: "", err: `--cluster-cidr: no CIDR in ""`},
+	} {
+		got, err := ParseCIDRList("--cluster-cidr", tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.HasPrefix(err.Error(), tc.err) {
+				t.Errorf("ParseCIDRList(%q) = %v, %v; want error %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || fmt.Sprint(got) != tc.want {
+			t.Errorf("ParseCIDRList(%q) = %v, %v; want %s", tc.in, got, err, tc.want)
+		}
+	}
 }
