@@ -16,14 +16,15 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/alloc"
-	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/lbipam"
+	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
 	"github.com/duet-net/duet/internal/controller/scheduler"
 	"github.com/duet-net/duet/internal/etcdstore"
@@ -40,7 +41,13 @@ const LeaseName = "duet-controller-manager"
 // cluster-wide controllers (namespace deletion, scheduling, node IPAM) in
 // the elected one.
 func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext) error {
-	client, err := kubernetes.NewForConfig(hookCtx.LoopbackClientConfig)
+	// The controllers run in the server's own process: client-side rate
+	// limits (loopback default 50 QPS) would only pace a burst of binds,
+	// slice and status writes that the server's own flow control already
+	// protects it from.
+	loopback := rest.CopyConfig(hookCtx.LoopbackClientConfig)
+	loopback.QPS, loopback.Burst = 1000, 2000
+	client, err := kubernetes.NewForConfig(loopback)
 	if err != nil {
 		return err
 	}
