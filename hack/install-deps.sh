@@ -7,6 +7,7 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 
 if [ ${#need[@]} -gt 0 ]; then
