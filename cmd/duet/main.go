@@ -28,7 +28,7 @@ Kubernetes API that kubectl and client-go use unchanged.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newServerCommand(), newAgentCommand(), newUpCommand(), newDownCommand(), newExecCommand(), newNSExecCommand(), newNetexecCommand())
+	root.AddCommand(newVersionCommand(), newServerCommand(), newAgentCommand(), newUpCommand(), newDownCommand(), newExecCommand(), newNSExecCommand(), newNetexecCommand(), newMasqCommand())
 	return root
 }
 

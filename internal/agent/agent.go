@@ -22,10 +22,14 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/duet-net/duet/internal/agent/masq"
 	"github.com/duet-net/duet/internal/agent/nodestatus"
 	"github.com/duet-net/duet/internal/agent/pods"
 	"github.com/duet-net/duet/internal/agent/routes"
@@ -59,6 +63,20 @@ type Config struct {
 	NoProxy, NoMasq bool
 }
 
+// Event reasons the agent records on its Node.
+const (
+	ReasonMasqFailed  = "MasqueradeConfigFailed"
+	ReasonMasqApplied = "MasqueradeConfigApplied"
+)
+
+// nodeEvents returns a recorder of events about the node, as the kubelet
+// records them.
+func nodeEvents(ctx context.Context, client kubernetes.Interface, node string) (record.EventRecorder, func()) {
+	b := record.NewBroadcaster(record.WithContext(ctx))
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	return b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "duet-agent", Host: node}), b.Shutdown
+}
+
 // Run runs the agent until ctx is done.
 func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) error {
 	reporter := &nodestatus.Reporter{Client: client, NodeName: cfg.NodeName, InternalIPs: cfg.InternalIPs, Version: cfg.Version}
@@ -76,6 +94,29 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	}
 	log.Info("node registered", "node", cfg.NodeName, "internalIPs", cfg.InternalIPs)
 	go reporter.Run(ctx)
+
+	recorder, stopEvents := nodeEvents(ctx, client, cfg.NodeName)
+	defer stopEvents()
+	nodeRef := &corev1.ObjectReference{Kind: "Node", Name: cfg.NodeName, UID: types.UID(cfg.NodeName)}
+	if !cfg.NoMasq {
+		mlog := log.With("component", "masq")
+		go func() {
+			err := masq.Run(ctx, masq.Options{
+				NetNS: cfg.NetNS, ConfigPath: cfg.MasqConfig,
+				ClusterCIDRs: cfg.ClusterCIDRs, ServiceCIDRs: cfg.ServiceCIDRs, Log: mlog,
+				OnError: func(err error) {
+					recorder.Eventf(nodeRef, corev1.EventTypeWarning, ReasonMasqFailed, "egress masquerading: %v", err)
+				},
+				OnApplied: func(c masq.Config) {
+					recorder.Eventf(nodeRef, corev1.EventTypeNormal, ReasonMasqApplied, "egress masquerading: configuration in force, %d nonMasqueradeCIDRs", len(c.NonMasqueradeCIDRs))
+				},
+			})
+			if err != nil {
+				mlog.Error("egress masquerading could not start", "err", err)
+				recorder.Eventf(nodeRef, corev1.EventTypeWarning, ReasonMasqFailed, "egress masquerading could not start: %v", err)
+			}
+		}()
+	}
 
 	programmer, err := routes.NewProgrammer(cfg.NetNS)
 	if err != nil {

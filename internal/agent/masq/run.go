@@ -1,0 +1,232 @@
+package masq
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// reloadDelay coalesces the burst of events one save makes (an editor's
+// write and rename, a ConfigMap's symlink swap) into one reload, well
+// within the second a change must take.
+const reloadDelay = 100 * time.Millisecond
+
+// Options configure Run.
+type Options struct {
+	// NetNS is the network namespace to program: a name under
+	// /run/netns, a path, or "" for the caller's own.
+	NetNS string
+	// ConfigPath is the ip-masq-agent configuration file. It need not
+	// exist (then the defaults apply); "" means the defaults, unwatched.
+	ConfigPath string
+	// ClusterCIDRs are the cluster's pod CIDRs, never masqueraded.
+	ClusterCIDRs []netip.Prefix
+	// ServiceCIDRs are the cluster's service CIDRs; with the default
+	// configuration the IPv6 ones are not masqueraded.
+	ServiceCIDRs []netip.Prefix
+	// Log receives progress and problems; nil discards them.
+	Log *slog.Logger
+	// OnError is told of every failure: a configuration file that cannot
+	// be used (the rules in force then stay exactly as they were) or a
+	// kernel that refused the rules. Called from Run's goroutine.
+	OnError func(error)
+	// OnApplied is called with each configuration once it is in force:
+	// the first one and every change. Called from Run's goroutine.
+	OnApplied func(Config)
+
+	backend backend // tests: instead of the kernel's
+}
+
+// Run programs the masquerade rules of o.NetNS from o.ConfigPath until ctx
+// ends. It applies a changed file within a second (it watches the file's
+// directory, so editors' renames and ConfigMap symlink swaps are seen),
+// and re-reads the file and repairs the tables at every resyncInterval.
+// Until a usable file has been read once, it changes nothing. It leaves
+// the rules in place when it returns, as ip-masq-agent does; Cleanup
+// removes them. It returns an error only if it cannot start.
+func Run(ctx context.Context, o Options) error {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var p *Programmer
+	if o.backend != nil {
+		p = &Programmer{b: o.backend}
+	} else {
+		var err error
+		if p, err = New(o.NetNS); err != nil {
+			return err
+		}
+	}
+	defer p.Close()
+	log.Info("masquerading egress traffic", "config", o.ConfigPath, "clusterCIDRs", o.ClusterCIDRs, "serviceCIDRs", o.ServiceCIDRs)
+
+	r := &runner{o: o, log: log, p: p, interval: DefaultResyncInterval}
+	var events <-chan fsnotify.Event
+	var watchErrs <-chan error
+	if o.ConfigPath != "" {
+		w, err := fsnotify.NewWatcher()
+		if err != nil {
+			return fmt.Errorf("watching %s: %w", o.ConfigPath, err)
+		}
+		defer w.Close()
+		r.watcher, events, watchErrs = w, w.Events, w.Errors
+		r.watch()
+	}
+
+	r.sync(true)
+	resync := time.NewTimer(r.interval)
+	defer resync.Stop()
+	var reload <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if r.concerns(ev) && reload == nil {
+				reload = time.After(reloadDelay)
+			}
+		case err, ok := <-watchErrs:
+			if !ok {
+				watchErrs = nil
+				continue
+			}
+			log.Warn("watching the masquerade config; changes wait for the next resync", "path", o.ConfigPath, "err", err)
+		case <-reload:
+			reload = nil
+			before := r.interval
+			r.sync(false)
+			if r.interval != before {
+				resync.Reset(r.interval)
+			}
+		case <-resync.C:
+			r.watch()
+			r.sync(true)
+			resync.Reset(r.interval)
+		}
+	}
+}
+
+// Cleanup deletes the masquerade tables of a network namespace, if it has
+// them: for shutdown with cleanup and for removing a node.
+func Cleanup(netns string) error {
+	p, err := New(netns)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.Remove()
+}
+
+type runner struct {
+	o        Options
+	log      *slog.Logger
+	p        *Programmer
+	watcher  *fsnotify.Watcher
+	watching bool
+
+	current  Config
+	applied  bool // current is in force
+	interval time.Duration
+}
+
+// watch watches the file's directory, not the file: an atomic rename or
+// a symlink swap replaces the inode a file watch would be holding. A
+// directory that does not exist yet is retried at every resync.
+func (r *runner) watch() {
+	if r.watcher == nil || r.watching {
+		return
+	}
+	dir := filepath.Dir(r.o.ConfigPath)
+	if err := r.watcher.Add(dir); err != nil {
+		r.log.Warn("cannot watch the masquerade config's directory; changes wait for the next resync", "dir", dir, "err", err)
+		return
+	}
+	r.watching = true
+}
+
+// concerns tells whether an event in the directory may have changed the
+// file: the file itself, or the "..data"-style entries through which a
+// Kubernetes ConfigMap volume swaps all its files at once.
+func (r *runner) concerns(ev fsnotify.Event) bool {
+	base := filepath.Base(ev.Name)
+	return base == filepath.Base(r.o.ConfigPath) || strings.HasPrefix(base, "..")
+}
+
+// sync reads the file and programs it: incrementally after a change, with
+// a check of the kernel's tables on resyncs.
+func (r *runner) sync(resync bool) {
+	c := DefaultConfig()
+	if r.o.ConfigPath != "" {
+		var err error
+		if c, err = Load(r.o.ConfigPath); err != nil {
+			r.fail(err)
+			if resync && r.applied {
+				// Keep what is in force, including against tampering.
+				r.reconcile(r.current)
+			}
+			return
+		}
+	}
+	var ok bool
+	if resync {
+		ok = r.reconcile(c)
+	} else if err := r.p.Apply(c.Rules(r.o.ClusterCIDRs, r.o.ServiceCIDRs)); err != nil {
+		r.fail(err)
+	} else {
+		ok = true
+	}
+	if !ok {
+		return
+	}
+	r.interval = c.ResyncInterval
+	if r.applied && c.Equal(r.current) {
+		return
+	}
+	r.current, r.applied = c, true
+	var v4, v6 int
+	for _, p := range c.NonMasqueradeCIDRs {
+		if p.Addr().Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	r.log.Info("masquerade config in force",
+		"path", r.o.ConfigPath, "defaultNonMasqueradeCIDRs", c.DefaultNonMasquerade,
+		"nonMasqueradeIPv4CIDRs", v4, "nonMasqueradeIPv6CIDRs", v6,
+		"masqLinkLocal", c.MasqLinkLocal, "masqLinkLocalIPv6", c.MasqLinkLocalIPv6,
+		"resyncInterval", c.ResyncInterval)
+	if r.o.OnApplied != nil {
+		r.o.OnApplied(c)
+	}
+}
+
+func (r *runner) reconcile(c Config) bool {
+	repaired, err := r.p.Reconcile(c.Rules(r.o.ClusterCIDRs, r.o.ServiceCIDRs))
+	if err != nil {
+		r.fail(err)
+		return false
+	}
+	if len(repaired) > 0 {
+		r.log.Warn("masquerade tables were changed behind Duet's back; rebuilt them", "families", repaired, "table", TableName)
+	}
+	return true
+}
+
+func (r *runner) fail(err error) {
+	r.log.Error("masquerade rules not updated", "err", err)
+	if r.o.OnError != nil {
+		r.o.OnError(err)
+	}
+}
