@@ -23,6 +23,7 @@ func newAgentCommand() *cobra.Command {
 	var kubeconfig, nodeName, netns, stateDir, clusterCIDR, serviceRange, masqConfig string
 	var nodeIPs []string
 	var noProxy, noMasq bool
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "agent --kubeconfig FILE --node-name NAME --node-ip A[,B] [--netns PATH]",
 		Short: "Run a node agent: register the Node and program its network",
@@ -69,7 +70,7 @@ namespace (as duet up's nodes are) instead of its own.`,
 					return err
 				}
 			}
-			cfg.MasqConfig, cfg.NoProxy, cfg.NoMasq = masqConfig, noProxy, noMasq
+			cfg.MasqConfig, cfg.NoProxy, cfg.NoMasq, cfg.MetricsAddr = masqConfig, noProxy, noMasq, metricsAddr
 			rest, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 			if err != nil {
 				return fmt.Errorf("--kubeconfig: %w", err)
@@ -96,6 +97,7 @@ namespace (as duet up's nodes are) instead of its own.`,
 	fs.StringVar(&clusterCIDR, "cluster-cidr", "", "the cluster's pod CIDRs (as given to duet server): never masqueraded; traffic from elsewhere to a Service is")
 	fs.StringVar(&serviceRange, "service-cluster-ip-range", "", "the cluster's service ranges (as given to duet server): not masqueraded by the IPv6 egress defaults")
 	fs.StringVar(&masqConfig, "masq-config", "", "ip-masq-agent config file (YAML or JSON), watched for changes; empty means the defaults")
+	fs.StringVar(&metricsAddr, "metrics-bind-address", "", "host:port to serve Prometheus metrics on (/metrics), e.g. 127.0.0.1:10249; empty for none")
 	fs.BoolVar(&noProxy, "no-proxy", false, "do not run the service proxy")
 	fs.BoolVar(&noMasq, "no-masq", false, "do not masquerade egress traffic")
 	fs.StringVar(&stateDir, "state-dir", "", "where the node's IPAM store and container logs live (default /var/lib/duet/agent/NODE)")

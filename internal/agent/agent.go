@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -28,6 +30,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/duet-net/duet/internal/agent/masq"
 	"github.com/duet-net/duet/internal/agent/nodestatus"
@@ -58,6 +61,8 @@ type Config struct {
 	ServiceCIDRs []netip.Prefix
 	// MasqConfig is the ip-masq-agent config file ("" means defaults).
 	MasqConfig string
+	// MetricsAddr serves Prometheus metrics on /metrics ("" for none).
+	MetricsAddr string
 	// NoProxy and NoMasq leave the service proxy or egress masquerading
 	// to something else.
 	NoProxy, NoMasq bool
@@ -75,6 +80,27 @@ func nodeEvents(ctx context.Context, client kubernetes.Interface, node string) (
 	b := record.NewBroadcaster(record.WithContext(ctx))
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	return b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "duet-agent", Host: node}), b.Shutdown
+}
+
+// serveMetrics serves the agent's Prometheus metrics (pod setup stages,
+// proxy syncs, Go runtime) until ctx ends.
+func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
+	pods.RegisterMetrics()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--metrics-bind-address %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", legacyregistry.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	go func() { _ = srv.Serve(l) }()
+	log.Info("serving metrics", "url", "http://"+l.Addr().String()+"/metrics")
+	return nil
 }
 
 // Run runs the agent until ctx is done.
@@ -95,6 +121,11 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	log.Info("node registered", "node", cfg.NodeName, "internalIPs", cfg.InternalIPs)
 	go reporter.Run(ctx)
 
+	if cfg.MetricsAddr != "" {
+		if err := serveMetrics(ctx, cfg.MetricsAddr, log); err != nil {
+			return err
+		}
+	}
 	recorder, stopEvents := nodeEvents(ctx, client, cfg.NodeName)
 	defer stopEvents()
 	nodeRef := &corev1.ObjectReference{Kind: "Node", Name: cfg.NodeName, UID: types.UID(cfg.NodeName)}

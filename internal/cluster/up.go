@@ -168,6 +168,11 @@ func Up(ctx context.Context, o Options) (err error) {
 		if o.MasqConfig != "" {
 			args = append(args, "--masq-config", o.MasqConfig)
 		}
+		if mport, err := freeLoopbackPort(); err == nil {
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mport))
+			args = append(args, "--metrics-bind-address", addr)
+			say("  %s: metrics at http://%s/metrics", n.Name, addr)
+		}
 		_, err := sup.start(n.Name+"'s agent", o.Binary, filepath.Join(o.DataDir, "logs", n.Name+".log"), args...)
 		if err != nil {
 			return err

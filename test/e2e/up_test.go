@@ -253,6 +253,11 @@ func TestPodsTalkOverBothFamilies(t *testing.T) {
 					}
 				}
 			}
+			// The agent that started pod a reports the stages of its setup.
+			if m := agentMetrics(t, dataDir, "node1"); !strings.Contains(m, `duet_agent_pod_setup_duration_seconds_count{stage="total"} 1`) ||
+				!strings.Contains(m, `duet_agent_pod_setup_duration_seconds_count{stage="ipam"} 1`) {
+				t.Errorf("node1's metrics lack one pod's setup stages:\n%s", m)
+			}
 			// Deleting a pod removes its network namespace.
 			topo, _ := cluster.Plan(dataDir, 2)
 			before, _ := exec.Command("ip", "netns", "list").Output()
@@ -385,4 +390,25 @@ func TestKill9DuringPodBurst(t *testing.T) {
 	if sandboxes != 50 {
 		t.Errorf("%d pod namespaces for 50 pods: sandboxes leaked or lost", sandboxes)
 	}
+}
+
+// agentMetrics fetches a node agent's /metrics, at the address its log
+// names.
+func agentMetrics(t *testing.T, dataDir, node string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dataDir, "logs", node+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "msg=\"serving metrics\"")
+	if !ok {
+		t.Fatalf("%s's log names no metrics address", node)
+	}
+	_, url, _ := strings.Cut(rest, "url=")
+	url, _, _ = strings.Cut(url, "\n")
+	out, err := exec.Command("curl", "-sS", "--max-time", "5", strings.TrimSpace(url)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("GET %s: %v\n%s", url, err, out)
+	}
+	return string(out)
 }

@@ -141,6 +141,7 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 // on failure it leaves nothing behind.
 func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err error) {
 	owner := ipam.Owner{ContainerID: string(pod.UID), IfName: ifName}
+	begin := time.Now()
 	st, err := m.store()
 	if err != nil {
 		return nil, err
@@ -155,6 +156,8 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 			m.release(owner)
 		}
 	}()
+	observeStage("ipam", begin)
+	stage := time.Now()
 	req := sandbox.Request{ID: string(pod.UID), Bridge: Bridge, IfName: ifName}
 	for i, a := range addrs {
 		cidr := m.podCIDRs[i]
@@ -165,6 +168,8 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	if err != nil {
 		return nil, fmt.Errorf("wiring %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
+	observeStage("sandbox", stage)
+	stage = time.Now()
 	runCtx, cancel := context.WithCancel(context.Background())
 	run := &podRun{sandbox: sb, containers: map[string]*containerRun{}, cancel: cancel, started: metav1.Now()}
 	logDir := filepath.Join(m.StateDir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID))
@@ -184,6 +189,8 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		case <-time.After(5 * time.Second):
 		}
 	}
+	observeStage("containers", stage)
+	observeStage("total", begin)
 	m.mu.Lock()
 	m.running[pod.UID] = run
 	m.mu.Unlock()
