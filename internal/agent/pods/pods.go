@@ -64,12 +64,16 @@ type podRun struct {
 	containers map[string]*containerRun
 	cancel     context.CancelFunc
 	started    metav1.Time
+	// terminating is set (under Manager.mu) once a graceful stop began.
+	terminating bool
 }
 
 type containerRun struct {
 	// started is closed after the first attempt to start the process, so
 	// the first status report already shows it running.
-	started  chan struct{}
+	started chan struct{}
+	// done is closed when the container will not run again.
+	done     chan struct{}
 	mu       sync.Mutex
 	cmd      *exec.Cmd
 	restarts int32
@@ -122,8 +126,11 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 	if !m.Ready() {
 		return errors.New("node has no pod CIDRs yet")
 	}
-	if pod == nil || pod.DeletionTimestamp != nil || pod.Spec.NodeName != m.NodeName {
+	if pod == nil || pod.Spec.NodeName != m.NodeName {
 		return m.stop(uid)
+	}
+	if pod.DeletionTimestamp != nil {
+		return m.terminate(ctx, pod)
 	}
 	m.mu.Lock()
 	run, ok := m.running[uid]
@@ -179,7 +186,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		return nil, err
 	}
 	for _, c := range pod.Spec.Containers {
-		cr := &containerRun{started: make(chan struct{}), state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
+		cr := &containerRun{started: make(chan struct{}), done: make(chan struct{}), state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
 		run.containers[c.Name] = cr
 		go m.supervise(runCtx, pod.DeepCopy(), c, cr, sb.NetNS, filepath.Join(logDir, c.Name+".log"))
 	}
@@ -212,6 +219,7 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 		}
 	}
 	defer startedOnce()
+	defer close(cr.done)
 	for ctx.Err() == nil {
 		argv := append(append([]string{}, c.Command...), c.Args...)
 		if len(argv) == 0 {
@@ -302,6 +310,78 @@ func (m *Manager) poke(pod *corev1.Pod) {
 	}
 }
 
+// terminate stops a pod being deleted gracefully: its containers get
+// SIGTERM, and SIGKILL when the deletion's grace period ends; then the
+// sandbox goes, the addresses are released and the pod is deleted for good
+// (grace period zero, only this UID). It returns at once; the wait runs
+// in the background so that one slow pod holds up no other.
+func (m *Manager) terminate(ctx context.Context, pod *corev1.Pod) error {
+	m.mu.Lock()
+	run, ok := m.running[pod.UID]
+	begin := ok && !run.terminating
+	if ok {
+		run.terminating = true
+	}
+	m.mu.Unlock()
+	if !ok {
+		// Nothing runs (stopped already, or an agent restart): finish.
+		if err := m.stop(pod.UID); err != nil {
+			return err
+		}
+		return m.deletePod(ctx, pod)
+	}
+	if !begin {
+		return nil // under way
+	}
+	grace := time.Duration(0)
+	if pod.DeletionGracePeriodSeconds != nil {
+		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+	}
+	run.cancel() // no restarts from now on
+	for _, cr := range run.containers {
+		cr.signal(syscall.SIGTERM)
+	}
+	m.Log.Info("stopping pod", "pod", pod.Namespace+"/"+pod.Name, "gracePeriod", grace)
+	go func() {
+		wait, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		for _, cr := range run.containers {
+			select {
+			case <-cr.done:
+			case <-wait.Done():
+			}
+		}
+		// What still runs is killed by stop.
+		if err := m.stop(pod.UID); err != nil {
+			m.Log.Error("stopping pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+		} else if err := m.deletePod(context.Background(), pod); err != nil {
+			m.Log.Error("deleting stopped pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+		}
+		m.poke(pod) // a failure above is retried by the next sync
+	}()
+	return nil
+}
+
+// deletePod removes a stopped pod's object for good.
+func (m *Manager) deletePod(ctx context.Context, pod *corev1.Pod) error {
+	zero, uid := int64(0), pod.UID
+	err := m.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &uid},
+	})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // gone already, or another pod of that name now
+	}
+	return err
+}
+
+func (cr *containerRun) signal(sig syscall.Signal) {
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	if cr.cmd != nil && cr.cmd.Process != nil {
+		_ = syscall.Kill(-cr.cmd.Process.Pid, sig)
+	}
+}
+
 // stop kills a pod's containers, removes its sandbox and releases its
 // addresses. Each step is idempotent, so a half-stopped pod is finished by
 // the next call.
@@ -313,11 +393,7 @@ func (m *Manager) stop(uid types.UID) error {
 	if ok {
 		run.cancel()
 		for _, cr := range run.containers {
-			cr.mu.Lock()
-			if cr.cmd != nil && cr.cmd.Process != nil {
-				_ = syscall.Kill(-cr.cmd.Process.Pid, syscall.SIGKILL)
-			}
-			cr.mu.Unlock()
+			cr.signal(syscall.SIGKILL)
 		}
 	}
 	if err := sandbox.Teardown(m.NodeNS, string(uid)); err != nil {

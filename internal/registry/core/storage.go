@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -135,7 +136,7 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 	if err := add(registry.Options{
 		NewFunc: func() runtime.Object { return &corev1.Pod{} }, NewListFunc: func() runtime.Object { return &corev1.PodList{} },
 		Resource: "pods", Singular: "pod", Strategy: podStrategy, ShortNames: []string{"po"}, Categories: []string{"all"},
-		Fields: podFields, Table: podTable(),
+		Fields: podFields, Table: podTable(), GracefulDelete: podGracefulDelete,
 	}, podStatus); err != nil {
 		return nil, err
 	}
@@ -296,4 +297,32 @@ func hostPort(ip string, port int32) string {
 		return fmt.Sprintf("[%s]:%d", ip, port)
 	}
 	return fmt.Sprintf("%s:%d", ip, port)
+}
+
+// podGracefulDelete settles a pod deletion's grace period as Kubernetes
+// does: the request's, else the pod's terminationGracePeriodSeconds. A pod
+// that no node runs (unscheduled, or finished) goes at once; any other
+// lingers, Terminating, while its node's agent stops the containers
+// (SIGTERM, then SIGKILL when the period ends), removes the sandbox and
+// deletes it for good with a zero period.
+func podGracefulDelete(_ context.Context, obj runtime.Object, options *metav1.DeleteOptions) bool {
+	if options == nil {
+		return false
+	}
+	pod := obj.(*corev1.Pod)
+	period := int64(0)
+	switch {
+	case options.GracePeriodSeconds != nil:
+		period = *options.GracePeriodSeconds
+	case pod.Spec.TerminationGracePeriodSeconds != nil:
+		period = *pod.Spec.TerminationGracePeriodSeconds
+	}
+	if pod.Spec.NodeName == "" || pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded {
+		period = 0
+	}
+	if period < 0 {
+		period = 1 // Kubernetes' rule: a negative period means as soon as possible, not at once
+	}
+	options.GracePeriodSeconds = &period
+	return true
 }

@@ -224,6 +224,21 @@ type Options struct {
 	Table                rest.TableConvertor
 	ShortNames           []string
 	Categories           []string
+	// GracefulDelete, when set, makes deletion graceful: it sees the
+	// DeleteOptions, settles their grace period and reports whether the
+	// object should linger (deletionTimestamp set) until it is deleted
+	// again with a zero grace period, as rest.RESTGracefulDeleteStrategy.
+	GracefulDelete func(ctx context.Context, obj runtime.Object, options *metav1.DeleteOptions) bool
+}
+
+// gracefulStrategy is a Strategy whose deletions are graceful.
+type gracefulStrategy struct {
+	*Strategy
+	check func(ctx context.Context, obj runtime.Object, options *metav1.DeleteOptions) bool
+}
+
+func (g gracefulStrategy) CheckGracefulDelete(ctx context.Context, obj runtime.Object, options *metav1.DeleteOptions) bool {
+	return g.check(ctx, obj, options)
 }
 
 // Store is a registry store plus the discovery details kubectl uses.
@@ -242,6 +257,10 @@ func NewStore(o Options, optsGetter generic.RESTOptionsGetter) (*Store, error) {
 	if table == nil {
 		table = rest.NewDefaultTableConvertor(qualified(o.Group, o.Resource))
 	}
+	var deleteStrategy rest.RESTDeleteStrategy = o.Strategy
+	if o.GracefulDelete != nil {
+		deleteStrategy = gracefulStrategy{Strategy: o.Strategy, check: o.GracefulDelete}
+	}
 	s := &genericregistry.Store{
 		NewFunc:                   o.NewFunc,
 		NewListFunc:               o.NewListFunc,
@@ -250,7 +269,7 @@ func NewStore(o Options, optsGetter generic.RESTOptionsGetter) (*Store, error) {
 		PredicateFunc:             Matcher(attrs),
 		CreateStrategy:            o.Strategy,
 		UpdateStrategy:            o.Strategy,
-		DeleteStrategy:            o.Strategy,
+		DeleteStrategy:            deleteStrategy,
 		ResetFieldsStrategy:       o.Strategy,
 		TableConvertor:            table,
 	}
