@@ -23,6 +23,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/controller/endpoints"
+	"github.com/duet-net/duet/internal/controller/endpointslice"
 	"github.com/duet-net/duet/internal/controller/lbipam"
 	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
@@ -98,6 +100,13 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	go func() {
 		defer close(s.controllersDone)
 		defer etcdClient.Close()
+		// The lease lives in kube-system, which the bootstrap hook may
+		// still be creating on a fresh cluster: campaigning before it
+		// exists only logs errors.
+		_ = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			_, err := client.CoreV1().Namespaces().Get(ctx, metav1.NamespaceSystem, metav1.GetOptions{})
+			return err == nil, nil
+		})
 		for ctx.Err() == nil {
 			leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
 				Lock:            lock,
@@ -142,6 +151,20 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 			wg.Go(func() { ipam.Run(ctx, 2) })
 		}
 	}
+	sliceRecorder, stopSliceEvents := endpointslice.NewEventRecorder(ctx, client)
+	defer stopSliceEvents()
+	slices, err := endpointslice.New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(),
+		factory.Core().V1().Nodes(), factory.Discovery().V1().EndpointSlices(), endpointslice.Options{Recorder: sliceRecorder})
+	if err != nil {
+		klog.ErrorS(err, "starting the EndpointSlice controller")
+	} else {
+		wg.Go(func() { slices.Run(ctx, 4) })
+	}
+	epRecorder, stopEpEvents := endpoints.NewEventRecorder(ctx, client)
+	defer stopEpEvents()
+	eps := endpoints.New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(),
+		factory.Core().V1().Endpoints(), endpoints.Options{Recorder: epRecorder})
+	wg.Go(func() { eps.Run(ctx, 4) })
 	if len(s.cfg.LBPools) > 0 {
 		lbStore, err := etcdstore.New(s.etcdClient, "/duet/allocations/lbips/")
 		if err == nil {

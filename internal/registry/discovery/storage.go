@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/apiserver/pkg/registry/generic"
@@ -27,6 +28,20 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		Group:       discoveryv1.GroupName, Resource: "endpointslices", Singular: "endpointslice",
 		Strategy: &registry.Strategy{
 			ObjectTyper: typer, NameGenerator: names.SimpleNameGenerator, Namespaced: true,
+			// generation counts content changes, as in Kubernetes: the
+			// EndpointSlice controller's tracker compares it with what it
+			// wrote to tell a stale cache from a fresh one.
+			PrepareForCreateFunc: func(_ context.Context, obj runtime.Object) {
+				obj.(*discoveryv1.EndpointSlice).Generation = 1
+			},
+			PrepareForUpdateFunc: func(_ context.Context, obj, old runtime.Object) {
+				n, o := obj.(*discoveryv1.EndpointSlice), old.(*discoveryv1.EndpointSlice)
+				n.Generation = o.Generation
+				if !apiequality.Semantic.DeepEqual(n.Endpoints, o.Endpoints) || !apiequality.Semantic.DeepEqual(n.Ports, o.Ports) ||
+					n.AddressType != o.AddressType || !apiequality.Semantic.DeepEqual(n.Labels, o.Labels) {
+					n.Generation = o.Generation + 1
+				}
+			},
 			ValidateFunc: func(_ context.Context, obj runtime.Object) field.ErrorList {
 				return validateEndpointSlice(obj.(*discoveryv1.EndpointSlice))
 			},

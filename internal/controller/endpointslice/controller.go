@@ -1,0 +1,659 @@
+// Package endpointslice is Duet's EndpointSlice controller: for every
+// Service with a selector it keeps one set of discovery.k8s.io/v1
+// EndpointSlices per entry of spec.ipFamilies (addressType IPv4 or IPv6),
+// filled from the Pods the selector picks in the Service's namespace.
+//
+// What a Service's slices should hold, and which creates, updates and
+// deletes get there with the fewest writes, is decided by Kubernetes' own
+// reconciler (k8s.io/endpointslice), so Duet's slices are the ones
+// kube-controller-manager would write: per-Pod port resolution, endpoint
+// conditions, slice packing, labels, owner references. This package is the
+// loop around it: informer events name a Service, a worker reconciles that
+// Service from the listers whatever woke it, and an EndpointSliceTracker
+// refuses to act on an informer cache that has not yet seen this
+// controller's own writes.
+//
+// Duet has no garbage collector, so unlike Kubernetes the controller
+// deletes the slices of a deleted Service (or of one turned ExternalName)
+// itself, including slices orphaned while no replica ran it.
+package endpointslice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	endpointslicerec "k8s.io/endpointslice"
+	endpointslicemetrics "k8s.io/endpointslice/metrics"
+	endpointsliceutil "k8s.io/endpointslice/util"
+	"k8s.io/klog/v2"
+)
+
+const (
+	// ManagedBy is the endpointslice.kubernetes.io/managed-by value of the
+	// slices this controller owns. It is Kubernetes' value, so tools that
+	// look for the slices kube-controller-manager writes find Duet's.
+	ManagedBy = "endpointslice-controller.k8s.io"
+	// ControllerName names the controller in logs, events and its queue.
+	ControllerName = "endpointslice-controller"
+
+	// DefaultMaxEndpointsPerSlice is Kubernetes' default
+	// (--max-endpoints-per-slice).
+	DefaultMaxEndpointsPerSlice = 100
+	// MaxEndpointsPerSliceLimit is the most endpoints the API accepts in
+	// one slice.
+	MaxEndpointsPerSliceLimit = 1000
+	// DefaultBatchPeriod is how long a Pod or EndpointSlice change waits
+	// before its Service is synced, so that a burst (a rollout, a node
+	// going away) costs one sync per Service instead of one per Pod.
+	DefaultBatchPeriod = time.Second
+
+	// liveListAfter is how many failed syncs in a row make the next one
+	// read the Service's slices from the API server instead of the
+	// informer cache. The cache can miss a slice for good (one created
+	// and deleted while its watch was being re-established); the checks
+	// against stale caches would then hold the Service back forever.
+	liveListAfter = 5
+)
+
+// Options tunes a Controller; the zero value is the default.
+type Options struct {
+	// MaxEndpointsPerSlice caps each slice: 0 means
+	// DefaultMaxEndpointsPerSlice, at most MaxEndpointsPerSliceLimit.
+	MaxEndpointsPerSlice int32
+	// BatchPeriod delays syncs triggered by Pod and EndpointSlice changes
+	// (Service changes sync at once): 0 means DefaultBatchPeriod, a
+	// negative value no delay.
+	BatchPeriod time.Duration
+	// RetryBaseDelay and RetryMaxDelay bound the per-Service exponential
+	// backoff after a failed sync (defaults 1s and 5m; Kubernetes starts
+	// at 1s too, as one sync may be many writes).
+	RetryBaseDelay, RetryMaxDelay time.Duration
+	// Recorder receives the warnings about Services whose slices could
+	// not be written; nil drops them (see NewEventRecorder).
+	Recorder record.EventRecorder
+}
+
+// Controller keeps the EndpointSlices of selector Services.
+type Controller struct {
+	client   kubernetes.Interface
+	pods     corelisters.PodLister
+	services corelisters.ServiceLister
+	nodes    corelisters.NodeLister
+	slices   discoverylisters.EndpointSliceLister
+	synced   []cache.InformerSynced
+	opts     Options
+	batch    time.Duration
+	recorder record.EventRecorder
+
+	// current is the state of the Run in progress, nil between runs:
+	// events that arrive with no Run are dropped, since a Run starts by
+	// enqueueing every Service anyway.
+	current atomic.Pointer[runState]
+}
+
+// runState is what one Run builds from nothing, so that a controller that
+// loses and regains leadership trusts nothing from its previous term.
+type runState struct {
+	queue workqueue.TypedRateLimitingInterface[string]
+	// tracker remembers the slice generations and deletions this run
+	// wrote, to detect an informer cache that lags behind them.
+	tracker *endpointsliceutil.EndpointSliceTracker
+	// superseded covers for the tracker where the server keeps no
+	// generations (see supersededVersions).
+	superseded *supersededVersions
+	triggers   *endpointsliceutil.TriggerTimeTracker
+	reconciler *endpointslicerec.Reconciler
+	// untracked holds, per Service key, deleted slices the tracker did
+	// not know when their deletion was seen. A slice this run creates is
+	// tracked only once the create returns; if it is deleted in between,
+	// the deletion must still reach the tracker, or the tracker would
+	// wait for the slice forever. The next sync of the Service hands them
+	// over.
+	untrackedMu sync.Mutex
+	untracked   map[string][]*discovery.EndpointSlice
+	// started is set once every Service has been queued; before that,
+	// node events need not look for the Services they affect.
+	started atomic.Bool
+}
+
+// New returns a controller over the given informers. It registers event
+// handlers, so call it before the informer factory starts; then call Run.
+func New(client kubernetes.Interface, pods coreinformers.PodInformer, services coreinformers.ServiceInformer, nodes coreinformers.NodeInformer, slices discoveryinformers.EndpointSliceInformer, opts Options) (*Controller, error) {
+	if client == nil || pods == nil || services == nil || nodes == nil || slices == nil {
+		return nil, errors.New("the EndpointSlice controller needs a client and Pod, Service, Node and EndpointSlice informers")
+	}
+	switch {
+	case opts.MaxEndpointsPerSlice == 0:
+		opts.MaxEndpointsPerSlice = DefaultMaxEndpointsPerSlice
+	case opts.MaxEndpointsPerSlice < 0 || opts.MaxEndpointsPerSlice > MaxEndpointsPerSliceLimit:
+		return nil, fmt.Errorf("max endpoints per slice %d is out of range: it must be between 1 and %d", opts.MaxEndpointsPerSlice, MaxEndpointsPerSliceLimit)
+	}
+	if opts.RetryBaseDelay <= 0 {
+		opts.RetryBaseDelay = time.Second
+	}
+	if opts.RetryMaxDelay <= 0 {
+		opts.RetryMaxDelay = 5 * time.Minute
+	}
+	c := &Controller{
+		client:   client,
+		pods:     pods.Lister(),
+		services: services.Lister(),
+		nodes:    nodes.Lister(),
+		slices:   slices.Lister(),
+		opts:     opts,
+		batch:    batchDelay(opts.BatchPeriod),
+		recorder: opts.Recorder,
+	}
+	if c.recorder == nil {
+		c.recorder = discardEvents{}
+	}
+	// The reconciler counts its work in these; they are served with the
+	// server's other metrics from the legacy registry.
+	endpointslicemetrics.RegisterMetrics()
+
+	handlers := []struct {
+		what     string
+		informer cache.SharedIndexInformer
+		h        cache.ResourceEventHandler
+	}{
+		{"Services", services.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    c.onService,
+			UpdateFunc: func(_, cur any) { c.onService(cur) },
+			DeleteFunc: c.onService,
+		}},
+		{"Pods", pods.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { c.onPod(nil, obj) },
+			UpdateFunc: c.onPod,
+			DeleteFunc: func(obj any) { c.onPod(obj, nil) },
+		}},
+		{"Nodes", nodes.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { c.onNode(nil, obj) },
+			UpdateFunc: c.onNode,
+		}},
+		{"EndpointSlices", slices.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    c.onSliceAdd,
+			UpdateFunc: c.onSliceUpdate,
+			DeleteFunc: c.onSliceDelete,
+		}},
+	}
+	for _, h := range handlers {
+		reg, err := h.informer.AddEventHandler(h.h)
+		if err != nil {
+			return nil, fmt.Errorf("watching %s: %w", h.what, err)
+		}
+		c.synced = append(c.synced, reg.HasSynced)
+	}
+	return c, nil
+}
+
+// NewEventRecorder returns a recorder that writes events through client as
+// the EndpointSlice controller, and a function that stops it.
+func NewEventRecorder(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
+	b := record.NewBroadcaster(record.WithContext(ctx))
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "endpoint-slice-controller"}), b.Shutdown
+}
+
+func batchDelay(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return DefaultBatchPeriod
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
+// Run reconciles Services with workers goroutines until ctx is done. It
+// is meant to run while this server holds the controllers' leader lease:
+// it starts from the informers' view of the API, not from anything an
+// earlier Run left in memory, so it may be called again after leadership
+// is regained (but not while another Run of the same Controller is in
+// progress).
+func (c *Controller) Run(ctx context.Context, workers int) {
+	defer utilruntime.HandleCrash()
+	logger := klog.FromContext(ctx).WithName(ControllerName)
+	ctx = klog.NewContext(ctx, logger)
+
+	r := c.newRunState()
+	if !c.current.CompareAndSwap(nil, r) {
+		logger.Error(nil, "Run called while the controller is already running; ignoring")
+		return
+	}
+	var wg sync.WaitGroup
+	defer func() {
+		c.current.CompareAndSwap(r, nil)
+		r.queue.ShutDown()
+		wg.Wait()
+	}()
+
+	logger.Info("Starting", "maxEndpointsPerSlice", c.opts.MaxEndpointsPerSlice, "batchPeriod", c.batch)
+	defer logger.Info("Stopped")
+	if !cache.WaitForNamedCacheSyncWithContext(ctx, c.synced...) {
+		return
+	}
+	if err := c.enqueueAll(r); err != nil {
+		// Listers read memory; this does not happen.
+		logger.Error(err, "Listing the Services and EndpointSlices to reconcile at start")
+	}
+	r.started.Store(true)
+
+	for range max(workers, 1) {
+		wg.Go(func() {
+			for c.processNext(ctx, r) {
+			}
+		})
+	}
+	<-ctx.Done()
+}
+
+// newRunState returns the empty state a Run starts from.
+func (c *Controller) newRunState() *runState {
+	r := &runState{
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedMaxOfRateLimiter(
+				workqueue.NewTypedItemExponentialFailureRateLimiter[string](c.opts.RetryBaseDelay, c.opts.RetryMaxDelay),
+				// Retries of all Services together stay under 10/s, so a
+				// failing API server is not hammered.
+				&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+			),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "endpoint_slice"}),
+		tracker:    endpointsliceutil.NewEndpointSliceTracker(),
+		superseded: newSupersededVersions(),
+		triggers:   endpointsliceutil.NewTriggerTimeTracker(),
+		untracked:  map[string][]*discovery.EndpointSlice{},
+	}
+	writer := recordingClient{Interface: c.client, slices: c.slices, superseded: r.superseded}
+	r.reconciler = endpointslicerec.NewReconciler(writer, c.nodes, c.opts.MaxEndpointsPerSlice, r.tracker,
+		nil, // no topology cache: Duet does not implement the topology-aware-hints annotation
+		c.recorder, ManagedBy,
+		endpointslicerec.WithPreferSameTrafficDistributionEnabled(true))
+	return r
+}
+
+// enqueueAll queues every Service, and every Service named by a slice of
+// this controller: that is where slices of Services deleted while no
+// replica ran the controller are found.
+func (c *Controller) enqueueAll(r *runState) error {
+	services, err := c.services.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("listing Services: %w", err)
+	}
+	for _, svc := range services {
+		r.queue.Add(svc.Namespace + "/" + svc.Name)
+	}
+	slices, err := c.slices.List(labels.SelectorFromSet(labels.Set{discovery.LabelManagedBy: ManagedBy}))
+	if err != nil {
+		return fmt.Errorf("listing EndpointSlices: %w", err)
+	}
+	for _, s := range slices {
+		if key, err := endpointslicerec.ServiceControllerKey(s); err == nil {
+			r.queue.Add(key)
+		}
+	}
+	return nil
+}
+
+func (c *Controller) processNext(ctx context.Context, r *runState) bool {
+	key, quit := r.queue.Get()
+	if quit {
+		return false
+	}
+	defer r.queue.Done(key)
+	err := c.syncService(ctx, r, key)
+	if err == nil {
+		r.queue.Forget(key)
+		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("success").Inc()
+		return true
+	}
+	logger := klog.FromContext(ctx)
+	if errors.Is(err, errStaleCache) {
+		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("stale").Inc()
+		logger.V(4).Info("EndpointSlice cache behind this controller's writes; will retry", "service", key)
+	} else {
+		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("error").Inc()
+		logger.Error(err, "Syncing EndpointSlices failed; will retry", "service", key)
+	}
+	r.queue.AddRateLimited(key)
+	return true
+}
+
+// errStaleCache means the informer has not yet shown slices this
+// controller wrote or deleted; acting on it would duplicate or resurrect
+// them, so the sync is retried once the cache has caught up.
+var errStaleCache = errors.New("EndpointSlice informer cache is out of date")
+
+func (c *Controller) syncService(ctx context.Context, r *runState, key string) error {
+	logger := klog.FromContext(ctx)
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil // not a key this controller queued; retrying cannot help
+	}
+	svc, err := c.services.Services(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return c.removeSlices(ctx, r, ns, name)
+	}
+	if err != nil {
+		return fmt.Errorf("reading Service %s: %w", key, err)
+	}
+	if svc.Spec.Type == v1.ServiceTypeExternalName {
+		// An ExternalName Service is a DNS alias and has no endpoints; one
+		// that was another type before keeps no stale slices.
+		return c.removeSlices(ctx, r, ns, name)
+	}
+	if svc.Spec.Selector == nil {
+		// Its endpoints are whatever its owner writes, out of band.
+		return nil
+	}
+
+	pods, err := c.pods.Pods(ns).List(labels.Set(svc.Spec.Selector).AsSelectorPreValidated())
+	if err != nil {
+		return fmt.Errorf("listing Pods of Service %s: %w", key, err)
+	}
+	slices, err := c.currentSlices(ctx, r, svc)
+	if err != nil {
+		return err
+	}
+	// Computed even when the sync writes nothing, so that the tracker's
+	// view of the Pods stays current.
+	trigger := r.triggers.ComputeEndpointLastChangeTriggerTime(ns, svc, pods)
+	if err := r.reconciler.Reconcile(logger, svc, pods, slices, trigger); err != nil {
+		c.recorder.Eventf(svc, v1.EventTypeWarning, "FailedToUpdateEndpointSlices",
+			"Error updating Endpoint Slices for Service %s: %v", key, err)
+		return fmt.Errorf("reconciling EndpointSlices of Service %s: %w", key, err)
+	}
+	return nil
+}
+
+// currentSlices returns a Service's slices as the reconciler may act on
+// them: from the informer cache once it shows every write of this run
+// (else errStaleCache), or from the API server after liveListAfter failed
+// syncs.
+func (c *Controller) currentSlices(ctx context.Context, r *runState, svc *v1.Service) ([]*discovery.EndpointSlice, error) {
+	key := svc.Namespace + "/" + svc.Name
+	r.handOverDeletions(key)
+	if r.queue.NumRequeues(key) >= liveListAfter {
+		slices, err := c.liveSlices(ctx, svc.Namespace, svc.Name)
+		if err == nil {
+			// What this run remembers writing is what held the Service
+			// back; the API server has the last word.
+			r.tracker.DeleteService(svc.Namespace, svc.Name)
+		}
+		return slices, err
+	}
+	slices, err := c.managedSlices(svc.Namespace, svc.Name)
+	if err != nil {
+		return nil, err
+	}
+	if r.tracker.StaleSlices(svc, slices) || r.superseded.stale(slices) {
+		return nil, errStaleCache
+	}
+	return slices, nil
+}
+
+// managedSlices returns the slices this controller keeps for a Service,
+// without those already being deleted: waiting for them would stall the
+// Service behind a finalizer that is none of its business.
+func (c *Controller) managedSlices(ns, name string) ([]*discovery.EndpointSlice, error) {
+	all, err := c.slices.EndpointSlices(ns).List(labels.Set{
+		discovery.LabelServiceName: name,
+		discovery.LabelManagedBy:   ManagedBy,
+	}.AsSelectorPreValidated())
+	if err != nil {
+		return nil, fmt.Errorf("listing EndpointSlices of Service %s/%s: %w", ns, name, err)
+	}
+	var slices []*discovery.EndpointSlice
+	for _, s := range all {
+		if s.DeletionTimestamp == nil {
+			slices = append(slices, s)
+		}
+	}
+	return slices, nil
+}
+
+// liveSlices is managedSlices read from the API server.
+func (c *Controller) liveSlices(ctx context.Context, ns, name string) ([]*discovery.EndpointSlice, error) {
+	list, err := c.client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{
+		LabelSelector: labels.Set{discovery.LabelServiceName: name, discovery.LabelManagedBy: ManagedBy}.String(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing EndpointSlices of Service %s/%s from the API server: %w", ns, name, err)
+	}
+	var slices []*discovery.EndpointSlice
+	for i := range list.Items {
+		if list.Items[i].DeletionTimestamp == nil {
+			slices = append(slices, &list.Items[i])
+		}
+	}
+	return slices, nil
+}
+
+// removeSlices deletes this controller's slices of a Service that is gone
+// or is ExternalName, and forgets the Service. The owner references the
+// reconciler sets would let a garbage collector do this in Kubernetes;
+// Duet has none.
+func (c *Controller) removeSlices(ctx context.Context, r *runState, ns, name string) error {
+	slices, err := c.currentSlices(ctx, r, &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range slices {
+		err := c.client.DiscoveryV1().EndpointSlices(ns).Delete(ctx, s.Name, metav1.DeleteOptions{
+			// Only the slice seen, not a namesake created since.
+			Preconditions: &metav1.Preconditions{UID: &s.UID},
+		})
+		switch {
+		case err == nil:
+			r.superseded.forget(s.UID)
+			endpointslicemetrics.EndpointSliceChanges.WithLabelValues("delete").Inc()
+			klog.FromContext(ctx).V(2).Info("Deleted EndpointSlice of a Service that has no endpoints", "service", klog.KRef(ns, name), "endpointSlice", s.Name)
+		case apierrors.IsNotFound(err):
+		default:
+			errs = append(errs, fmt.Errorf("deleting EndpointSlice %s of Service %s/%s: %w", s.Name, ns, name, err))
+		}
+	}
+	if len(errs) > 0 {
+		return utilerrors.NewAggregate(errs)
+	}
+	r.tracker.DeleteService(ns, name)
+	r.triggers.DeleteService(ns, name)
+	r.reconciler.DeleteService(ns, name)
+	return nil
+}
+
+func (c *Controller) onService(obj any) {
+	r := c.current.Load()
+	if r == nil {
+		return
+	}
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		utilruntime.HandleError(fmt.Errorf("queueing a changed Service: %w", err))
+		return
+	}
+	r.queue.Add(key)
+}
+
+// onPod queues the Services a Pod change may affect: those its labels
+// match now and matched before. old is nil for an added Pod, cur for a
+// deleted one.
+func (c *Controller) onPod(old, cur any) {
+	r := c.current.Load()
+	if r == nil {
+		return
+	}
+	services, err := endpointsliceutil.GetServicesToUpdate(c.services, endpointsliceutil.GetPodUpdateProjectionKey(old, cur))
+	if err != nil {
+		utilruntime.HandleError(fmt.Errorf("finding the Services of a changed Pod: %w", err))
+		return
+	}
+	for key := range services {
+		r.queue.AddAfter(key, c.batch)
+	}
+}
+
+// onNode queues the Services of the Pods on a Node that appears or whose
+// zone changes: a Pod whose Node the cache did not know yet was left out
+// of its slices, and every endpoint on the Node carries its zone.
+func (c *Controller) onNode(old, cur any) {
+	r := c.current.Load()
+	if r == nil || !r.started.Load() {
+		return
+	}
+	node, ok := cur.(*v1.Node)
+	if !ok {
+		return
+	}
+	if prev, ok := old.(*v1.Node); ok && prev.Labels[v1.LabelTopologyZone] == node.Labels[v1.LabelTopologyZone] {
+		return
+	}
+	pods, err := c.pods.List(labels.Everything())
+	if err != nil {
+		utilruntime.HandleError(fmt.Errorf("listing the Pods of Node %s: %w", node.Name, err))
+		return
+	}
+	for _, p := range pods {
+		if p.Spec.NodeName != node.Name {
+			continue
+		}
+		services, err := endpointsliceutil.GetServicesToUpdate(c.services, &endpointsliceutil.PodProjectionKey{Namespace: p.Namespace, Labels: p.Labels})
+		if err != nil {
+			utilruntime.HandleError(fmt.Errorf("finding the Services of Pod %s/%s: %w", p.Namespace, p.Name, err))
+			continue
+		}
+		for key := range services {
+			r.queue.AddAfter(key, c.batch)
+		}
+	}
+}
+
+func managed(s *discovery.EndpointSlice) bool {
+	return s.Labels[discovery.LabelManagedBy] == ManagedBy
+}
+
+// onSliceAdd queues the Service of a slice this run did not write itself:
+// one left by an earlier leader, or written by someone else in its name.
+func (c *Controller) onSliceAdd(obj any) {
+	r := c.current.Load()
+	s, ok := obj.(*discovery.EndpointSlice)
+	if r == nil || !ok {
+		return
+	}
+	if managed(s) && r.tracker.ShouldSync(s) {
+		c.queueForSlice(r, s)
+	}
+}
+
+func (c *Controller) onSliceUpdate(old, cur any) {
+	r := c.current.Load()
+	prev, ok1 := old.(*discovery.EndpointSlice)
+	s, ok2 := cur.(*discovery.EndpointSlice)
+	if r == nil || !ok1 || !ok2 {
+		return
+	}
+	// A relabelled slice leaves one Service and joins another; the
+	// generation does not change with labels.
+	if prev.Labels[discovery.LabelServiceName] != s.Labels[discovery.LabelServiceName] {
+		c.queueForSlice(r, prev)
+		c.queueForSlice(r, s)
+		return
+	}
+	if managed(prev) != managed(s) {
+		c.queueForSlice(r, s)
+		return
+	}
+	if !managed(s) {
+		return
+	}
+	// The tracker tells this controller's writes from others' by
+	// metadata.generation. A server that does not maintain generations
+	// (they stay 0) gives it nothing to compare, so every change is
+	// checked instead; a sync that finds nothing to do writes nothing.
+	if r.tracker.ShouldSync(s) || (s.Generation == 0 && s.ResourceVersion != prev.ResourceVersion) {
+		c.queueForSlice(r, s)
+	}
+}
+
+// onSliceDelete queues the Service of a slice deleted by someone else, so
+// that it is written again.
+func (c *Controller) onSliceDelete(obj any) {
+	r := c.current.Load()
+	if r == nil {
+		return
+	}
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	s, ok := obj.(*discovery.EndpointSlice)
+	if !ok || !managed(s) {
+		return
+	}
+	r.superseded.forget(s.UID)
+	// The tracker only knows the slices this run wrote: a deletion of
+	// any other is unexpected too (Kubernetes ignores those and leaves a
+	// Service short of a slice until its next change).
+	if r.tracker.Has(s) {
+		if !r.tracker.HandleDeletion(s) {
+			c.queueForSlice(r, s)
+		}
+		return
+	}
+	if key, err := endpointslicerec.ServiceControllerKey(s); err == nil {
+		r.untrackedMu.Lock()
+		r.untracked[key] = append(r.untracked[key], s)
+		r.untrackedMu.Unlock()
+		c.queueForSlice(r, s)
+	}
+}
+
+// handOverDeletions tells the tracker about the deleted slices of a
+// Service it did not know when their deletion was seen (see untracked).
+func (r *runState) handOverDeletions(key string) {
+	r.untrackedMu.Lock()
+	deleted := r.untracked[key]
+	delete(r.untracked, key)
+	r.untrackedMu.Unlock()
+	for _, s := range deleted {
+		r.tracker.HandleDeletion(s)
+	}
+}
+
+func (c *Controller) queueForSlice(r *runState, s *discovery.EndpointSlice) {
+	key, err := endpointslicerec.ServiceControllerKey(s)
+	if err != nil {
+		return // not labelled with a Service: nobody's slice to keep
+	}
+	r.queue.AddAfter(key, c.batch)
+}
+
+// discardEvents is the recorder of a controller given none.
+type discardEvents struct{}
+
+func (discardEvents) Event(runtime.Object, string, string, string)          {}
+func (discardEvents) Eventf(runtime.Object, string, string, string, ...any) {}
+func (discardEvents) AnnotatedEventf(runtime.Object, map[string]string, string, string, string, ...any) {
+}
