@@ -35,6 +35,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/masq"
 	"github.com/duet-net/duet/internal/agent/nodestatus"
 	"github.com/duet-net/duet/internal/agent/pods"
+	"github.com/duet-net/duet/internal/agent/proxy"
 	"github.com/duet-net/duet/internal/agent/routes"
 )
 
@@ -72,6 +73,7 @@ type Config struct {
 const (
 	ReasonMasqFailed  = "MasqueradeConfigFailed"
 	ReasonMasqApplied = "MasqueradeConfigApplied"
+	ReasonProxyFailed = "ServiceProxyFailed"
 )
 
 // nodeEvents returns a recorder of events about the node, as the kubelet
@@ -86,6 +88,7 @@ func nodeEvents(ctx context.Context, client kubernetes.Interface, node string) (
 // proxy syncs, Go runtime) until ctx ends.
 func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 	pods.RegisterMetrics()
+	proxy.RegisterMetrics()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--metrics-bind-address %s: %w", addr, err)
@@ -129,6 +132,19 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	recorder, stopEvents := nodeEvents(ctx, client, cfg.NodeName)
 	defer stopEvents()
 	nodeRef := &corev1.ObjectReference{Kind: "Node", Name: cfg.NodeName, UID: types.UID(cfg.NodeName)}
+	if !cfg.NoProxy {
+		plog := log.With("component", "proxy")
+		go func() {
+			err := proxy.Run(ctx, client, proxy.Options{
+				NodeName: cfg.NodeName, NetNS: cfg.NetNS, NodeIPs: cfg.InternalIPs,
+				ClusterCIDRs: cfg.ClusterCIDRs, Log: plog,
+			})
+			if err != nil {
+				plog.Error("the service proxy stopped", "err", err)
+				recorder.Eventf(nodeRef, corev1.EventTypeWarning, ReasonProxyFailed, "service proxy: %v", err)
+			}
+		}()
+	}
 	if !cfg.NoMasq {
 		mlog := log.With("component", "masq")
 		go func() {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -123,7 +125,23 @@ func ensureNode(nodeNS string, cfg NodeConfig) error {
 				sysctl{"net/ipv6/conf/" + cfg.Bridge + "/accept_dad", "0"})
 		}
 	}
-	if err := inNetNS(nsFD, func() error { return writeSysctls(ss) }); err != nil {
+	if err := inNetNS(nsFD, func() error {
+		if err := writeSysctls(ss); err != nil {
+			return err
+		}
+		// Pods on the bridge are routed, not bridged, through the node: with
+		// br_netfilter loaded, bridged frames would also cross the nat
+		// hooks, and a pod reaching itself through a Service (hairpin)
+		// would be DNATed twice. The knobs exist only with br_netfilter.
+		for _, name := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"} {
+			if _, err := os.Stat(filepath.Join("/proc/sys", name)); err == nil {
+				if err := writeSysctls([]sysctl{{name, "0"}}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
 

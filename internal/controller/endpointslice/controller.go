@@ -103,10 +103,14 @@ type Controller struct {
 	services corelisters.ServiceLister
 	nodes    corelisters.NodeLister
 	slices   discoverylisters.EndpointSliceLister
-	synced   []cache.InformerSynced
-	opts     Options
-	batch    time.Duration
-	recorder record.EventRecorder
+	// byService indexes slices by namespace/service-name label, so a sync
+	// reads its Service's slices without scanning the namespace's (a
+	// scan per sync made creating N Services cost O(N²)).
+	byService cache.Indexer
+	synced    []cache.InformerSynced
+	opts      Options
+	batch     time.Duration
+	recorder  record.EventRecorder
 
 	// current is the state of the Run in progress, nil between runs:
 	// events that arrive with no Run are dropped, since a Run starts by
@@ -157,15 +161,25 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 	if opts.RetryMaxDelay <= 0 {
 		opts.RetryMaxDelay = 5 * time.Minute
 	}
+	if err := slices.Informer().AddIndexers(cache.Indexers{serviceIndex: func(obj any) ([]string, error) {
+		s, ok := obj.(*discovery.EndpointSlice)
+		if !ok || s.Labels[discovery.LabelServiceName] == "" {
+			return nil, nil
+		}
+		return []string{s.Namespace + "/" + s.Labels[discovery.LabelServiceName]}, nil
+	}}); err != nil {
+		return nil, fmt.Errorf("indexing EndpointSlices by Service: %w", err)
+	}
 	c := &Controller{
-		client:   client,
-		pods:     pods.Lister(),
-		services: services.Lister(),
-		nodes:    nodes.Lister(),
-		slices:   slices.Lister(),
-		opts:     opts,
-		batch:    batchDelay(opts.BatchPeriod),
-		recorder: opts.Recorder,
+		byService: slices.Informer().GetIndexer(),
+		client:    client,
+		pods:      pods.Lister(),
+		services:  services.Lister(),
+		nodes:     nodes.Lister(),
+		slices:    slices.Lister(),
+		opts:      opts,
+		batch:     batchDelay(opts.BatchPeriod),
+		recorder:  opts.Recorder,
 	}
 	if c.recorder == nil {
 		c.recorder = discardEvents{}
@@ -417,17 +431,17 @@ func (c *Controller) currentSlices(ctx context.Context, r *runState, svc *v1.Ser
 // managedSlices returns the slices this controller keeps for a Service,
 // without those already being deleted: waiting for them would stall the
 // Service behind a finalizer that is none of its business.
+// serviceIndex names the index of slices by the Service they belong to.
+const serviceIndex = "service"
+
 func (c *Controller) managedSlices(ns, name string) ([]*discovery.EndpointSlice, error) {
-	all, err := c.slices.EndpointSlices(ns).List(labels.Set{
-		discovery.LabelServiceName: name,
-		discovery.LabelManagedBy:   ManagedBy,
-	}.AsSelectorPreValidated())
+	objs, err := c.byService.ByIndex(serviceIndex, ns+"/"+name)
 	if err != nil {
 		return nil, fmt.Errorf("listing EndpointSlices of Service %s/%s: %w", ns, name, err)
 	}
 	var slices []*discovery.EndpointSlice
-	for _, s := range all {
-		if s.DeletionTimestamp == nil {
+	for _, o := range objs {
+		if s, ok := o.(*discovery.EndpointSlice); ok && s.DeletionTimestamp == nil && s.Labels[discovery.LabelManagedBy] == ManagedBy {
 			slices = append(slices, s)
 		}
 	}

@@ -1,0 +1,337 @@
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Proxier programs one family's table. It keeps a model of what it
+// programmed; Sync sends only the difference from the desired ports, and
+// Repair compares the model with the kernel's table and fixes what was
+// changed behind its back. Its methods may be called from any goroutine.
+type Proxier struct {
+	fam    Family
+	log    *slog.Logger
+	layout layout
+	be     backend
+
+	mu    sync.Mutex
+	ports map[ServicePortName]ServicePort // as last given to Sync
+	// classes counts the programmed ports of each class (number of
+	// endpoints); the skeleton has a set and a rule for each class in
+	// classOrder. A new class's rule is appended to the services chain, and
+	// a class left empty stays until the next full sync: rewriting that
+	// chain costs the kernel a walk of the endpoints map per rule (~15 ms
+	// at 10,000 services), which a deployment scaling through endpoint
+	// counts would otherwise pay at every step.
+	classes    map[int]int
+	classOrder []int
+	// owners are the ports that claim each frontend, by name: the first
+	// serves it. Two Services may claim one external IP and port.
+	owners map[string][]ServicePortName
+	// staleFlows are UDP flows to endpoints that left, whose conntrack
+	// entries are still to delete.
+	staleFlows map[flow]bool
+	st         *state
+	// synced says st is what the kernel has. It is false until the first
+	// sync, and after a batch failed: the next sync then reads the table
+	// and starts from what is there.
+	synced bool
+}
+
+// NewProxier returns the proxier of family fam in the namespace
+// o.NetNS. It reads o.NodeIPs and o.ClusterCIDRs of its family only. It
+// changes nothing until the first Sync, which adopts what an earlier
+// proxier left in the table (so that a restart does not disturb
+// connections nor forget affinity), changing only what differs.
+func NewProxier(fam Family, o Options) (*Proxier, error) {
+	if fam != IPv4 && fam != IPv6 {
+		return nil, fmt.Errorf("unknown address family %v", fam)
+	}
+	k, err := newKernel(fam, o.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	return newProxier(fam, o, k), nil
+}
+
+func newProxier(fam Family, o Options, be backend) *Proxier {
+	l := layout{fam: fam}
+	for _, a := range o.NodeIPs {
+		if fam.has(a) && !slices.Contains(l.nodeIPs, a) {
+			l.nodeIPs = append(l.nodeIPs, a)
+		}
+	}
+	for _, p := range o.ClusterCIDRs {
+		if fam.has(p.Addr()) {
+			l.clusterCIDRs = append(l.clusterCIDRs, p.Masked())
+		}
+	}
+	slices.SortFunc(l.nodeIPs, netip.Addr.Compare)
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Proxier{fam: fam, log: log.With("family", fam.String()), layout: l, be: be,
+		ports: map[ServicePortName]ServicePort{}, classes: map[int]int{}, owners: map[string][]ServicePortName{},
+		staleFlows: map[flow]bool{}}
+}
+
+// Close releases the netlink socket; the table stays as it is.
+func (p *Proxier) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.be.close()
+}
+
+// Sync makes the table serve desired (keyed by the ports' names), in one
+// transaction, and returns the number of objects it changed. Only ports
+// that differ from the previous Sync are looked at closely, so a sync
+// costs what changed, not what exists. Ports that cannot be programmed
+// (an address of the other family, port 0) are logged and left out.
+//
+// Sync keeps the ports it is given, slices included (it copies only
+// ports that are not normalized, see ServicePort.Normalize): give a
+// changed port new slices rather than change the ones given before. The
+// map itself may be reused. A port whose slices are the very ones Sync
+// kept is compared without reading them, so that a sync of 10,000 ports of
+// which one changed costs little more than that one.
+func (p *Proxier) Sync(desired map[ServicePortName]ServicePort) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	start := time.Now()
+	if !p.synced {
+		p.setPorts(desired)
+		n, err := p.full("sync")
+		observeSync(p.fam, "full", start, err)
+		return n, err
+	}
+
+	t := &tx{}
+	affected := map[ServicePortName]bool{}
+	classesBefore := len(p.classOrder)
+	before, kept := len(p.ports), 0 // kept: ports of p.ports still desired
+	for name, sp := range desired {
+		sp.Name = name
+		old, had := p.ports[name]
+		if had {
+			kept++
+			if old.same(&sp) {
+				continue
+			}
+		}
+		c := sp
+		if !c.normalized() {
+			c = sp.clone()
+			c.Normalize()
+		}
+		if had && old.equal(&c) {
+			p.ports[name] = c // same content, and now the same slices
+			continue
+		}
+		if had {
+			p.unindex(&old, affected)
+			p.layout.staleFlows(&old, &c, p.staleFlows)
+		}
+		p.ports[name] = c
+		p.index(&c, affected)
+		affected[name] = true
+	}
+	if kept < before {
+		for name, old := range p.ports {
+			if _, ok := desired[name]; !ok {
+				p.unindex(&old, affected)
+				p.layout.staleFlows(&old, nil, p.staleFlows)
+				delete(p.ports, name)
+				affected[name] = true
+			}
+		}
+	}
+	var touched []*fragment
+	for name := range affected {
+		var f *fragment
+		if sp, ok := p.ports[name]; ok {
+			f = p.render(&sp)
+		}
+		if f != nil {
+			touched = append(touched, f)
+		}
+		p.st.replace(name.String(), f, t)
+	}
+	if len(p.classOrder) != classesBefore {
+		sk := p.layout.skeleton(p.classOrder)
+		touched = append(touched, sk)
+		p.st.replace("", sk, t)
+	}
+	if !t.empty() {
+		t.sort()
+		if err := p.be.apply(t); err != nil {
+			p.synced = false
+			observeSync(p.fam, "incremental", start, err)
+			return 0, fmt.Errorf("%s proxy: %w", p.fam, err)
+		}
+		for _, f := range touched {
+			f.stripExprs()
+		}
+		observeSync(p.fam, "incremental", start, nil)
+		p.log.Debug("proxy rules synced", "changes", t.changes(), "took", time.Since(start))
+	}
+	// Only now that no new flow can reach them.
+	if len(p.staleFlows) > 0 {
+		if err := p.be.deleteFlows(p.staleFlows); err != nil {
+			return t.changes(), fmt.Errorf("%s proxy: %w", p.fam, err)
+		}
+		clear(p.staleFlows)
+	}
+	return t.changes(), nil
+}
+
+// index counts a port in its class and claims its frontends; ports whose
+// claim on a frontend is won or lost by it are noted in affected.
+func (p *Proxier) index(sp *ServicePort, affected map[ServicePortName]bool) {
+	if sp.validate(p.fam) != nil {
+		return
+	}
+	if c, ok := classOf(sp); ok {
+		if _, known := p.classes[c]; !known {
+			p.classOrder = append(p.classOrder, c)
+		}
+		p.classes[c]++
+	}
+	for _, fe := range p.layout.frontends(sp) {
+		cs := p.owners[fe.key]
+		i, _ := slices.BinarySearchFunc(cs, sp.Name, ServicePortName.compare)
+		if i == 0 && len(cs) > 0 {
+			affected[cs[0]] = true // loses it
+		}
+		p.owners[fe.key] = slices.Insert(cs, i, sp.Name)
+	}
+}
+
+func (p *Proxier) unindex(sp *ServicePort, affected map[ServicePortName]bool) {
+	if sp.validate(p.fam) != nil {
+		return
+	}
+	if c, ok := classOf(sp); ok {
+		p.classes[c]--
+	}
+	for _, fe := range p.layout.frontends(sp) {
+		cs := p.owners[fe.key]
+		i, found := slices.BinarySearchFunc(cs, sp.Name, ServicePortName.compare)
+		if !found {
+			continue
+		}
+		cs = slices.Delete(cs, i, i+1)
+		if i == 0 && len(cs) > 0 {
+			affected[cs[0]] = true // wins it
+		}
+		if len(cs) == 0 {
+			delete(p.owners, fe.key)
+		} else {
+			p.owners[fe.key] = cs
+		}
+	}
+}
+
+// render is a port's fragment, with the frontends it wins.
+func (p *Proxier) render(sp *ServicePort) *fragment {
+	if err := sp.validate(p.fam); err != nil {
+		p.log.Error("service port left out", "port", sp.Name.String(), "err", err)
+		return nil
+	}
+	return p.layout.servicePort(sp, func(fe frontend) bool {
+		cs := p.owners[fe.key]
+		if len(cs) > 0 && cs[0] == sp.Name {
+			return true
+		}
+		p.log.Warn("two service ports claim one frontend; the first by name serves it",
+			"port", sp.Name.String(), "frontend", fe.String(), "servedBy", cs[0].String())
+		return false
+	})
+}
+
+func (p *Proxier) setPorts(desired map[ServicePortName]ServicePort) {
+	p.ports = make(map[ServicePortName]ServicePort, len(desired))
+	for name, sp := range desired {
+		c := sp
+		if !c.normalized() {
+			c = sp.clone()
+			c.Normalize()
+		}
+		c.Name = name
+		p.ports[name] = c
+	}
+}
+
+// Repair reads the table back once and fixes, in one transaction,
+// whatever differs from the model: chains, rules or elements deleted or
+// changed behind the proxier's back, a table deleted whole. It returns the
+// number of objects it changed; 0 is the normal outcome.
+func (p *Proxier) Repair() (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	start := time.Now()
+	n, err := p.full("repair")
+	observeSync(p.fam, "repair", start, err)
+	return n, err
+}
+
+// full renders the whole model from p.ports, reads the table, and sends
+// the difference.
+func (p *Proxier) full(why string) (int, error) {
+	start := time.Now()
+	st := newState()
+	scratch := &tx{}
+	p.classes, p.classOrder, p.owners = map[int]int{}, nil, map[string][]ServicePortName{}
+	for _, sp := range p.ports {
+		p.index(&sp, map[ServicePortName]bool{})
+	}
+	slices.Sort(p.classOrder)
+	for _, sp := range p.ports {
+		if f := p.render(&sp); f != nil {
+			st.replace(sp.Name.String(), f, scratch)
+		}
+	}
+	st.replace("", p.layout.skeleton(p.classOrder), scratch)
+	have, err := p.be.observe()
+	if err != nil {
+		p.synced = false
+		return 0, fmt.Errorf("%s proxy: reading table %s: %w", p.fam, TableName, err)
+	}
+	t := &tx{}
+	st.diffObserved(have, t)
+	if !t.empty() {
+		t.sort()
+		if err := p.be.apply(t); err != nil {
+			p.synced = false
+			return 0, fmt.Errorf("%s proxy (%s): %w", p.fam, why, err)
+		}
+	}
+	for _, f := range st.frags {
+		f.stripExprs()
+	}
+	p.st, p.synced = st, true
+	n := t.changes()
+	switch {
+	case why == "repair" && n > 0:
+		p.log.Warn("proxy rules changed behind Duet's back, repaired", "changes", n, "took", time.Since(start))
+	case n > 0:
+		p.log.Info("proxy rules synced from the table", "reason", why, "ports", len(p.ports), "changes", n, "took", time.Since(start))
+	}
+	return n, nil
+}
+
+// Remove deletes the proxier's table. A later Sync builds it again.
+func (p *Proxier) Remove() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.synced = false
+	if err := p.be.deleteTable(); err != nil {
+		return fmt.Errorf("%s proxy: deleting table %s: %w", p.fam, TableName, err)
+	}
+	return nil
+}
