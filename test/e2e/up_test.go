@@ -20,6 +20,7 @@ import (
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/internal/cni/ipam"
 )
 
 var duetBin string
@@ -389,6 +390,32 @@ func TestKill9DuringPodBurst(t *testing.T) {
 	}
 	if sandboxes != 50 {
 		t.Errorf("%d pod namespaces for 50 pods: sandboxes leaked or lost", sandboxes)
+	}
+	// No address is held for a pod that is not there: the nodes' IPAM
+	// stores hold exactly two addresses per pod. Then deleting the pods
+	// frees them all.
+	held := func() int {
+		total := 0
+		for _, n := range topo.Nodes {
+			st, err := ipam.Open(filepath.Join(dataDir, "nodes", n.Name, "ipam"), "duet", 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, _, err := st.Counts()
+			st.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			total += h
+		}
+		return total
+	}
+	if h := held(); h != 100 {
+		t.Errorf("the nodes' IPAM stores hold %d addresses for 50 pods, want 100", h)
+	}
+	kubectl(t, kubeconfig, "delete", "-f", manifest, "--wait=true", "--timeout=120s")
+	if h := held(); h != 0 {
+		t.Errorf("after deleting every pod the IPAM stores still hold %d addresses", h)
 	}
 }
 
