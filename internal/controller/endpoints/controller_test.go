@@ -27,6 +27,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
+
+	"github.com/duet-net/duet/internal/controller/fakeapi"
 )
 
 const (
@@ -147,7 +149,7 @@ type cluster struct {
 func newCluster(t *testing.T, opts Options, objs ...runtime.Object) *cluster {
 	t.Helper()
 	client := fake.NewClientset(objs...)
-	serveLikeAPIServer(client)
+	fakeapi.ServeLikeAPIServer(client)
 	factory := informers.NewSharedInformerFactory(client, 0)
 	ctrl := New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(), factory.Core().V1().Endpoints(), opts)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -158,7 +160,7 @@ func newCluster(t *testing.T, opts Options, objs ...runtime.Object) *cluster {
 	})
 	c := &cluster{t: t, ctx: ctx, client: client, factory: factory, ctrl: ctrl}
 	c.waitFor("informers watching", func() (bool, string) {
-		return watching(client, "pods", "services", "endpoints"), fmt.Sprint(client.Actions())
+		return fakeapi.Watching(client, "pods", "services", "endpoints"), fmt.Sprint(client.Actions())
 	})
 	return c
 }
@@ -550,7 +552,7 @@ func TestEndpointsChangedBySomeoneElseAreRestored(t *testing.T) {
 // test fills by hand, so that it lags behind the controller's update.
 func TestSyncWaitsForItsOwnWrites(t *testing.T) {
 	client := fake.NewClientset(service("web", v4), pod("a", "web", true, 8080, "10.0.0.1"))
-	serveLikeAPIServer(client)
+	fakeapi.ServeLikeAPIServer(client)
 	live := informers.NewSharedInformerFactory(client, 0)
 	held := informers.NewSharedInformerFactory(client, 0) // never started
 	epInformer := held.Core().V1().Endpoints()

@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
+
+	"github.com/duet-net/duet/internal/controller/fakeapi"
 )
 
 const (
@@ -121,7 +123,7 @@ type cluster struct {
 func newCluster(t *testing.T, opts Options, objs ...runtime.Object) *cluster {
 	t.Helper()
 	client := fake.NewClientset(objs...)
-	serveLikeAPIServer(client)
+	fakeapi.ServeLikeAPIServer(client)
 	factory := informers.NewSharedInformerFactory(client, 0)
 	ctrl, err := New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(), factory.Core().V1().Nodes(),
 		factory.Discovery().V1().EndpointSlices(), opts)
@@ -136,7 +138,7 @@ func newCluster(t *testing.T, opts Options, objs ...runtime.Object) *cluster {
 	})
 	c := &cluster{t: t, ctx: ctx, client: client, factory: factory, ctrl: ctrl}
 	c.waitFor("informers watching", func() (bool, string) {
-		return watching(client, "pods", "services", "nodes", "endpointslices"), fmt.Sprint(client.Actions())
+		return fakeapi.Watching(client, "pods", "services", "nodes", "endpointslices"), fmt.Sprint(client.Actions())
 	})
 	return c
 }
@@ -827,7 +829,7 @@ func TestOptionsValidated(t *testing.T) {
 // slices just written).
 func TestSyncWaitsForItsOwnWrites(t *testing.T) {
 	client := fake.NewClientset(node("n1", nil), service("web", v4), pod("a", "web", "n1", true, 8080, "10.0.0.1"))
-	serveLikeAPIServer(client)
+	fakeapi.ServeLikeAPIServer(client)
 	live := informers.NewSharedInformerFactory(client, 0)
 	held := informers.NewSharedInformerFactory(client, 0) // never started
 	sliceInformer := held.Discovery().V1().EndpointSlices()

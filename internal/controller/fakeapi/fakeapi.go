@@ -1,4 +1,6 @@
-package endpoints
+// Package fakeapi makes client-go's fake clientset behave like Duet's API server
+// where controllers depend on it, for the controllers' tests.
+package fakeapi
 
 import (
 	"errors"
@@ -15,13 +17,14 @@ import (
 	clienttesting "k8s.io/client-go/testing"
 )
 
-// serveLikeAPIServer makes the fake clientset behave like Duet's API
+// ServeLikeAPIServer makes the fake clientset behave like Duet's API
 // server where the controller depends on it: generateName, UIDs,
 // resourceVersions on every write, optimistic concurrency on update and
-// UID preconditions on delete. Like Duet's registry (and unlike
-// Kubernetes'), it leaves metadata.generation at 0. The fake runs one
-// action at a time, so the check-then-write below is atomic.
-func serveLikeAPIServer(client *fake.Clientset) {
+// UID preconditions on delete. It leaves metadata.generation at 0, so the
+// controllers' own guard against stale caches (not generation) is what
+// their tests exercise. The fake runs one action at a time, so the
+// check-then-write below is atomic.
+func ServeLikeAPIServer(client *fake.Clientset) {
 	var rv, names atomic.Int64
 	rv.Store(100)
 	nextRV := func() string { return strconv.FormatInt(rv.Add(1), 10) }
@@ -81,11 +84,11 @@ func serveLikeAPIServer(client *fake.Clientset) {
 	})
 }
 
-// watching reports whether the fake serves a watch of every one of
+// Watching reports whether the fake serves a watch of every one of
 // resources. An informer lists before it watches, and the fake does not
 // replay deletions that fall between the two (a real server does), so a
 // test changes objects only once its informers are watching.
-func watching(client *fake.Clientset, resources ...string) bool {
+func Watching(client *fake.Clientset, resources ...string) bool {
 	seen := map[string]bool{}
 	for _, a := range client.Actions() {
 		if a.GetVerb() == "watch" {
