@@ -30,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/sets"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -41,6 +42,8 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	endpointsliceutil "k8s.io/endpointslice/util"
 	"k8s.io/klog/v2"
+
+	"github.com/duet-net/duet/internal/controller/selectorindex"
 )
 
 const (
@@ -73,11 +76,14 @@ type Options struct {
 
 // Controller keeps the Endpoints of selector Services.
 type Controller struct {
-	client    kubernetes.Interface
-	pods      corelisters.PodLister
-	services  corelisters.ServiceLister
-	endpoints corelisters.EndpointsLister
-	synced    []cache.InformerSynced
+	client   kubernetes.Interface
+	pods     corelisters.PodLister
+	services corelisters.ServiceLister
+	// podIndex and svcIndex (selectorindex) replace namespace scans; nil
+	// only if the index could not be added.
+	podIndex, svcIndex cache.Indexer
+	endpoints          corelisters.EndpointsLister
+	synced             []cache.InformerSynced
 	// setupErr is why New could not watch an informer; Run reports it.
 	setupErr error
 	opts     Options
@@ -111,7 +117,21 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 	if opts.RetryMaxDelay <= 0 {
 		opts.RetryMaxDelay = 5 * time.Minute
 	}
+	// The informers have not started (New's contract), so adding the
+	// indexes cannot fail; if it did, the controller would still be
+	// right, only slower, reading through the listers' namespace scan.
+	podIndex, svcIndex := pods.Informer().GetIndexer(), services.Informer().GetIndexer()
+	if err := selectorindex.AddPodIndex(pods.Informer()); err != nil {
+		utilruntime.HandleError(err)
+		podIndex = nil
+	}
+	if err := selectorindex.AddServiceIndex(services.Informer()); err != nil {
+		utilruntime.HandleError(err)
+		svcIndex = nil
+	}
 	c := &Controller{
+		podIndex:  podIndex,
+		svcIndex:  svcIndex,
 		client:    client,
 		pods:      pods.Lister(),
 		services:  services.Lister(),
@@ -302,7 +322,12 @@ func (c *Controller) syncService(ctx context.Context, r *runState, key string) e
 		// Its Endpoints, if any, are whatever its owner writes.
 		return nil
 	}
-	pods, err := c.pods.Pods(ns).List(labels.Set(svc.Spec.Selector).AsSelectorPreValidated())
+	var pods []*v1.Pod
+	if c.podIndex != nil {
+		pods, err = selectorindex.PodsFor(c.podIndex, ns, svc.Spec.Selector)
+	} else {
+		pods, err = c.pods.Pods(ns).List(labels.Set(svc.Spec.Selector).AsSelectorPreValidated())
+	}
 	if err != nil {
 		return fmt.Errorf("listing Pods of Service %s: %w", key, err)
 	}
@@ -431,7 +456,14 @@ func (c *Controller) onPod(old, cur any) {
 	if r == nil {
 		return
 	}
-	services, err := endpointsliceutil.GetServicesToUpdate(c.services, endpointsliceutil.GetPodUpdateProjectionKey(old, cur))
+	key := endpointsliceutil.GetPodUpdateProjectionKey(old, cur)
+	var services sets.Set[string]
+	var err error
+	if c.svcIndex != nil {
+		services, err = selectorindex.ServicesToUpdate(c.svcIndex, key)
+	} else {
+		services, err = endpointsliceutil.GetServicesToUpdate(c.services, key)
+	}
 	if err != nil {
 		utilruntime.HandleError(fmt.Errorf("finding the Services of a changed Pod: %w", err))
 		return

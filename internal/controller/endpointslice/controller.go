@@ -48,6 +48,8 @@ import (
 	endpointslicerec "k8s.io/endpointslice"
 	endpointslicemetrics "k8s.io/endpointslice/metrics"
 	endpointsliceutil "k8s.io/endpointslice/util"
+
+	"github.com/duet-net/duet/internal/controller/selectorindex"
 	"k8s.io/klog/v2"
 )
 
@@ -107,10 +109,13 @@ type Controller struct {
 	// reads its Service's slices without scanning the namespace's (a
 	// scan per sync made creating N Services cost O(N²)).
 	byService cache.Indexer
-	synced    []cache.InformerSynced
-	opts      Options
-	batch     time.Duration
-	recorder  record.EventRecorder
+	// podIndex and svcIndex find a Service's Pods and a Pod's Services by
+	// label lookup (selectorindex), not by scanning the namespace.
+	podIndex, svcIndex cache.Indexer
+	synced             []cache.InformerSynced
+	opts               Options
+	batch              time.Duration
+	recorder           record.EventRecorder
 
 	// current is the state of the Run in progress, nil between runs:
 	// events that arrive with no Run are dropped, since a Run starts by
@@ -170,7 +175,15 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 	}}); err != nil {
 		return nil, fmt.Errorf("indexing EndpointSlices by Service: %w", err)
 	}
+	if err := selectorindex.AddPodIndex(pods.Informer()); err != nil {
+		return nil, err
+	}
+	if err := selectorindex.AddServiceIndex(services.Informer()); err != nil {
+		return nil, err
+	}
 	c := &Controller{
+		podIndex:  pods.Informer().GetIndexer(),
+		svcIndex:  services.Informer().GetIndexer(),
 		byService: slices.Informer().GetIndexer(),
 		client:    client,
 		pods:      pods.Lister(),
@@ -383,7 +396,7 @@ func (c *Controller) syncService(ctx context.Context, r *runState, key string) e
 		return nil
 	}
 
-	pods, err := c.pods.Pods(ns).List(labels.Set(svc.Spec.Selector).AsSelectorPreValidated())
+	pods, err := selectorindex.PodsFor(c.podIndex, ns, svc.Spec.Selector)
 	if err != nil {
 		return fmt.Errorf("listing Pods of Service %s: %w", key, err)
 	}
@@ -520,7 +533,7 @@ func (c *Controller) onPod(old, cur any) {
 	if r == nil {
 		return
 	}
-	services, err := endpointsliceutil.GetServicesToUpdate(c.services, endpointsliceutil.GetPodUpdateProjectionKey(old, cur))
+	services, err := selectorindex.ServicesToUpdate(c.svcIndex, endpointsliceutil.GetPodUpdateProjectionKey(old, cur))
 	if err != nil {
 		utilruntime.HandleError(fmt.Errorf("finding the Services of a changed Pod: %w", err))
 		return
@@ -554,7 +567,7 @@ func (c *Controller) onNode(old, cur any) {
 		if p.Spec.NodeName != node.Name {
 			continue
 		}
-		services, err := endpointsliceutil.GetServicesToUpdate(c.services, &endpointsliceutil.PodProjectionKey{Namespace: p.Namespace, Labels: p.Labels})
+		services, err := selectorindex.ServicesFor(c.svcIndex, p.Namespace, p.Labels)
 		if err != nil {
 			utilruntime.HandleError(fmt.Errorf("finding the Services of Pod %s/%s: %w", p.Namespace, p.Name, err))
 			continue
