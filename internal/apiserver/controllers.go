@@ -169,9 +169,13 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 	}
 	epRecorder, stopEpEvents := endpoints.NewEventRecorder(ctx, client)
 	defer stopEpEvents()
-	eps := endpoints.New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(),
+	eps, err := endpoints.New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(),
 		factory.Core().V1().Endpoints(), endpoints.Options{Recorder: epRecorder})
-	wg.Go(func() { eps.Run(ctx, 4) })
+	if err != nil {
+		klog.ErrorS(err, "starting the Endpoints controller")
+	} else {
+		wg.Go(func() { eps.Run(ctx, 4) })
+	}
 	if len(s.cfg.LBPools) > 0 {
 		lbStore, err := etcdstore.New(s.etcdClient, "/duet/allocations/lbips/")
 		if err == nil {

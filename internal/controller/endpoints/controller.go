@@ -30,7 +30,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/apimachinery/pkg/util/sets"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -79,8 +78,8 @@ type Controller struct {
 	client   kubernetes.Interface
 	pods     corelisters.PodLister
 	services corelisters.ServiceLister
-	// podIndex and svcIndex (selectorindex) replace namespace scans; nil
-	// only if the index could not be added.
+	// podIndex and svcIndex find a Service's Pods and a Pod's Services by
+	// label lookup (selectorindex), not by scanning the namespace.
 	podIndex, svcIndex cache.Indexer
 	endpoints          corelisters.EndpointsLister
 	synced             []cache.InformerSynced
@@ -110,28 +109,22 @@ type runState struct {
 
 // New returns a controller over the given informers. It registers event
 // handlers, so call it before the informer factory starts; then call Run.
-func New(client kubernetes.Interface, pods coreinformers.PodInformer, services coreinformers.ServiceInformer, endpoints coreinformers.EndpointsInformer, opts Options) *Controller {
+func New(client kubernetes.Interface, pods coreinformers.PodInformer, services coreinformers.ServiceInformer, endpoints coreinformers.EndpointsInformer, opts Options) (*Controller, error) {
 	if opts.RetryBaseDelay <= 0 {
 		opts.RetryBaseDelay = 100 * time.Millisecond
 	}
 	if opts.RetryMaxDelay <= 0 {
 		opts.RetryMaxDelay = 5 * time.Minute
 	}
-	// The informers have not started (New's contract), so adding the
-	// indexes cannot fail; if it did, the controller would still be
-	// right, only slower, reading through the listers' namespace scan.
-	podIndex, svcIndex := pods.Informer().GetIndexer(), services.Informer().GetIndexer()
 	if err := selectorindex.AddPodIndex(pods.Informer()); err != nil {
-		utilruntime.HandleError(err)
-		podIndex = nil
+		return nil, err
 	}
 	if err := selectorindex.AddServiceIndex(services.Informer()); err != nil {
-		utilruntime.HandleError(err)
-		svcIndex = nil
+		return nil, err
 	}
 	c := &Controller{
-		podIndex:  podIndex,
-		svcIndex:  svcIndex,
+		podIndex:  pods.Informer().GetIndexer(),
+		svcIndex:  services.Informer().GetIndexer(),
 		client:    client,
 		pods:      pods.Lister(),
 		services:  services.Lister(),
@@ -171,7 +164,7 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 		}
 		c.synced = append(c.synced, reg.HasSynced)
 	}
-	return c
+	return c, nil
 }
 
 // NewEventRecorder returns a recorder that writes events through client as
@@ -322,12 +315,7 @@ func (c *Controller) syncService(ctx context.Context, r *runState, key string) e
 		// Its Endpoints, if any, are whatever its owner writes.
 		return nil
 	}
-	var pods []*v1.Pod
-	if c.podIndex != nil {
-		pods, err = selectorindex.PodsFor(c.podIndex, ns, svc.Spec.Selector)
-	} else {
-		pods, err = c.pods.Pods(ns).List(labels.Set(svc.Spec.Selector).AsSelectorPreValidated())
-	}
+	pods, err := selectorindex.PodsFor(c.podIndex, ns, svc.Spec.Selector)
 	if err != nil {
 		return fmt.Errorf("listing Pods of Service %s: %w", key, err)
 	}
@@ -456,14 +444,7 @@ func (c *Controller) onPod(old, cur any) {
 	if r == nil {
 		return
 	}
-	key := endpointsliceutil.GetPodUpdateProjectionKey(old, cur)
-	var services sets.Set[string]
-	var err error
-	if c.svcIndex != nil {
-		services, err = selectorindex.ServicesToUpdate(c.svcIndex, key)
-	} else {
-		services, err = endpointsliceutil.GetServicesToUpdate(c.services, key)
-	}
+	services, err := selectorindex.ServicesToUpdate(c.svcIndex, endpointsliceutil.GetPodUpdateProjectionKey(old, cur))
 	if err != nil {
 		utilruntime.HandleError(fmt.Errorf("finding the Services of a changed Pod: %w", err))
 		return

@@ -151,7 +151,10 @@ func newCluster(t *testing.T, opts Options, objs ...runtime.Object) *cluster {
 	client := fake.NewClientset(objs...)
 	fakeapi.ServeLikeAPIServer(client)
 	factory := informers.NewSharedInformerFactory(client, 0)
-	ctrl := New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(), factory.Core().V1().Endpoints(), opts)
+	ctrl, err := New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(), factory.Core().V1().Endpoints(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	factory.Start(ctx.Done())
 	t.Cleanup(func() {
@@ -556,7 +559,10 @@ func TestSyncWaitsForItsOwnWrites(t *testing.T) {
 	live := informers.NewSharedInformerFactory(client, 0)
 	held := informers.NewSharedInformerFactory(client, 0) // never started
 	epInformer := held.Core().V1().Endpoints()
-	ctrl := New(client, live.Core().V1().Pods(), live.Core().V1().Services(), epInformer, testOptions())
+	ctrl, err := New(client, live.Core().V1().Pods(), live.Core().V1().Services(), epInformer, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	live.Start(ctx.Done())
 	defer func() {
