@@ -47,6 +47,9 @@ import (
 	"github.com/duet-net/duet/internal/registry/service"
 )
 
+// storagePrefix is the etcd key prefix of every API object.
+const storagePrefix = "/registry"
+
 // Server is a prepared `duet server`: credentials written, storage and
 // APIs installed, ready to Run.
 type Server struct {
@@ -62,10 +65,12 @@ type Server struct {
 	coreStorage   map[string]restStorage
 	port          int
 	etcdServers   []string
-	// etcdClient keeps the allocation records that are not API objects
-	// (node ports, node CIDRs, LoadBalancer IPs).
+	// etcdClient keeps the allocation records: IPAddress objects, and those
+	// that are not API objects (node ports, node CIDRs, LoadBalancer IPs).
 	etcdClient *clientv3.Client
-	nodePorts  *alloc.PortRange
+	// storageCodec encodes objects as the registries store them in etcd.
+	storageCodec runtime.Codec
+	nodePorts    *alloc.PortRange
 	// controllersDone is closed once the leader-elected controllers have
 	// stopped and released their lease.
 	controllersDone chan struct{}
@@ -171,8 +176,8 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	config.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
 	config.OpenAPIV3Config.Info.Title = "Duet"
 
-	storageCodec := Codecs.LegacyCodec(corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion)
-	etcdOpts := genericoptions.NewEtcdOptions(storagebackend.NewDefaultConfig("/registry", storageCodec))
+	s.storageCodec = Codecs.LegacyCodec(corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion)
+	etcdOpts := genericoptions.NewEtcdOptions(storagebackend.NewDefaultConfig(storagePrefix, s.storageCodec))
 	etcdOpts.StorageConfig.Transport.ServerList = etcdServers
 	if err := etcdOpts.ApplyTo(config); err != nil {
 		return nil, fmt.Errorf("configuring etcd: %w", err)
@@ -221,7 +226,14 @@ func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 	if err != nil {
 		return err
 	}
-	ipStore := &service.IPAddressStore{Storage: netStorage["ipaddresses"].(service.IPAddressStorage)}
+	s.etcdClient, err = clientv3.New(clientv3.Config{Endpoints: s.etcdServers, DialTimeout: 10 * time.Second})
+	if err != nil {
+		return fmt.Errorf("connecting to etcd for allocation records: %w", err)
+	}
+	ipStore, err := service.NewIPAddressStore(s.etcdClient, storagePrefix+"/"+networkingv1.GroupName+"/ipaddresses/", s.storageCodec)
+	if err != nil {
+		return err
+	}
 	svcCfg := service.Config{Ranges: s.cfg.ServiceRanges, DualStack: s.cfg.DualStack}
 	ranges := map[netaddr.Family]*alloc.ServiceRange{}
 	for i, p := range s.cfg.ServiceRanges {
@@ -244,10 +256,6 @@ func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 	allocs, err := service.NewAllocators(svcCfg, ranges)
 	if err != nil {
 		return err
-	}
-	s.etcdClient, err = clientv3.New(clientv3.Config{Endpoints: s.etcdServers, DialTimeout: 10 * time.Second})
-	if err != nil {
-		return fmt.Errorf("connecting to etcd for allocation records: %w", err)
 	}
 	portStore, err := etcdstore.New(s.etcdClient, "/duet/allocations/nodeports/")
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
@@ -229,6 +230,19 @@ type Options struct {
 	// object should linger (deletionTimestamp set) until it is deleted
 	// again with a zero grace period, as rest.RESTGracefulDeleteStrategy.
 	GracefulDelete func(ctx context.Context, obj runtime.Object, options *metav1.DeleteOptions) bool
+	// NoWatchCache serves reads and watches from etcd instead of a watch
+	// cache: for resources written at a high rate and rarely read, where
+	// decoding every write into a cache costs more than it saves.
+	NoWatchCache bool
+}
+
+// undecorated returns the options of getter without a watch cache.
+type undecorated struct{ generic.RESTOptionsGetter }
+
+func (u undecorated) GetRESTOptions(resource schema.GroupResource, example runtime.Object) (generic.RESTOptions, error) {
+	opts, err := u.RESTOptionsGetter.GetRESTOptions(resource, example)
+	opts.Decorator = generic.UndecoratedStorage
+	return opts, err
 }
 
 // gracefulStrategy is a Strategy whose deletions are graceful.
@@ -253,6 +267,9 @@ func (s *Store) Categories() []string { return s.categories }
 // NewStore builds the main resource store.
 func NewStore(o Options, optsGetter generic.RESTOptionsGetter) (*Store, error) {
 	attrs := GetAttrs(o.Strategy.Namespaced, o.Fields)
+	if o.NoWatchCache {
+		optsGetter = undecorated{optsGetter}
+	}
 	table := o.Table
 	if table == nil {
 		table = rest.NewDefaultTableConvertor(qualified(o.Group, o.Resource))

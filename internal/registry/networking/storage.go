@@ -56,6 +56,9 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		NewFunc:     func() runtime.Object { return &networkingv1.IPAddress{} },
 		NewListFunc: func() runtime.Object { return &networkingv1.IPAddressList{} },
 		Group:       networkingv1.GroupName, Resource: "ipaddresses", Singular: "ipaddress", ShortNames: []string{"ip"},
+		// Every cluster IP is one, written straight to etcd by the
+		// allocator; only the repair loop and users read them.
+		NoWatchCache: true,
 		Strategy: &registry.Strategy{
 			ObjectTyper: typer, NameGenerator: names.SimpleNameGenerator,
 			NameValidator: func(name string, _ bool) []string {

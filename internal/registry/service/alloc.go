@@ -184,23 +184,50 @@ func (a *Allocators) Release(ctx context.Context, svc *core.Service) error {
 // allocClusterIPs fills clusterIPs[from:] for ipFamilies[from:], taking
 // each address the client chose or drawing one. It sets the fields only
 // when every address was obtained, and gives back what it took otherwise.
+//
+// The families are allocated concurrently: each one is an etcd round trip
+// (its IPAddress record), and each family has a range of its own, so a
+// dual-stack Service waits for one round trip instead of two.
 func (a *Allocators) allocClusterIPs(t *txn, svc *core.Service, from int, dryRun bool) error {
 	fams := svc.Spec.IPFamilies
 	ips := slices.Clone(svc.Spec.ClusterIPs)
 	for len(ips) < len(fams) {
 		ips = append(ips, "")
 	}
-	var taken []netip.Addr
+	type result struct {
+		ip   netip.Addr
+		took bool
+		err  error
+	}
+	results := make([]result, len(fams))
+	var wg sync.WaitGroup
 	for i := from; i < len(fams); i++ {
-		ip, took, err := a.allocOne(t.ctx, svc, fams[i], i, ips[i], dryRun)
-		if err != nil {
-			a.release(t.ctx, taken)
-			return err
+		alloc := func() {
+			r := &results[i]
+			r.ip, r.took, r.err = a.allocOne(t.ctx, svc, fams[i], i, ips[i], dryRun)
 		}
-		if took {
-			taken = append(taken, ip)
+		if i == len(fams)-1 {
+			alloc() // the last one runs here rather than in a goroutine of its own
+			continue
 		}
-		ips[i] = ip.String()
+		wg.Go(alloc)
+	}
+	wg.Wait()
+	var taken []netip.Addr
+	var firstErr error
+	for i := from; i < len(fams); i++ {
+		r := results[i]
+		if r.took {
+			taken = append(taken, r.ip)
+		}
+		if r.err != nil && firstErr == nil {
+			firstErr = r.err // the lowest index's, as a sequential loop would report
+		}
+		ips[i] = r.ip.String()
+	}
+	if firstErr != nil {
+		a.release(t.ctx, taken)
+		return firstErr
 	}
 	t.allocated = append(t.allocated, taken...)
 	svc.Spec.ClusterIPs = ips

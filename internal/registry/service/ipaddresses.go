@@ -1,17 +1,21 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
+	"sync"
+	"time"
 
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	networkingv1 "k8s.io/api/networking/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metainternalversion "k8s.io/apimachinery/pkg/apis/meta/internalversion"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
-	"k8s.io/apiserver/pkg/registry/rest"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/netaddr"
@@ -24,38 +28,53 @@ const (
 	ManagedBy      = "ipallocator.k8s.io"
 )
 
-// IPAddressStorage is what IPAddressStore needs of the ipaddresses registry.
-type IPAddressStorage interface {
-	rest.Creater
-	rest.GracefulDeleter
-	rest.Lister
-	rest.Getter
-}
-
 // IPAddressStore keeps cluster IP allocations as networking.k8s.io/v1
 // IPAddress objects, named by the IP, created only if absent. etcd refuses
 // a second object of one name, so two API server replicas can never hand
 // out one IP twice, and the objects say which Service owns each IP.
+//
+// It writes the objects to etcd itself, under the key the ipaddresses
+// registry reads, instead of going through the registry: a dual-stack
+// Service creates two of them, and the registry's create (validation,
+// storage round trip, decoding the stored object back) was most of what a
+// dual-stack Service cost over a headless one. The objects it writes are
+// what the registry would store: the storage encoding, with uid and
+// creationTimestamp set.
 type IPAddressStore struct {
-	Storage IPAddressStorage
+	kv     clientv3.KV
+	prefix string // etcd key prefix, ending in "/"
+	codec  runtime.Encoder
+	now    func() time.Time
+
+	mu       sync.Mutex
+	queue    []*pendingWrite
+	flushing bool // a flush goroutine is draining queue
 }
 
 var _ alloc.Store = &IPAddressStore{}
 
-func clusterScoped(ctx context.Context) context.Context {
-	return genericapirequest.WithNamespace(ctx, metav1.NamespaceNone)
+// NewIPAddressStore returns a store writing IPAddress objects below prefix
+// (the ipaddresses registry's etcd key prefix) encoded with codec (the
+// storage encoding of networking.k8s.io/v1).
+func NewIPAddressStore(kv clientv3.KV, prefix string, codec runtime.Encoder) (*IPAddressStore, error) {
+	if kv == nil || codec == nil {
+		return nil, errors.New("IPAddress store: no etcd client or codec")
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return &IPAddressStore{kv: kv, prefix: prefix, codec: codec, now: time.Now}, nil
 }
 
-func (s *IPAddressStore) Create(ctx context.Context, key netip.Prefix) error {
-	owner, ok := alloc.OwnerFrom(ctx)
-	if !ok {
-		return fmt.Errorf("recording %s: no owning object", key.Addr())
-	}
-	ip := &networkingv1.IPAddress{
+// NewIPAddress is the IPAddress object that records ip for owner, as
+// Kubernetes' allocator labels it.
+func NewIPAddress(ip netip.Addr, owner alloc.Owner) *networkingv1.IPAddress {
+	return &networkingv1.IPAddress{
+		TypeMeta: metav1.TypeMeta{APIVersion: networkingv1.SchemeGroupVersion.String(), Kind: "IPAddress"},
 		ObjectMeta: metav1.ObjectMeta{
-			Name: key.Addr().String(),
+			Name: ip.String(),
 			Labels: map[string]string{
-				LabelIPFamily:  string(netaddr.FamilyOf(key.Addr())),
+				LabelIPFamily:  string(netaddr.FamilyOf(ip)),
 				LabelManagedBy: ManagedBy,
 			},
 		},
@@ -63,50 +82,156 @@ func (s *IPAddressStore) Create(ctx context.Context, key netip.Prefix) error {
 			Group: owner.Group, Resource: owner.Resource, Namespace: owner.Namespace, Name: owner.Name,
 		}},
 	}
-	_, err := s.Storage.Create(clusterScoped(ctx), ip, rest.ValidateAllObjectFunc, &metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return &alloc.AllocatedError{What: key.Addr().String()}
-	}
-	if err != nil {
-		return fmt.Errorf("creating IPAddress %s: %w", key.Addr(), err)
-	}
-	return nil
 }
 
+func (s *IPAddressStore) key(ip netip.Addr) string { return s.prefix + ip.String() }
+
+func (s *IPAddressStore) Create(ctx context.Context, key netip.Prefix) error {
+	owner, ok := alloc.OwnerFrom(ctx)
+	if !ok {
+		return fmt.Errorf("recording %s: no owning object", key.Addr())
+	}
+	obj := NewIPAddress(key.Addr(), owner)
+	obj.UID = types.UID(uuid.NewString())
+	obj.CreationTimestamp = metav1.NewTime(s.now())
+	var buf bytes.Buffer
+	if err := s.codec.Encode(obj, &buf); err != nil {
+		return fmt.Errorf("encoding IPAddress %s: %w", key.Addr(), err)
+	}
+	w := &pendingWrite{ip: key.Addr(), key: s.key(key.Addr()), value: buf.String(), done: make(chan error, 1)}
+	s.mu.Lock()
+	s.queue = append(s.queue, w)
+	if !s.flushing {
+		s.flushing = true
+		go s.flush()
+	}
+	s.mu.Unlock()
+	// Not abandoned when ctx ends: the record may be written regardless,
+	// and the caller must learn whether it was.
+	return <-w.done
+}
+
+// pendingWrite is one IPAddress waiting to be created.
+type pendingWrite struct {
+	ip         netip.Addr
+	key, value string
+	done       chan error
+}
+
+// maxBatch stays below etcd's default limit of 128 operations per
+// transaction.
+const maxBatch = 100
+
+// flush writes queued records until none is left, as many per etcd
+// transaction as are waiting (group commit): under load the records of
+// many Services, both families of each, share one transaction, one raft
+// entry and one WAL sync instead of paying for one each.
+func (s *IPAddressStore) flush() {
+	for {
+		s.mu.Lock()
+		var batch []*pendingWrite
+		seen := map[string]bool{}
+		rest := s.queue[:0]
+		for _, w := range s.queue {
+			// etcd refuses a transaction naming one key twice; a second
+			// write of a key waits for the next one.
+			if len(batch) < maxBatch && !seen[w.key] {
+				seen[w.key] = true
+				batch = append(batch, w)
+			} else {
+				rest = append(rest, w)
+			}
+		}
+		s.queue = rest
+		if len(batch) == 0 {
+			s.flushing = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		retry := s.commit(batch)
+		if len(retry) > 0 {
+			s.mu.Lock()
+			s.queue = append(retry, s.queue...)
+			s.mu.Unlock()
+		}
+	}
+}
+
+// commit creates every record of batch if none exists. When some exist, it
+// answers those with AllocatedError and returns the others to be tried
+// again without them.
+func (s *IPAddressStore) commit(batch []*pendingWrite) (retry []*pendingWrite) {
+	cmps := make([]clientv3.Cmp, len(batch))
+	puts := make([]clientv3.Op, len(batch))
+	gets := make([]clientv3.Op, len(batch))
+	for i, w := range batch {
+		cmps[i] = clientv3.Compare(clientv3.CreateRevision(w.key), "=", 0)
+		puts[i] = clientv3.OpPut(w.key, w.value)
+		gets[i] = clientv3.OpGet(w.key, clientv3.WithCountOnly())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(gets...).Commit()
+	switch {
+	case err != nil:
+		for _, w := range batch {
+			w.done <- fmt.Errorf("creating IPAddress %s: %w", w.ip, err)
+		}
+	case resp.Succeeded:
+		for _, w := range batch {
+			w.done <- nil
+		}
+	default:
+		for i, w := range batch {
+			if r := resp.Responses[i].GetResponseRange(); r != nil && r.Count > 0 {
+				w.done <- &alloc.AllocatedError{What: w.ip.String()}
+			} else {
+				retry = append(retry, w)
+			}
+		}
+	}
+	return retry
+}
+
+// writeTimeout bounds one transaction, so that a caller waits for an
+// answer rather than forever when etcd is unreachable.
+const writeTimeout = 30 * time.Second
+
 func (s *IPAddressStore) Delete(ctx context.Context, key netip.Prefix) error {
-	_, _, err := s.Storage.Delete(clusterScoped(ctx), key.Addr().String(), rest.ValidateAllObjectFunc, &metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
+	if _, err := s.kv.Delete(ctx, s.key(key.Addr())); err != nil {
 		return fmt.Errorf("deleting IPAddress %s: %w", key.Addr(), err)
 	}
 	return nil
 }
 
+// List reads only the keys: an IPAddress is named by its IP.
 func (s *IPAddressStore) List(ctx context.Context, within netip.Prefix, fn func(netip.Prefix) error) error {
-	ips, err := s.ListAll(ctx)
-	if err != nil {
-		return err
-	}
-	for _, ip := range ips {
-		a, err := netip.ParseAddr(ip.Name)
-		if err != nil || !within.Contains(a) {
-			continue
+	const page = 1000
+	from, end := s.prefix, clientv3.GetPrefixRangeEnd(s.prefix)
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(page)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev)) // every page from one snapshot
 		}
-		if err := fn(netip.PrefixFrom(a, a.BitLen())); err != nil {
-			return err
+		resp, err := s.kv.Get(ctx, from, opts...)
+		if err != nil {
+			return fmt.Errorf("listing IPAddresses: %w", err)
 		}
+		rev = resp.Header.Revision
+		for _, kv := range resp.Kvs {
+			a, err := netip.ParseAddr(strings.TrimPrefix(string(kv.Key), s.prefix))
+			if err != nil || !within.Contains(a) {
+				continue
+			}
+			if err := fn(netip.PrefixFrom(a, a.BitLen())); err != nil {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	return nil
-}
-
-// ListAll returns every IPAddress object.
-func (s *IPAddressStore) ListAll(ctx context.Context) ([]networkingv1.IPAddress, error) {
-	obj, err := s.Storage.List(clusterScoped(ctx), &metainternalversion.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("listing IPAddresses: %w", err)
-	}
-	list, ok := obj.(*networkingv1.IPAddressList)
-	if !ok {
-		return nil, errors.New("listing IPAddresses: unexpected list type")
-	}
-	return list.Items, nil
 }
