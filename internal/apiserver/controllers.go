@@ -30,6 +30,7 @@ import (
 	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
 	"github.com/duet-net/duet/internal/controller/scheduler"
+	"github.com/duet-net/duet/internal/controller/trim"
 	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/metrics"
 	"github.com/duet-net/duet/internal/netaddr"
@@ -138,7 +139,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 // runLeaderControllers runs until leadership is lost; every start builds
 // its state afresh from the API and the store.
 func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Interface, allocators []*alloc.NodeCIDRs, store alloc.Store) {
-	factory := informers.NewSharedInformerFactory(client, 0)
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trim.ForControllers))
 	var wg sync.WaitGroup
 	ns := namespace.New(client, factory.Core().V1().Namespaces())
 	wg.Go(func() { ns.Run(ctx, 2) })

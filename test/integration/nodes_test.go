@@ -209,3 +209,50 @@ func TestNodeAndPodValidation(t *testing.T) {
 		})
 	}
 }
+
+// TestSchedulerKeepsPodSpec: the scheduler binds a Pod without nodeName to
+// a node, and binding changes nothing else of the Pod. The controllers'
+// informers keep trimmed Pods, so a bind written from such a copy would
+// erase the containers' images, commands and environment, the volumes and
+// the annotations; this test fails if one ever does.
+func TestSchedulerKeepsPodSpec(t *testing.T) {
+	t.Parallel()
+	srv := StartServer(t, ServerOptions{ServiceRanges: v4Range})
+	ctx := ctxT(t)
+	_, err := srv.Client.CoreV1().Nodes().Create(ctx, newNode("only"), metav1.CreateOptions{})
+	fatalIf(t, err)
+	pods := srv.Client.CoreV1().Pods("default")
+	want, err := pods.Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "full", Annotations: map[string]string{"note": "kept"}, Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{
+			Volumes: []corev1.Volume{{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+			Containers: []corev1.Container{{
+				Name: "c", Image: "busybox", Command: []string{"sleep", "3600"},
+				Env:          []corev1.EnvVar{{Name: "GREETING", Value: "hello"}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "scratch", MountPath: "/scratch"}},
+			}},
+		},
+	}, metav1.CreateOptions{})
+	fatalIf(t, err)
+	var got *corev1.Pod
+	eventually(t, controllerWait, "the pod to be scheduled", func() error {
+		got, err = pods.Get(ctx, "full", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if got.Spec.NodeName != "only" {
+			return fmt.Errorf("nodeName %q", got.Spec.NodeName)
+		}
+		return nil
+	})
+	c := got.Spec.Containers[0]
+	if c.Image != "busybox" || !slices.Equal(c.Command, []string{"sleep", "3600"}) || len(c.Env) != 1 || c.Env[0].Value != "hello" || len(c.VolumeMounts) != 1 {
+		t.Errorf("container changed by binding: %+v", c)
+	}
+	if len(got.Spec.Volumes) != 1 || got.Annotations["note"] != "kept" || got.Labels["app"] != "web" {
+		t.Errorf("pod changed by binding: volumes %v, annotations %v, labels %v", got.Spec.Volumes, got.Annotations, got.Labels)
+	}
+	if got.UID != want.UID {
+		t.Errorf("pod replaced: uid %s, was %s", got.UID, want.UID)
+	}
+}
