@@ -64,6 +64,7 @@ It writes DIR/admin.kubeconfig before it reports ready on /readyz.`,
 	fs.DurationVar(&f.RepairInterval, "repair-interval", 30*time.Second, "how often cluster IP records are reconciled with Services")
 	_ = fs.MarkHidden("repair-interval")
 	fs.StringVar(&f.NodePortRange, "service-node-port-range", "30000-32767", "port range reserved for NodePort (and LoadBalancer) Services, base-end inclusive or base+size")
+	fs.StringVar(&f.MemoryLimit, "memory-limit", "", "soft limit on the server's memory (e.g. 2560Mi), as GOMEMLIMIT: the garbage collector works harder as the heap nears it, trading CPU for memory; 0 or unset: none beyond GOMEMLIMIT's")
 	fs.StringSliceVar(&f.LBPools, "load-balancer-ip-pool", nil, "CIDRs of either family (comma-separated or repeated) from which LoadBalancer Services get status.loadBalancer.ingress IPs; without a pool of a family, that family gets none")
 	return cmd
 }

@@ -3,6 +3,7 @@ package apiserver
 import (
 	"errors"
 	"fmt"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"net"
 	"net/netip"
 	"sort"
@@ -33,6 +34,9 @@ type Config struct {
 	// LBPools are --load-balancer-ip-pool: CIDRs of either family from
 	// which LoadBalancer Services get their ingress IPs.
 	LBPools []netip.Prefix
+	// MemoryLimit is --memory-limit in bytes: the Go runtime's soft memory
+	// limit (0: none, or GOMEMLIMIT's).
+	MemoryLimit int64
 }
 
 // Flags are the command-line values before validation.
@@ -45,6 +49,7 @@ type Flags struct {
 	RepairInterval                                           time.Duration
 	NodePortRange                                            string
 	LBPools                                                  []string
+	MemoryLimit                                              string
 }
 
 // knownGates are the feature gates Duet understands, with defaults.
@@ -121,6 +126,15 @@ func (f Flags) Complete() (*Config, error) {
 			return nil, fmt.Errorf("--load-balancer-ip-pool: %s is of the other family, and dual-stack is disabled", p)
 		}
 		cfg.LBPools = append(cfg.LBPools, p)
+	}
+	if f.MemoryLimit != "" {
+		q, err := resource.ParseQuantity(f.MemoryLimit)
+		if err != nil || q.Sign() < 0 {
+			return nil, fmt.Errorf("--memory-limit %q: must be a quantity of bytes such as 2560Mi or 3Gi", f.MemoryLimit)
+		}
+		if cfg.MemoryLimit = q.Value(); cfg.MemoryLimit != 0 && cfg.MemoryLimit < 256<<20 {
+			return nil, fmt.Errorf("--memory-limit %s: must be at least 256Mi", f.MemoryLimit)
+		}
 	}
 	for _, s := range f.EtcdServers {
 		if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -131,6 +132,13 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, controllersDone: make(chan struct{})}
 	if err := setServerFeatures(); err != nil {
 		return nil, err
+	}
+	if cfg.MemoryLimit > 0 {
+		// The watch caches are most of the heap and live for good: with
+		// the default GOGC the heap grows to twice them before a
+		// collection. A limit makes the collector run before that.
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+		log.Info("memory limit", "bytes", cfg.MemoryLimit)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating --data-dir: %w", err)

@@ -255,6 +255,64 @@ func TestFromStorage(t *testing.T) {
 	}
 }
 
+// cachedGetter answers reads at resourceVersion "0" (the watch cache) from
+// cached and the others (etcd) from stored, and counts both.
+type cachedGetter struct {
+	cached, stored map[string]*corev1.Namespace
+	cacheReads     int
+	etcdReads      int
+}
+
+func (g *cachedGetter) Get(_ context.Context, name string, opts *metav1.GetOptions) (runtime.Object, error) {
+	from := g.stored
+	if opts.ResourceVersion == "0" {
+		from, g.cacheReads = g.cached, g.cacheReads+1
+	} else {
+		g.etcdReads++
+	}
+	if ns, ok := from[name]; ok {
+		return ns, nil
+	}
+	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "namespaces"}, name)
+}
+
+func TestFromStorageReadsOnlyImmortalNamespacesFromCache(t *testing.T) {
+	ns := func(name string) *corev1.Namespace {
+		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	}
+	now := metav1.Now()
+	deleted := ns("app")
+	deleted.DeletionTimestamp = &now
+	for _, tc := range []struct {
+		name                  string
+		cached, stored        map[string]*corev1.Namespace
+		get                   string
+		wantCache, wantEtcd   int
+		wantFound, wantDelete bool
+	}{
+		{"default, cached", map[string]*corev1.Namespace{"default": ns("default")}, map[string]*corev1.Namespace{"default": ns("default")}, "default", 1, 0, true, false},
+		{"default, not cached yet", nil, map[string]*corev1.Namespace{"default": ns("default")}, "default", 1, 1, true, false},
+		// The cache still shows app active, etcd knows it is being
+		// deleted: a deletable namespace is always read from etcd.
+		{"app, deleted since cached", map[string]*corev1.Namespace{"app": ns("app")}, map[string]*corev1.Namespace{"app": deleted}, "app", 0, 1, true, true},
+		{"missing", nil, nil, "nope", 0, 1, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &cachedGetter{cached: tc.cached, stored: tc.stored}
+			got, err := FromStorage(g)(context.Background(), tc.get)
+			if tc.wantFound != (err == nil) {
+				t.Fatalf("got %v, %v", got, err)
+			}
+			if tc.wantFound && (got.DeletionTimestamp != nil) != tc.wantDelete {
+				t.Errorf("deletionTimestamp %v, want set: %v", got.DeletionTimestamp, tc.wantDelete)
+			}
+			if g.cacheReads != tc.wantCache || g.etcdReads != tc.wantEtcd {
+				t.Errorf("%d cache and %d etcd reads, want %d and %d", g.cacheReads, g.etcdReads, tc.wantCache, tc.wantEtcd)
+			}
+		})
+	}
+}
+
 func TestRegister(t *testing.T) {
 	plugins := admission.NewPlugins()
 	Register(plugins, (&store{}).get)
