@@ -57,6 +57,9 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	loopback.ContentType = runtime.ContentTypeProtobuf
 	loopback.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	loopback.WarningHandler = rest.NoWarnings{}
+	// gzip on loopback only burns CPU: the repair loop's lists were
+	// compressed and decompressed in this one process.
+	loopback.DisableCompression = true
 	client, err := kubernetes.NewForConfig(loopback)
 	if err != nil {
 		return err
@@ -71,6 +74,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	repair := &service.Repair{
 		Client:   client,
+		Records:  s.ipStore.ListAll,
 		Ranges:   s.serviceRanges,
 		Recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ipallocator-repair-controller"}),
 		Interval: s.cfg.RepairInterval,

@@ -43,7 +43,7 @@ const (
 type IPAddressStore struct {
 	kv     clientv3.KV
 	prefix string // etcd key prefix, ending in "/"
-	codec  runtime.Encoder
+	codec  runtime.Codec
 	now    func() time.Time
 
 	mu       sync.Mutex
@@ -56,7 +56,7 @@ var _ alloc.Store = &IPAddressStore{}
 // NewIPAddressStore returns a store writing IPAddress objects below prefix
 // (the ipaddresses registry's etcd key prefix) encoded with codec (the
 // storage encoding of networking.k8s.io/v1).
-func NewIPAddressStore(kv clientv3.KV, prefix string, codec runtime.Encoder) (*IPAddressStore, error) {
+func NewIPAddressStore(kv clientv3.KV, prefix string, codec runtime.Codec) (*IPAddressStore, error) {
 	if kv == nil || codec == nil {
 		return nil, errors.New("IPAddress store: no etcd client or codec")
 	}
@@ -207,11 +207,44 @@ func (s *IPAddressStore) Delete(ctx context.Context, key netip.Prefix) error {
 
 // List reads only the keys: an IPAddress is named by its IP.
 func (s *IPAddressStore) List(ctx context.Context, within netip.Prefix, fn func(netip.Prefix) error) error {
+	return s.scan(ctx, true, func(key string, _ []byte) error {
+		a, err := netip.ParseAddr(strings.TrimPrefix(key, s.prefix))
+		if err != nil || !within.Contains(a) {
+			return nil
+		}
+		return fn(netip.PrefixFrom(a, a.BitLen()))
+	})
+}
+
+// ListAll returns every IPAddress object, read from etcd at one revision,
+// for the repair loop: the API would decode, encode and decode them again.
+func (s *IPAddressStore) ListAll(ctx context.Context) ([]networkingv1.IPAddress, error) {
+	var out []networkingv1.IPAddress
+	err := s.scan(ctx, false, func(key string, value []byte) error {
+		obj, _, err := s.codec.Decode(value, nil, &networkingv1.IPAddress{})
+		if err != nil {
+			return fmt.Errorf("decoding %s: %w", key, err)
+		}
+		ip, ok := obj.(*networkingv1.IPAddress)
+		if !ok {
+			return fmt.Errorf("decoding %s: got %T", key, obj)
+		}
+		out = append(out, *ip)
+		return nil
+	})
+	return out, err
+}
+
+// scan calls fn for every record, in pages read at one revision.
+func (s *IPAddressStore) scan(ctx context.Context, keysOnly bool, fn func(key string, value []byte) error) error {
 	const page = 1000
 	from, end := s.prefix, clientv3.GetPrefixRangeEnd(s.prefix)
 	var rev int64
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(page)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev)) // every page from one snapshot
 		}
@@ -221,11 +254,7 @@ func (s *IPAddressStore) List(ctx context.Context, within netip.Prefix, fn func(
 		}
 		rev = resp.Header.Revision
 		for _, kv := range resp.Kvs {
-			a, err := netip.ParseAddr(strings.TrimPrefix(string(kv.Key), s.prefix))
-			if err != nil || !within.Contains(a) {
-				continue
-			}
-			if err := fn(netip.PrefixFrom(a, a.BitLen())); err != nil {
+			if err := fn(string(kv.Key), kv.Value); err != nil {
 				return err
 			}
 		}

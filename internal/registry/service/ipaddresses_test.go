@@ -123,6 +123,21 @@ func TestIPAddressStoreListDelete(t *testing.T) {
 	if got := list("fd00::/64"); !slices.Equal(got, []string{"fd00::5"}) {
 		t.Errorf("List(fd00::/64) = %v", got)
 	}
+	all, err := s.ListAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, ip := range all {
+		names = append(names, ip.Name)
+		if ip.Spec.ParentRef == nil || ip.Spec.ParentRef.Name != "a" || ip.UID == "" {
+			t.Errorf("ListAll: %s = %+v", ip.Name, ip)
+		}
+	}
+	slices.Sort(names)
+	if want := []string{"10.96.0.5", "10.96.3.1", "10.97.0.1", "fd00::5"}; !slices.Equal(names, want) {
+		t.Errorf("ListAll names = %v, want %v", names, want)
+	}
 	for range 2 { // deleting an absent record is not an error
 		if err := s.Delete(ctx, netip.MustParsePrefix("10.96.0.5/32")); err != nil {
 			t.Fatal(err)

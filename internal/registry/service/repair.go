@@ -28,7 +28,10 @@ import (
 // reloading the allocators, so releases made by other replicas become
 // reusable here.
 type Repair struct {
-	Client   kubernetes.Interface
+	Client kubernetes.Interface
+	// Records lists the IPAddress objects; without it they are listed
+	// through Client.
+	Records  func(ctx context.Context) ([]networkingv1.IPAddress, error)
 	Ranges   map[netaddr.Family]*alloc.ServiceRange
 	Recorder record.EventRecorder
 	Interval time.Duration
@@ -54,17 +57,17 @@ func (r *Repair) RunOnce(ctx context.Context) error {
 	}
 	// IPAddresses first: an IP recorded after this list is newer than any
 	// Service listed below can lack, so it is never taken for an orphan.
-	ipList, err := r.Client.NetworkingV1().IPAddresses().List(ctx, metav1.ListOptions{})
+	ips, err := r.records(ctx)
 	if err != nil {
-		return fmt.Errorf("listing IPAddresses: %w", err)
+		return err
 	}
 	svcList, err := r.Client.CoreV1().Services(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("listing Services: %w", err)
 	}
 	records := map[string]*networkingv1.IPAddress{}
-	for i := range ipList.Items {
-		records[ipList.Items[i].Name] = &ipList.Items[i]
+	for i := range ips {
+		records[ips[i].Name] = &ips[i]
 	}
 
 	held := map[string]string{} // ip -> namespace/name
@@ -129,6 +132,17 @@ func (r *Repair) RunOnce(ctx context.Context) error {
 		metrics.Observe("service-ip", string(fam), rng.CIDR().String(), rng)
 	}
 	return nil
+}
+
+func (r *Repair) records(ctx context.Context) ([]networkingv1.IPAddress, error) {
+	if r.Records != nil {
+		return r.Records(ctx)
+	}
+	list, err := r.Client.NetworkingV1().IPAddresses().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing IPAddresses: %w", err)
+	}
+	return list.Items, nil
 }
 
 func (r *Repair) record(ctx context.Context, svc *corev1.Service, ip netip.Addr) error {
