@@ -143,46 +143,61 @@ func (s *Store) List(ctx context.Context, within netip.Prefix, fn func(key netip
 	return s.ListRecords(ctx, within, func(r Record) error { return fn(r.Prefix) })
 }
 
-// ListRecords is List with the owners.
-func (s *Store) ListRecords(ctx context.Context, within netip.Prefix, fn func(Record) error) error {
-	if !within.IsValid() {
-		return fmt.Errorf("etcdstore: cannot list within invalid prefix %v", within)
-	}
-	start, end := keyRange(within)
-	key, end := s.prefix+start, s.prefix+end
+// Scan calls fn for every key in [from, end), in pages of listPageSize
+// read at one revision, so it sees one consistent snapshot however many
+// pages it takes. With keysOnly, values are not read.
+func Scan(ctx context.Context, kv clientv3.KV, from, end string, keysOnly bool, fn func(key, value []byte) error) error {
 	var rev int64
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPageSize)}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := s.kv.Get(ctx, key, opts...)
+		resp, err := kv.Get(ctx, from, opts...)
 		if err != nil {
-			return fmt.Errorf("etcdstore: listing records within %s under %s: %w", within, s.prefix, err)
+			return err
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			r, err := s.decode(kv.Key, kv.Value)
-			if err != nil {
-				return err
-			}
-			if !contains(within, r.Prefix) {
-				continue // a shorter prefix that starts inside within
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if err := fn(r); err != nil {
+			if err := fn(kv.Key, kv.Value); err != nil {
 				return err
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			return nil
 		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// ListRecords is List with the owners.
+func (s *Store) ListRecords(ctx context.Context, within netip.Prefix, fn func(Record) error) error {
+	if !within.IsValid() {
+		return fmt.Errorf("etcdstore: cannot list within invalid prefix %v", within)
+	}
+	start, end := keyRange(within)
+	err := Scan(ctx, s.kv, s.prefix+start, s.prefix+end, false, func(key, value []byte) error {
+		r, err := s.decode(key, value)
+		if err != nil {
+			return err
+		}
+		if !contains(within, r.Prefix) {
+			return nil // a shorter prefix that starts inside within
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return fn(r)
+	})
+	if err != nil {
+		return fmt.Errorf("etcdstore: listing records within %s under %s: %w", within, s.prefix, err)
+	}
+	return nil
 }
 
 func (s *Store) decode(k, v []byte) (Record, error) {

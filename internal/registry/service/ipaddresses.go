@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
@@ -235,32 +236,13 @@ func (s *IPAddressStore) ListAll(ctx context.Context) ([]networkingv1.IPAddress,
 	return out, err
 }
 
-// scan calls fn for every record, in pages read at one revision.
+// scan calls fn for every record, read at one revision.
 func (s *IPAddressStore) scan(ctx context.Context, keysOnly bool, fn func(key string, value []byte) error) error {
-	const page = 1000
-	from, end := s.prefix, clientv3.GetPrefixRangeEnd(s.prefix)
-	var rev int64
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
-		if keysOnly {
-			opts = append(opts, clientv3.WithKeysOnly())
-		}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev)) // every page from one snapshot
-		}
-		resp, err := s.kv.Get(ctx, from, opts...)
-		if err != nil {
-			return fmt.Errorf("listing IPAddresses: %w", err)
-		}
-		rev = resp.Header.Revision
-		for _, kv := range resp.Kvs {
-			if err := fn(string(kv.Key), kv.Value); err != nil {
-				return err
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	err := etcdstore.Scan(ctx, s.kv, s.prefix, clientv3.GetPrefixRangeEnd(s.prefix), keysOnly, func(key, value []byte) error {
+		return fn(string(key), value)
+	})
+	if err != nil {
+		return fmt.Errorf("listing IPAddresses: %w", err)
 	}
+	return nil
 }
