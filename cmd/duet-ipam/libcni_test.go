@@ -7,14 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"golang.org/x/sys/unix"
+
+	duetns "github.com/duet-net/duet/internal/netns"
 )
 
 // referencePlugins is where Debian's containernetworking-plugins installs
@@ -22,26 +22,8 @@ import (
 const referencePlugins = "/usr/lib/cni"
 
 // inNetns runs fn on a thread of its own that has joined the network
-// namespace at path; plugins fn executes start there. The thread is thrown
-// away afterwards, so no other goroutine ever runs in that namespace.
-func inNetns(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		f, err := os.Open(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("joining %s: %w", path, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// namespace at path; plugins fn executes start there.
+func inNetns(path string, fn func() error) error { return duetns.Do(path, fn) }
 
 // ipIn runs ip -j in a namespace and decodes its output.
 func ipIn(t *testing.T, ns string, v any, args ...string) {

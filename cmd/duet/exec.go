@@ -7,17 +7,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/vishvananda/netns"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/internal/netns"
 )
 
 func newExecCommand() *cobra.Command {
@@ -144,19 +142,11 @@ func newNSExecCommand() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			runtime.LockOSThread()
-			target, err := netns.GetFromPath(args[0])
-			if err != nil {
-				return fmt.Errorf("opening network namespace %s: %w", args[0], err)
-			}
-			if err := netns.Set(target); err != nil {
-				return fmt.Errorf("entering network namespace %s: %w", args[0], err)
-			}
 			path, err := exec.LookPath(args[1])
 			if err != nil {
 				return err
 			}
-			return syscall.Exec(path, args[1:], os.Environ())
+			return netns.Exec(args[0], path, args[1:], os.Environ())
 		},
 	}
 }

@@ -11,15 +11,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"runtime"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // Documentation ranges stand for the underlay and for the outside world.
@@ -86,7 +84,7 @@ func addrAt(p netip.Prefix, n int) netip.Addr {
 }
 
 // NetNSPath is where a named namespace is mounted.
-func NetNSPath(name string) string { return filepath.Join("/run/netns", name) }
+func NetNSPath(name string) string { return netns.Path(name) }
 
 // Namespaces lists every namespace of the topology.
 func (t Topology) Namespaces() []string {
@@ -106,10 +104,19 @@ func (t Topology) Create() (err error) {
 			_ = t.Destroy()
 		}
 	}()
+	// Each namespace is prepared before it appears under /run/netns.
+	forward := []netns.Sysctl{{Name: "net/ipv4/ip_forward", Value: "1"}, {Name: "net/ipv6/conf/all/forwarding", Value: "1"}}
+	noDAD := []netns.Sysctl{{Name: "net/ipv6/conf/default/accept_dad", Value: "0"}, {Name: "net/ipv6/conf/all/accept_dad", Value: "0"}}
+	sysctls := map[string][]netns.Sysctl{t.External: forward}
+	for _, n := range t.Nodes {
+		sysctls[n.NetNS] = append(forward[:len(forward):len(forward)], noDAD...)
+	}
 	for _, name := range t.Namespaces() {
-		if err := newNamedNS(name); err != nil {
-			return err
+		ns, err := netns.Create(NetNSPath(name), netns.Prep{Sysctls: sysctls[name]})
+		if err != nil {
+			return fmt.Errorf("creating namespace %s: %w", name, err)
 		}
+		ns.Close()
 	}
 	ul, err := handleIn(t.Underlay)
 	if err != nil {
@@ -142,14 +149,7 @@ func (t Topology) Create() (err error) {
 				return fmt.Errorf("addressing eth0 in %s: %w", ns, err)
 			}
 		}
-		if err := h.LinkSetUp(eth); err != nil {
-			return err
-		}
-		lo, err := h.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return h.LinkSetUp(lo)
+		return h.LinkSetUp(eth)
 	}
 
 	if err := attach(t.External, "ext", netip.PrefixFrom(t.ExtIPv4, 24), netip.PrefixFrom(t.ExtIPv6, 64)); err != nil {
@@ -169,18 +169,9 @@ func (t Topology) Create() (err error) {
 			return fmt.Errorf("adding the outside world's addresses: %w", err)
 		}
 	}
-	if err := setSysctls(t.External, map[string]string{"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}); err != nil {
-		return err
-	}
 
 	for i, n := range t.Nodes {
 		if err := attach(n.NetNS, fmt.Sprintf("n%d", i+1), netip.PrefixFrom(n.IPv4, 24), netip.PrefixFrom(n.IPv6, 64)); err != nil {
-			return err
-		}
-		if err := setSysctls(n.NetNS, map[string]string{
-			"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1",
-			"net/ipv6/conf/default/accept_dad": "0", "net/ipv6/conf/all/accept_dad": "0",
-		}); err != nil {
 			return err
 		}
 		// The outside world is reached through the external namespace.
@@ -204,12 +195,12 @@ func (t Topology) Create() (err error) {
 // veth connects namespace ns (as eth0) to the underlay bridge (as port),
 // creating both ends directly in their namespaces.
 func (t Topology) veth(ul *netlink.Handle, br netlink.Link, ns, port string) error {
-	target, err := netns.GetFromName(ns)
+	target, err := netns.Open(NetNSPath(ns))
 	if err != nil {
 		return err
 	}
-	defer target.Close()
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MasterIndex: br.Attrs().Index}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(target))}
+	defer unix.Close(target)
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MasterIndex: br.Attrs().Index}, PeerName: "eth0", PeerNamespace: netlink.NsFd(target)}
 	if err := ul.LinkAdd(v); err != nil {
 		return fmt.Errorf("connecting %s to the underlay: %w", ns, err)
 	}
@@ -225,7 +216,7 @@ func (t Topology) veth(ul *netlink.Handle, br netlink.Link, ns, port string) err
 func (t Topology) Destroy() error {
 	errs := []error{t.removeSandboxes()}
 	for _, name := range t.Namespaces() {
-		errs = append(errs, t.destroyOne(name))
+		errs = append(errs, destroyOne(name))
 	}
 	return errors.Join(errs...)
 }
@@ -247,23 +238,17 @@ func (t Topology) removeSandboxes() error {
 	return errors.Join(errs...)
 }
 
-func (Topology) destroyOne(name string) error {
-	if _, err := os.Stat(NetNSPath(name)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+// destroyOne deletes a namespace; absent is fine, and so are mounts of it
+// that earlier versions left hidden under a second mount of /run/netns.
+func destroyOne(name string) error {
+	if err := netns.Remove(NetNSPath(name)); err != nil {
 		return fmt.Errorf("deleting namespace %s: %w", name, err)
 	}
 	return nil
 }
 
 func handleIn(name string) (*netlink.Handle, error) {
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		return nil, fmt.Errorf("opening namespace %s: %w", name, err)
-	}
-	defer ns.Close()
-	return netlink.NewHandleAt(ns)
+	return netns.NewHandle(NetNSPath(name))
 }
 
 func addAddr(h *netlink.Handle, l netlink.Link, p netip.Prefix) error {
@@ -272,65 +257,6 @@ func addAddr(h *netlink.Handle, l netlink.Link, p netip.Prefix) error {
 		a.Flags = unix.IFA_F_NODAD
 	}
 	return h.AddrReplace(l, a)
-}
-
-// newNamedNS creates a network namespace mounted at /run/netns/name
-// without leaving any thread of this process in it.
-func newNamedNS(name string) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	ns, err := netns.NewNamed(name)
-	if err != nil {
-		_ = netns.Set(orig)
-		return fmt.Errorf("creating namespace %s: %w", name, err)
-	}
-	ns.Close()
-	return netns.Set(orig)
-}
-
-// setSysctls writes /proc/sys values inside a namespace, from a thread
-// that enters it and comes back.
-func setSysctls(name string, values map[string]string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// The thread is not unlocked: if returning to the original
-		// namespace failed, it must die with the goroutine.
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		var errs []error
-		for k, v := range values {
-			if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
-				errs = append(errs, fmt.Errorf("sysctl %s in %s: %w", k, name, err))
-			}
-		}
-		if err := netns.Set(orig); err != nil {
-			errs = append(errs, err)
-		} else {
-			runtime.UnlockOSThread()
-		}
-		errc <- errors.Join(errs...)
-	}()
-	return <-errc
 }
 
 // RouteExternal gives the external namespace (the outside world) its routes

@@ -25,6 +25,7 @@ import (
 
 	"github.com/duet-net/duet/internal/apiserver"
 	"github.com/duet-net/duet/internal/netaddr"
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // Defaults of `duet up`, IPv4 primary.
@@ -430,11 +431,16 @@ func Down(dataDir string, out io.Writer) error {
 		return err
 	}
 	errs := []error{topo.removeSandboxes()}
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "duet-"+topo.ID+"-") {
-			fmt.Fprintf(out, "deleting namespace %s\n", e.Name())
-			if err := netnsDelete(e.Name()); err != nil {
+	// The list includes namespaces hidden under a second mount of
+	// /run/netns, which earlier versions left.
+	names, err := netns.List()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, name := range names {
+		if strings.HasPrefix(name, "duet-"+topo.ID+"-") {
+			fmt.Fprintf(out, "deleting namespace %s\n", name)
+			if err := destroyOne(name); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -446,8 +452,4 @@ func Down(dataDir string, out io.Writer) error {
 func isDuet(pid int) bool {
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	return err == nil && strings.Contains(filepath.Base(exe), "duet")
-}
-
-func netnsDelete(name string) error {
-	return Topology{}.destroyOne(name)
 }

@@ -12,16 +12,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // podClient returns an HTTP client whose connections are made from inside
@@ -30,24 +29,13 @@ import (
 func podClient(t *testing.T, nsPath string, keepAlive bool) *http.Client {
 	t.Helper()
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return nil, err
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			return nil, err
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			return nil, err
-		}
-		defer func() { _ = netns.Set(orig) }()
-		d := net.Dialer{Timeout: 3 * time.Second}
-		return d.DialContext(ctx, network, addr)
+		var c net.Conn
+		err := netns.Do(nsPath, func() (err error) {
+			d := net.Dialer{Timeout: 3 * time.Second}
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
 	}
 	tr := &http.Transport{DialContext: dial, DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 1}
 	t.Cleanup(tr.CloseIdleConnections)

@@ -2,51 +2,20 @@ package masq
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // inNS runs fn on a thread switched into the named namespace; sockets fn
 // creates stay in that namespace.
 func inNS(t testing.TB, name string, fn func() error) {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: the runtime discards it rather
-			// than reuse a thread in the wrong namespace.
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	if err := <-errc; err != nil {
+	if err := netns.Do(netns.Path(name), fn); err != nil {
 		t.Fatalf("in namespace %s: %v", name, err)
 	}
 }

@@ -5,8 +5,9 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // A UDP "connection" lives in conntrack as long as packets keep coming:
@@ -83,12 +84,7 @@ func deleteFlows(nsPath string, fam Family, flows map[flow]bool) (uint, error) {
 	if nsPath == "" {
 		h, err = netlink.NewHandle(unix.NETLINK_NETFILTER)
 	} else {
-		var ns netns.NsHandle
-		if ns, err = netns.GetFromPath(nsPath); err != nil {
-			return 0, fmt.Errorf("opening network namespace %s: %w", nsPath, err)
-		}
-		defer ns.Close()
-		h, err = netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+		h, err = netns.NewHandle(nsPath, unix.NETLINK_NETFILTER)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("conntrack netlink socket: %w", err)

@@ -4,12 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 
 	"github.com/mdlayher/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // nlConn is a NETLINK_NETFILTER socket of Duet's own. google/nftables
@@ -64,30 +64,7 @@ func inNamespace(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("opening network namespace %s: %w", path, err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("entering network namespace %s: %w", path, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// The thread stays locked and dies with the goroutine rather than
-		// serve others in the wrong namespace.
-		return errors.Join(ferr, fmt.Errorf("leaving network namespace %s: %w", path, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return netns.Do(path, fn)
 }
 
 const nftMsg = unix.NFNL_SUBSYS_NFTABLES << 8

@@ -11,8 +11,9 @@ import (
 	"sort"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // Protocol marks Duet's routes (RTPROT values above 4 are free for
@@ -75,12 +76,7 @@ func NewProgrammer(nsPath string) (*Programmer, error) {
 		h, err := netlink.NewHandle()
 		return &Programmer{handle: h}, err
 	}
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return nil, fmt.Errorf("opening network namespace %s: %w", nsPath, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netns.NewHandle(nsPath)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in %s: %w", nsPath, err)
 	}

@@ -20,6 +20,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // testNSPrefix names the node namespaces tests make; TestMain checks that none
@@ -81,19 +83,18 @@ func newNode(t testing.TB) string {
 	t.Helper()
 	requireRoot(t)
 	path := filepath.Join(NetNSDir, fmt.Sprintf("%s%d-%d", testNSPrefix, os.Getpid(), nodeSeq.Add(1)))
-	ns, err := createNetNS(path, "duet-test-node", nil)
+	ns, err := netns.Create(path, netns.Prep{LoAlias: "duet-test-node"})
 	if err != nil {
 		t.Fatalf("create node namespace: %v", err)
 	}
-	ns.h.Close()
-	unix.Close(ns.fd)
+	ns.Close()
 	tag, err := nodeTag(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	testNodeTags[tag] = true
 	t.Cleanup(func() {
-		if err := removeNetNS(path); err != nil {
+		if err := netns.Remove(path); err != nil {
 			t.Errorf("remove node namespace: %v", err)
 		}
 	})
@@ -135,12 +136,12 @@ func newPod(t testing.TB, node string, req Request) *Sandbox {
 // inNS runs fn on a thread in the namespace at path.
 func inNS(t testing.TB, path string, fn func() error) error {
 	t.Helper()
-	fd, err := openNetNS(path)
+	fd, err := netns.Open(path)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	return inNetNS(fd, fn)
+	return netns.DoFD(fd, fn)
 }
 
 // ping sends ICMP echo requests from the namespace at from to dst until one
@@ -282,7 +283,7 @@ func assertGone(t testing.TB, node, id string) {
 // nodeLinks lists the links of a namespace.
 func nodeLinks(t testing.TB, path string) []netlink.Link {
 	t.Helper()
-	h, err := handleAt(path)
+	h, err := netns.NewHandle(path)
 	if err != nil {
 		t.Fatal(err)
 	}

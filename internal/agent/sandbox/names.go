@@ -8,12 +8,14 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 const (
 	// NetNSDir is where pod namespaces are bind-mounted, as `ip netns` does,
 	// so that they outlive the agent and show in `ip netns list`.
-	NetNSDir = "/run/netns"
+	NetNSDir = netns.Dir
 
 	// nsPrefix starts every pod namespace name: duet-<node tag>-<pod hash>.
 	nsPrefix = "duet-"

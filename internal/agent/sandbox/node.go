@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // NodeConfig is the pod network of one node.
@@ -73,14 +75,14 @@ func EnsureNode(nodeNS string, cfg NodeConfig) error {
 }
 
 func ensureNode(nodeNS string, cfg NodeConfig) error {
-	nsFD, err := openNetNS(nodeNS)
+	nsFD, err := netns.Open(nodeNS)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(nsFD)
-	h, err := handleAtFD(nsFD, nodeNS)
+	h, err := netns.NewHandleFD(nsFD)
 	if err != nil {
-		return err
+		return fmt.Errorf("netlink socket in %s: %w", nodeNS, err)
 	}
 	defer h.Close()
 
@@ -115,18 +117,18 @@ func ensureNode(nodeNS string, cfg NodeConfig) error {
 		}
 	}
 
-	var ss []sysctl
+	var ss []netns.Sysctl
 	for _, p := range cfg.PodCIDRs {
 		if p.Addr().Is4() {
-			ss = append(ss, sysctl{"net/ipv4/ip_forward", "1"})
+			ss = append(ss, netns.Sysctl{Name: "net/ipv4/ip_forward", Value: "1"})
 		} else {
 			ss = append(ss,
-				sysctl{"net/ipv6/conf/all/forwarding", "1"},
-				sysctl{"net/ipv6/conf/" + cfg.Bridge + "/accept_dad", "0"})
+				netns.Sysctl{Name: "net/ipv6/conf/all/forwarding", Value: "1"},
+				netns.Sysctl{Name: "net/ipv6/conf/" + cfg.Bridge + "/accept_dad", Value: "0"})
 		}
 	}
-	if err := inNetNS(nsFD, func() error {
-		if err := writeSysctls(ss); err != nil {
+	if err := netns.DoFD(nsFD, func() error {
+		if err := netns.WriteSysctls(ss); err != nil {
 			return err
 		}
 		// Pods on the bridge are routed, not bridged, through the node: with
@@ -135,7 +137,7 @@ func ensureNode(nodeNS string, cfg NodeConfig) error {
 		// would be DNATed twice. The knobs exist only with br_netfilter.
 		for _, name := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"} {
 			if _, err := os.Stat(filepath.Join("/proc/sys", name)); err == nil {
-				if err := writeSysctls([]sysctl{{name, "0"}}); err != nil {
+				if err := netns.WriteSysctls([]netns.Sysctl{{Name: name, Value: "0"}}); err != nil {
 					return err
 				}
 			}

@@ -31,6 +31,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // Request is what Setup wires.
@@ -166,14 +168,14 @@ func setup(ctx context.Context, nodeNS string, n names, req Request) (_ *Sandbox
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	nodeFD, err := openNetNS(nodeNS)
+	nodeFD, err := netns.Open(nodeNS)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(nodeFD)
-	nodeH, err := handleAtFD(nodeFD, nodeNS)
+	nodeH, err := netns.NewHandleFD(nodeFD)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("netlink socket in %s: %w", nodeNS, err)
 	}
 	defer nodeH.Close()
 	br, err := nodeH.LinkByName(req.Bridge)
@@ -280,13 +282,13 @@ func (p podNS) close() {
 
 // podSysctls turn duplicate address detection off in the pod namespace, for
 // interfaces to come (default) and all.
-func podSysctls(req Request) []sysctl {
+func podSysctls(req Request) []netns.Sysctl {
 	if !slices.ContainsFunc(req.Addrs, func(a netip.Prefix) bool { return a.Addr().Is6() }) {
 		return nil
 	}
-	return []sysctl{
-		{"net/ipv6/conf/all/accept_dad", "0"},
-		{"net/ipv6/conf/default/accept_dad", "0"},
+	return []netns.Sysctl{
+		{Name: "net/ipv6/conf/all/accept_dad", Value: "0"},
+		{Name: "net/ipv6/conf/default/accept_dad", Value: "0"},
 	}
 }
 
@@ -295,19 +297,19 @@ func podSysctls(req Request) []sysctl {
 func ensurePodNetNS(path string, req Request) (_ podNS, fresh bool, _ error) {
 	alias := idAlias + req.ID
 	ss := podSysctls(req)
-	if !isNetNS(path) {
-		ns, err := createNetNS(path, alias, ss)
+	if !netns.IsNetNS(path) {
+		ns, err := netns.Create(path, netns.Prep{LoAlias: alias, Sysctls: ss})
 		if err != nil {
-			return podNS{}, false, fmt.Errorf("pod namespace %s: %w", path, err)
+			return podNS{}, false, fmt.Errorf("pod namespace: %w", err)
 		}
-		return podNS(ns), true, nil
+		return podNS{fd: ns.FD, h: ns.Handle}, true, nil
 	}
-	fd, err := openNetNS(path)
+	fd, err := netns.Open(path)
 	if err != nil {
 		return podNS{}, false, err
 	}
 	var h *netlink.Handle
-	err = inNetNS(fd, func() error {
+	err = netns.DoFD(fd, func() error {
 		var err error
 		if h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
 			return fmt.Errorf("netlink socket: %w", err)
@@ -332,10 +334,10 @@ func ensurePodNetNS(path string, req Request) (_ podNS, fresh bool, _ error) {
 		}
 		if len(ss) > 0 {
 			if _, err := h.LinkByName(req.IfName); err == nil {
-				ss = append(ss, sysctl{"net/ipv6/conf/" + req.IfName + "/accept_dad", "0"})
+				ss = append(ss, netns.Sysctl{Name: "net/ipv6/conf/" + req.IfName + "/accept_dad", Value: "0"})
 			}
 		}
-		return writeSysctls(ss)
+		return netns.WriteSysctls(ss)
 	})
 	if err != nil {
 		if h != nil {
@@ -502,10 +504,10 @@ func TeardownNetNS(nodeNS, netnsPath string) error {
 }
 
 func teardownAt(nodeNS string, n names) error {
-	h, err := handleAt(nodeNS)
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errNotNetNS) {
+	h, err := netns.NewHandle(nodeNS)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, netns.ErrNotNetNS) {
 		// The node namespace is gone, and its ends of veth pairs with it.
-		return removeNetNS(n.netns)
+		return netns.Remove(n.netns)
 	}
 	if err != nil {
 		return err
@@ -524,7 +526,7 @@ func teardown(nodeH *netlink.Handle, n names) error {
 	case !isNotFound(err):
 		return fmt.Errorf("veth %s: %w", n.veth, err)
 	}
-	if err := removeNetNS(n.netns); err != nil {
+	if err := netns.Remove(n.netns); err != nil {
 		return fmt.Errorf("pod namespace: %w", err)
 	}
 	return nil
@@ -569,10 +571,10 @@ func List(nodeNS string) ([]Entry, error) {
 // file that is not a namespace or a namespace without an ID.
 func readID(path string) (string, error) {
 	defer locks.lock(path)()
-	if !isNetNS(path) {
+	if !netns.IsNetNS(path) {
 		return "", nil
 	}
-	h, err := handleAt(path)
+	h, err := netns.NewHandle(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return "", nil
 	}

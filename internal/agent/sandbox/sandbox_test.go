@@ -14,11 +14,13 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 func TestEnsureNodeWiresTheBridgeIdempotently(t *testing.T) {
 	node := newNode(t) // runs EnsureNode once
-	h, err := handleAt(node)
+	h, err := netns.NewHandle(node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +103,7 @@ func TestTwoPodsTalkOverIPv4AndIPv6(t *testing.T) {
 	b := newPod(t, node, podReq("pod-b", 3))
 
 	for _, sb := range []*Sandbox{a, b} {
-		if !isNetNS(sb.NetNS) || !strings.HasPrefix(sb.NetNS, NetNSDir+"/duet-") {
+		if !netns.IsNetNS(sb.NetNS) || !strings.HasPrefix(sb.NetNS, NetNSDir+"/duet-") {
 			t.Errorf("%s: namespace %s is not a mounted namespace under %s", sb.ID, sb.NetNS, NetNSDir)
 		}
 		if want := macFor(sb.Addrs); sb.MAC.String() != want.String() {
@@ -133,7 +135,7 @@ func TestTwoPodsTalkOverIPv4AndIPv6(t *testing.T) {
 // checkPodNS checks the kernel state Setup promises for sb.
 func checkPodNS(t *testing.T, node string, sb *Sandbox) {
 	t.Helper()
-	nh, err := handleAt(node)
+	nh, err := netns.NewHandle(node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +151,7 @@ func checkPodNS(t *testing.T, node string, sb *Sandbox) {
 	if host.Attrs().MasterIndex != br.Attrs().Index || host.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("%s: host veth %s master %d flags %v, want on duet0 (%d) and up", sb.ID, sb.HostVeth, host.Attrs().MasterIndex, host.Attrs().Flags, br.Attrs().Index)
 	}
-	ph, err := handleAt(sb.NetNS)
+	ph, err := netns.NewHandle(sb.NetNS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +233,7 @@ func TestTeardownRemovesEverythingAndIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A process holding the namespace open must not keep the veth alive.
-	fd, err := openNetNS(sb.NetNS)
+	fd, err := netns.Open(sb.NetNS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +313,7 @@ func TestSetupRepairsABrokenSandbox(t *testing.T) {
 		}},
 		{"killed before the namespace was mounted", func(t *testing.T, node string, sb *Sandbox) {
 			withLink(t, node, sb.HostVeth, func(h *netlink.Handle, l netlink.Link) error { return h.LinkDel(l) })
-			if err := unmountNetNS(sb.NetNS); err != nil {
+			if err := netns.Unmount(sb.NetNS); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -340,7 +342,7 @@ func TestSetupRepairsABrokenSandbox(t *testing.T) {
 
 func withLink(t *testing.T, ns, name string, fn func(*netlink.Handle, netlink.Link) error) {
 	t.Helper()
-	h, err := handleAt(ns)
+	h, err := netns.NewHandle(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,18 +491,17 @@ func TestSetupLeavesAnotherSandboxsNamespaceAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := namesFor(tag, "mine")
-	ns, err := createNetNS(n.netns, idAlias+"theirs", nil)
+	ns, err := netns.Create(n.netns, netns.Prep{LoAlias: idAlias + "theirs"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns.h.Close()
-	unix.Close(ns.fd)
-	t.Cleanup(func() { removeNetNS(n.netns) })
+	ns.Close()
+	t.Cleanup(func() { netns.Remove(n.netns) })
 	_, err = Setup(context.Background(), node, podReq("mine", 2))
 	if !errors.Is(err, errNotOurs) || !strings.Contains(err.Error(), `"theirs"`) {
 		t.Fatalf("Setup = %v, want a refusal naming sandbox \"theirs\"", err)
 	}
-	if !isNetNS(n.netns) {
+	if !netns.IsNetNS(n.netns) {
 		t.Error("Setup removed the other sandbox's namespace")
 	}
 }
@@ -565,7 +566,7 @@ func TestTeardownAfterTheNodeIsGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := removeNetNS(node); err != nil {
+	if err := netns.Remove(node); err != nil {
 		t.Fatal(err)
 	}
 	if err := Teardown(node, sb.ID); err != nil {
