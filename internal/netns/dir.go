@@ -50,19 +50,20 @@ func ensureDir(dir string) error {
 		return err
 	}
 	defer unlock()
-	ms, err := readMounts()
-	if err != nil {
-		return fmt.Errorf("reading the mount table: %w", err)
-	}
-	if len(mountsAt(ms, real)) == 0 {
+	// The kernel refuses to change the propagation of a path that is not
+	// the root of a mount: that is the test of "already a mount point" (the
+	// mount table would also list mounts hidden under others).
+	err = unix.Mount("", real, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) {
 		if betweenCheckAndMount != nil {
 			betweenCheckAndMount()
 		}
-		if err := bindOverItself(real, ms); err != nil {
+		if err := bindOverItself(real); err != nil {
 			return err
 		}
+		err = unix.Mount("", real, "none", unix.MS_SHARED|unix.MS_REC, "")
 	}
-	if err := unix.Mount("", real, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+	if err != nil {
 		return fmt.Errorf("make %s a shared mount: %w", real, err)
 	}
 	if dirs.ready == nil {
@@ -99,7 +100,16 @@ func lockDir(dir string) (unlock func(), err error) {
 // share the directory) would end up under the new mount, reachable only
 // through copies and impossible to delete by path; so they are held open,
 // unmounted, and mounted again on the new mount.
-func bindOverItself(dir string, ms []mount) (err error) {
+func bindOverItself(dir string) (err error) {
+	ms, err := readMounts()
+	if err != nil {
+		return fmt.Errorf("reading the mount table: %w", err)
+	}
+	// The mount dir lies on: namespaces mounted in dir are its children.
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, dir, 0, unix.STATX_MNT_ID, &stx); err != nil {
+		return &os.PathError{Op: "statx", Path: dir, Err: err}
+	}
 	type held struct {
 		path string
 		fd   int
@@ -111,7 +121,7 @@ func bindOverItself(dir string, ms []mount) (err error) {
 		}
 	}()
 	for _, m := range ms {
-		if m.FSType != "nsfs" || filepath.Dir(m.MountPoint) != dir {
+		if m.FSType != "nsfs" || filepath.Dir(m.MountPoint) != dir || uint64(m.Parent) != stx.Mnt_id {
 			continue
 		}
 		if len(moved) > 0 && moved[len(moved)-1].path == m.MountPoint {

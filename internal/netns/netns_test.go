@@ -484,3 +484,34 @@ func TestExec(t *testing.T) {
 		t.Errorf("readlink /proc/self/ns/net through Exec: %q, %v; want %s", out, err, want)
 	}
 }
+
+// TestEnsureDirSeesThroughHiddenMounts: a mount of the directory's path
+// hidden under a mount of its parent (as in a mount namespace that put a
+// fresh tmpfs on /run) is listed in the mount table, but the directory is no
+// mount point: it must still become one.
+func TestEnsureDirSeesThroughHiddenMounts(t *testing.T) {
+	requireRoot(t)
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "netns")
+	must(t, os.Mkdir(dir, 0o755))
+	must(t, unix.Mount(dir, dir, "none", unix.MS_BIND, ""))
+	must(t, unix.Mount("duet-test", parent, "tmpfs", 0, ""))
+	t.Cleanup(func() {
+		_ = unix.Unmount(parent, unix.MNT_DETACH)
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+	})
+	must(t, os.Mkdir(dir, 0o755))
+	path := filepath.Join(dir, "a")
+	ns, err := Create(path, Prep{})
+	must(t, err)
+	ns.Close()
+	t.Cleanup(func() { _ = Remove(path) })
+	if !IsNetNS(path) {
+		t.Fatalf("%s is not a namespace", path)
+	}
+	var stx unix.Statx_t
+	must(t, unix.Statx(unix.AT_FDCWD, dir, 0, unix.STATX_MNT_ID, &stx))
+	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		t.Errorf("%s is not a mount point after Create", dir)
+	}
+}
