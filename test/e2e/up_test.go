@@ -35,6 +35,11 @@ func TestMain(m *testing.M) {
 	build := exec.Command("go", "build", "-o", duetBin, "./cmd/duet")
 	build.Dir = "../.."
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	// DUET_E2E_BIN runs the tests against another build, such as an older
+	// version, to see a regression test fail.
+	if bin := os.Getenv("DUET_E2E_BIN"); bin != "" {
+		duetBin, build = bin, exec.Command("true")
+	}
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building duet:", err)
 		os.Exit(1)
