@@ -191,3 +191,22 @@ func TestVersionAdvertisesCNI11(t *testing.T) {
 		t.Fatalf("VERSION said %s", out)
 	}
 }
+
+// duet-ipam is exec'd once per CNI call: it must stay small and start
+// fast, so nothing of Kubernetes may enter its import graph, whatever the
+// packages it shares with the agent import.
+func TestNoKubernetesInTheImportGraph(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	var k8s []string
+	for _, pkg := range strings.Fields(string(out)) {
+		if strings.HasPrefix(pkg, "k8s.io/") || strings.HasPrefix(pkg, "sigs.k8s.io/") {
+			k8s = append(k8s, pkg)
+		}
+	}
+	if len(k8s) > 0 {
+		t.Fatalf("duet-ipam imports %v", k8s)
+	}
+}

@@ -210,13 +210,13 @@ func TestRangeSkipsNetworkGatewayAndBroadcast(t *testing.T) {
 	}
 	r := c.RangeSets[0][0]
 	var got []string
-	for a, ok := r.firstFrom(r.Start); ok; a, ok = r.firstFrom(a.Next()) {
+	for a, ok := r.FirstUsable(r.Start); ok; a, ok = r.FirstUsable(a.Next()) {
 		got = append(got, a.String())
 	}
 	if want := "10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6"; strings.Join(got, ",") != want {
 		t.Fatalf("usable = %v, want %s", got, want)
 	}
-	if r.usable(netip.MustParseAddr("10.0.0.1")) {
+	if r.Usable(netip.MustParseAddr("10.0.0.1")) {
 		t.Fatal("the gateway is usable")
 	}
 }

@@ -30,14 +30,17 @@
 // IP=..., args.cni.ips, runtimeConfig.ips; runtimeConfig.ipRanges is
 // honoured too.
 //
-// # Store
+// # Policy and store
 //
-// DataDir/<network>/duet-ipam.db holds, per address, its holder (container
-// ID and interface) or the time it was released; an index by holder, so
-// DEL and CHECK look up one key; the last address reserved per range set
-// (the round-robin cursor); and the cool-down queue. Each call locks the
-// network's directory (as host-local does), opens the file, changes it in
-// one transaction that is on disk before the call returns, and closes it.
-// On first use it takes over host-local's reservations found in the same
-// directory, so a live node can switch without handing out a held address.
+// Which address an attachment gets is Duet's one pod-IP policy,
+// alloc.PodIPs, which the Duet agent uses too; the reservations are kept by
+// internal/alloc/boltstore in DataDir/<network>/duet-ipam.db: per address,
+// its holder (container ID and interface) or the time it was released; an
+// index by holder, so DEL and CHECK look up one key; the last address
+// reserved per range set (the round-robin cursor); and the cool-down queue.
+// Each call locks the network's directory (as host-local does), opens the
+// file, changes it in one transaction that is on disk before the call
+// returns, and closes it. On first use it takes over host-local's
+// reservations found in the same directory, so a live node can switch
+// without handing out a held address.
 package ipam

@@ -29,8 +29,8 @@ func FuzzParse(f *testing.F) {
 				if r.Start.Compare(r.End) > 0 || r.Family() != set.Family() {
 					t.Fatalf("range %s is inverted or of the wrong family", r)
 				}
-				a, ok := r.firstFrom(r.Start)
-				if !ok || !r.usable(a) || a == r.Gateway {
+				a, ok := r.FirstUsable(r.Start)
+				if !ok || !r.Usable(a) || a == r.Gateway {
 					t.Fatalf("range %s has nothing to hand out", r)
 				}
 			}

@@ -13,6 +13,10 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 )
 
+var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+const dualStack = `[[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00:10:244:1::/64"}]]`
+
 type pluginRun struct {
 	t   *testing.T
 	p   *Plugin
