@@ -158,6 +158,14 @@ func TestGCAndStatusThroughTheBinary(t *testing.T) {
 	if err == nil || json.Unmarshal(out, &cniErr) != nil || cniErr.Code != 50 {
 		t.Fatalf("STATUS of a full network: %s, %v; want error code 50", out, err)
 	}
+	// A GC without cni.dev/valid-attachments is refused and frees nothing.
+	out, err = invocation{pluginBin, "GC", "", "", stdin}.run()
+	if err == nil || json.Unmarshal(out, &cniErr) != nil || cniErr.Code != 7 || !strings.Contains(cniErr.Msg, "cni.dev/valid-attachments") {
+		t.Fatalf("GC without cni.dev/valid-attachments: %s, %v; want error code 7 naming the key", out, err)
+	}
+	if _, err := (invocation{pluginBin, "CHECK", "leaked", ns, stdin}).run(); err != nil {
+		t.Fatalf("a refused GC released the attachment: %v", err)
+	}
 	// The runtime knows of no attachment: GC frees the leaked one.
 	gc := bytes.Replace(stdin, []byte(`"type":"bridge"`), []byte(`"type":"bridge","cni.dev/valid-attachments":[]`), 1)
 	if _, err := (invocation{pluginBin, "GC", "", "", gc}).run(); err != nil {

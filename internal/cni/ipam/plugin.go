@@ -194,11 +194,22 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	})
 }
 
-// GC releases every reservation not in cni.dev/valid-attachments.
+// ValidAttachmentsKey is the GC argument naming the attachments that are
+// still valid.
+const ValidAttachmentsKey = "cni.dev/valid-attachments"
+
+// GC releases every reservation not in cni.dev/valid-attachments. The
+// runtime must send that key (CNI 1.1: its list is what GC keeps); without
+// it, releasing "everything not listed" would release every live
+// reservation, so such a GC is refused as an invalid configuration and
+// releases nothing. An empty list does release everything.
 func (p *Plugin) GC(args *skel.CmdArgs) error {
 	c, err := parse(args)
 	if err != nil {
 		return err
+	}
+	if c.ValidAttachments == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("duet-ipam: network %s: GC without %s: the runtime must list the attachments that are still valid (an empty list releases every reservation); nothing was released", c.Name, ValidAttachmentsKey), "")
 	}
 	valid := make([]alloc.Attachment, len(c.ValidAttachments))
 	for i, v := range c.ValidAttachments {

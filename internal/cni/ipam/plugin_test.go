@@ -158,3 +158,36 @@ func TestPluginConfigErrorsAreCode7(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// CNI 1.1 makes cni.dev/valid-attachments the runtime's duty on GC. A GC
+// without it used to release every live reservation; it is refused as an
+// invalid configuration and releases nothing, while an empty list still
+// means "nothing is valid".
+func TestPluginGCWithoutValidAttachmentsReleasesNothing(t *testing.T) {
+	r := newPluginRun(t)
+	stdin := r.stdin("1.1.0", `{"ranges":`+dualStack+`}`, "")
+	r.add("c1", stdin)
+	r.add("c2", stdin)
+	for name, gc := range map[string][]byte{
+		"no key":   stdin,
+		"null key": r.stdin("1.1.0", `{"ranges":`+dualStack+`}`, `,"cni.dev/valid-attachments":null`),
+	} {
+		var cniErr *types.Error
+		err := r.p.GC(args("", gc))
+		if !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, "cni.dev/valid-attachments") {
+			t.Fatalf("%s: GC = %v, want error code 7 naming cni.dev/valid-attachments", name, err)
+		}
+		for _, id := range []string{"c1", "c2"} {
+			if err := r.p.Check(args(id, stdin)); err != nil {
+				t.Fatalf("%s: %s lost its addresses to a refused GC: %v", name, id, err)
+			}
+		}
+	}
+	empty := r.stdin("1.1.0", `{"ranges":`+dualStack+`}`, `,"cni.dev/valid-attachments":[]`)
+	if err := r.p.GC(args("", empty)); err != nil {
+		t.Fatalf("GC with an empty list: %v", err)
+	}
+	if err := r.p.Check(args("c1", stdin)); err == nil {
+		t.Fatal("an empty cni.dev/valid-attachments kept c1")
+	}
+}
