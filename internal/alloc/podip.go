@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/duet-net/duet/internal/netaddr"
 )
 
 // DefaultPodIPCooldown is how long a released pod address rests before it
@@ -127,13 +129,19 @@ func (p *PodIPs) releaseWith(o Attachment, cooldown time.Duration) ([]netip.Addr
 		return nil, err
 	}
 	addrs, err := tx.Holdings(o)
-	if err != nil || addrs == nil {
+	if err != nil {
 		return nil, err
 	}
-	if err := t.release(o, addrs, cooldown); err != nil {
+	if addrs != nil {
+		if err := t.release(o, addrs, cooldown); err != nil {
+			return nil, err
+		}
+	}
+	// Commit even when o held nothing: what expired is kept.
+	if err := tx.Commit(); err != nil {
 		return nil, err
 	}
-	return addrs, tx.Commit()
+	return addrs, nil
 }
 
 // view runs fn in a read-only transaction.
@@ -245,7 +253,10 @@ func (p *PodIPs) GC(valid []Attachment) ([]Attachment, error) {
 	if err := t.dropOrphans(); err != nil {
 		return nil, err
 	}
-	return released, tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	return released, nil
 }
 
 // Available returns nil if every range set can give out an address (a
@@ -283,15 +294,10 @@ func (p *PodIPs) Counts() (held, cooling int, err error) {
 	return held, cooling, err
 }
 
-var (
-	allIPv4 = [2]netip.Addr{netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255})}
-	allIPv6 = [2]netip.Addr{netip.IPv6Unspecified(), netip.AddrFrom16([16]byte{0: 0xff, 1: 0xff, 2: 0xff, 3: 0xff, 4: 0xff, 5: 0xff, 6: 0xff, 7: 0xff, 8: 0xff, 9: 0xff, 10: 0xff, 11: 0xff, 12: 0xff, 13: 0xff, 14: 0xff, 15: 0xff})}
-)
-
 // eachRecord calls fn for every record of both families.
 func eachRecord(tx PodIPTxn, fn func(netip.Addr, PodIPRecord) error) error {
-	for _, fam := range [][2]netip.Addr{allIPv4, allIPv6} {
-		if err := tx.Records(fam[0], fam[1], fn); err != nil {
+	for _, zero := range []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()} {
+		if err := tx.Records(zero, netaddr.LastAddr(netip.PrefixFrom(zero, 0)), fn); err != nil {
 			return err
 		}
 	}
