@@ -32,17 +32,53 @@ type PodRange struct {
 // order, of which an attachment gets one address.
 type PodRangeSet []PodRange
 
+// MinPodSubnetBits is the shortest prefix a pod subnet may have, in both
+// families. Nothing larger than a /8 is one network: for IPv4 a /8 is the
+// old class A and 10.0.0.0/8 the largest private range; for IPv6 fd00::/8
+// is the whole locally assigned ULA space, the largest block a private
+// cluster can draw from. A shorter prefix is a slice of the address space
+// (0.0.0.0/0 and ::/0 being the extreme), not a node's subnet, and can only
+// be a mistake.
+const MinPodSubnetBits = 8
+
+// notPodSubnets are the ranges no pod address may come from, with what they
+// are. A pod subnet must not overlap any of them.
+var notPodSubnets = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "unspecified (\"this network\")"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("255.255.255.255/32"), "limited broadcast"},
+	{netip.MustParsePrefix("::/128"), "unspecified"},
+	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
+}
+
 // CheckPodSubnet says why p cannot be a pod subnet, or returns nil: it must
-// be a network (no host bits set) and hold a gateway and at least one
-// address besides the network address and the IPv4 broadcast.
+// be a network (no host bits set), no larger than a /8 (MinPodSubnetBits),
+// hold a gateway and at least one address besides the network address and
+// the IPv4 broadcast, and lie outside the unspecified, loopback,
+// link-local, multicast and IPv4-mapped ranges.
 func CheckPodSubnet(p netip.Prefix) error {
 	switch {
 	case !p.IsValid():
 		return errors.New("not a valid CIDR")
 	case p.Masked() != p:
 		return fmt.Errorf("%s has host bits set; the network is %s", p, p.Masked())
+	case p.Bits() < MinPodSubnetBits:
+		return fmt.Errorf("%s is too large for a pod subnet: the prefix must be /%d or longer; a shorter one spans more than any one network", p, MinPodSubnetBits)
 	case netaddr.HostBits(p) < 2:
 		return fmt.Errorf("network %s too small to allocate from: it must hold a gateway and an address (at most /30 for IPv4, /126 for IPv6)", p)
+	}
+	for _, n := range notPodSubnets {
+		if n.prefix.Overlaps(p) {
+			return fmt.Errorf("%s cannot be a pod subnet: it overlaps %s, the %s range", p, n.prefix, n.what)
+		}
 	}
 	return nil
 }

@@ -139,8 +139,8 @@ func TestAStoreWrittenByTheOriginalCodeOpens(t *testing.T) {
 	now := t0.Add(20 * time.Second)
 	policy(t, dataDir, ss, now, func(p *alloc.PodIPs) {
 		for o, want := range map[alloc.Attachment]string{
-			podiptest.Pod(1): "10.244.1.2,fd00:10:244:1::2",
-			podiptest.Pod(6): "10.244.1.77,fd00:10:244:1::77",
+			podiptest.Pod(1):                      "10.244.1.2,fd00:10:244:1::2",
+			podiptest.Pod(6):                      "10.244.1.77,fd00:10:244:1::77",
 			{ContainerID: "pod1", IfName: "net1"}: "10.244.1.7,fd00:10:244:1::7",
 			{ContainerID: "hl", IfName: "eth0"}:   "10.244.1.50,fd00:10:244:1::50", // host-local's, taken over
 		} {

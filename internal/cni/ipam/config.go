@@ -257,8 +257,8 @@ func parseRangeSet(field string, raw []rawRange, podCIDR bool) (alloc.PodRangeSe
 	set := make(alloc.PodRangeSet, 0, len(raw))
 	for j, rr := range raw {
 		f := fmt.Sprintf("%s[%d]", field, j)
-		if podCIDR {
-			f = field
+		if podCIDR || field == "ipam" {
+			f = field // a pod CIDR, or the old single range: ipam.subnet
 		}
 		r, err := parseRange(f, rr, podCIDR)
 		if err != nil {

@@ -43,4 +43,12 @@
 // returns, and closes it. On first use it takes over host-local's
 // reservations found in the same directory, so a live node can switch
 // without handing out a held address.
+//
+// # Errors
+//
+// Configuration errors (including a range that cannot be a pod subnet, and
+// GC without cni.dev/valid-attachments) are code 7 and name the field; a
+// failure to read or write the store (a full disk, say) is code 5; waiting
+// too long for another invocation's lock is code 11; STATUS on an
+// exhausted range is code 50; CHECK of an unknown attachment is code 3.
 package ipam

@@ -81,8 +81,15 @@ func (p *Plugin) withPolicy(c *Config, fn func(pol *alloc.PodIPs) error) error {
 	return fn(pol)
 }
 
-// failed reports a verb's failure on network c.
+// failed reports a verb's failure on network c. The store's own failures
+// (the disk is full, the file cannot be read or written) are CNI's I/O
+// failure, code 5, wherever they happen; the policy's refusals (a range is
+// full, a requested address is held) keep the plugin's generic code.
 func failed(c *Config, err error) error {
+	var storeErr *alloc.StoreError
+	if errors.As(err, &storeErr) {
+		return types.NewError(types.ErrIOFailure, fmt.Sprintf("duet-ipam: network %s: %v", c.Name, err), "")
+	}
 	return fmt.Errorf("duet-ipam: network %s: %w", c.Name, err)
 }
 
@@ -115,7 +122,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		if w == nil {
 			w = os.Stdout
 		}
-		return out.PrintTo(w)
+		if err := out.PrintTo(w); err != nil {
+			// The reservation stays: the runtime retries ADD with the same
+			// attachment, which gets the same addresses.
+			return types.NewError(types.ErrIOFailure, fmt.Sprintf("duet-ipam: network %s: writing the result: %v", c.Name, err), "")
+		}
+		return nil
 	})
 }
 
