@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/duet-net/duet/internal/netaddr"
@@ -32,9 +33,13 @@ const DefaultPodIPCooldown = 60 * time.Second
 type PodIPs struct {
 	store    PodIPStore
 	sets     []PodRangeSet
-	names    []string // the sets' names, the keys of their cursors
 	cooldown time.Duration
 	now      func() time.Time
+
+	// names are the sets' names, the keys of their cursors, made on first
+	// use: a DEL, a CHECK or a GC needs none.
+	namesOnce sync.Once
+	names     []string
 }
 
 // PodIPOptions are the optional parts of a PodIPs policy.
@@ -56,7 +61,6 @@ func NewPodIPs(store PodIPStore, sets []PodRangeSet, opts PodIPOptions) (*PodIPs
 	if len(sets) == 0 {
 		return nil, errors.New("pod IPs: no range sets")
 	}
-	names := make([]string, len(sets))
 	for i, s := range sets {
 		if len(s) == 0 {
 			return nil, fmt.Errorf("pod IPs: range set %d is empty", i)
@@ -66,7 +70,6 @@ func NewPodIPs(store PodIPStore, sets []PodRangeSet, opts PodIPOptions) (*PodIPs
 				return nil, fmt.Errorf("pod IPs: range set %d mixes %s and %s", i, s.Family(), r.Family())
 			}
 		}
-		names[i] = s.String()
 	}
 	if opts.Cooldown < 0 {
 		return nil, fmt.Errorf("pod IPs: negative cool-down %s", opts.Cooldown)
@@ -75,7 +78,18 @@ func NewPodIPs(store PodIPStore, sets []PodRangeSet, opts PodIPOptions) (*PodIPs
 	if now == nil {
 		now = time.Now
 	}
-	return &PodIPs{store: store, sets: sets, names: names, cooldown: opts.Cooldown, now: now}, nil
+	return &PodIPs{store: store, sets: sets, cooldown: opts.Cooldown, now: now}, nil
+}
+
+// setName is the name of range set i.
+func (p *PodIPs) setName(i int) string {
+	p.namesOnce.Do(func() {
+		p.names = make([]string, len(p.sets))
+		for i, s := range p.sets {
+			p.names[i] = s.String()
+		}
+	})
+	return p.names[i]
 }
 
 // RangeSets are the policy's range sets.
@@ -347,7 +361,7 @@ func (t *podTxn) reserve(o Attachment, requested []netip.Addr) ([]netip.Addr, er
 		if req, ok := requestedIn(set, requested); ok {
 			a, err = t.claimRequested(o, set, req)
 		} else {
-			a, err = t.claimNext(o, set, p.names[i])
+			a, err = t.claimNext(o, set, p.setName(i))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("range set %d: %w", i, err)

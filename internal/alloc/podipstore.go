@@ -8,10 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-
-	"lukechampine.com/uint128"
-
-	"github.com/duet-net/duet/internal/netaddr"
 )
 
 // PodIPStore keeps the pod-address reservations of one network, as
@@ -104,7 +100,6 @@ func (r PodIPRecord) HeldBy(o Attachment) bool {
 type MemPodIPStore struct {
 	mu       sync.RWMutex
 	records  map[netip.Addr]PodIPRecord
-	index    [2]*sparseSet // addresses with a record, IPv4 and IPv6
 	holdings map[Attachment][]netip.Addr
 	cursors  map[string]netip.Addr
 	queue    []queued // sorted as bbolt sorts the keys
@@ -121,7 +116,6 @@ type queued struct {
 func NewMemPodIPStore() *MemPodIPStore {
 	m := &MemPodIPStore{
 		records:  map[netip.Addr]PodIPRecord{},
-		index:    [2]*sparseSet{newSparseSet(uint128.From64(1<<32 - 1)), newSparseSet(uint128.Max)},
 		holdings: map[Attachment][]netip.Addr{},
 		cursors:  map[string]netip.Addr{},
 	}
@@ -229,8 +223,9 @@ func (t *memTxn) Rollback() error {
 	return nil
 }
 
-// end forgets the logs (and the references they hold) and lets the next
-// transaction in.
+// end empties the logs and lets the next transaction in. The logs keep
+// their backing arrays (and, until overwritten, the old values in them):
+// a store of tests can afford that, and writes then allocate nothing.
 func (t *memTxn) end() {
 	t.open = false
 	if !t.writable {
@@ -238,9 +233,6 @@ func (t *memTxn) end() {
 		return
 	}
 	u := &t.m.undo
-	clear(u.records)
-	clear(u.holdings)
-	clear(u.cursors)
 	u.records, u.holdings, u.cursors, u.queue = u.records[:0], u.holdings[:0], u.cursors[:0], u.queue[:0]
 	t.m.mu.Unlock()
 }
@@ -256,21 +248,12 @@ func (t *memTxn) check() error {
 	return nil
 }
 
-func (m *MemPodIPStore) indexOf(a netip.Addr) *sparseSet {
-	if a.Is4() {
-		return m.index[0]
-	}
-	return m.index[1]
-}
-
 func (m *MemPodIPStore) setRecord(a netip.Addr, r PodIPRecord, present bool) {
 	if present {
 		m.records[a] = r
-		m.indexOf(a).set(netaddr.ToUint128(a))
-		return
+	} else {
+		delete(m.records, a)
 	}
-	delete(m.records, a)
-	m.indexOf(a).clear(netaddr.ToUint128(a))
 }
 
 func (t *memTxn) Record(a netip.Addr) (PodIPRecord, bool, error) {
@@ -285,9 +268,6 @@ func (t *memTxn) PutRecord(a netip.Addr, r PodIPRecord) error {
 	old, had := t.m.records[a]
 	t.m.undo.records = append(t.m.undo.records, recordChange{a, old, had})
 	t.m.records[a] = r
-	if !had {
-		t.m.indexOf(a).set(netaddr.ToUint128(a))
-	}
 	return nil
 }
 
@@ -304,12 +284,18 @@ func (t *memTxn) DeleteRecord(a netip.Addr) error {
 	return nil
 }
 
+// NextFree probes the addresses from from on, one lookup per record
+// passed, as bbolt's cursor walks its keys.
 func (t *memTxn) NextFree(from, to netip.Addr) (netip.Addr, bool, error) {
-	pos, ok := t.m.indexOf(from).nextClear(netaddr.ToUint128(from), netaddr.ToUint128(to))
-	if !ok {
-		return netip.Addr{}, false, nil
+	for a := from; a.IsValid(); a = a.Next() {
+		if _, held := t.m.records[a]; !held {
+			return a, true, nil
+		}
+		if a == to {
+			break
+		}
 	}
-	return netaddr.FromUint128(pos, netaddr.FamilyOf(from)), true, nil
+	return netip.Addr{}, false, nil
 }
 
 func (t *memTxn) Records(from, to netip.Addr, fn func(netip.Addr, PodIPRecord) error) error {

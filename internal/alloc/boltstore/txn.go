@@ -98,9 +98,6 @@ func (t *txn) Rollback() error {
 
 // fail wraps an error of bbolt's or of decoding as a store failure.
 func fail(op string, err error) error {
-	if err == nil {
-		return nil
-	}
 	return &alloc.StoreError{Op: op, Err: err}
 }
 
@@ -134,12 +131,18 @@ func (t *txn) PutRecord(a netip.Addr, r alloc.PodIPRecord) error {
 	if err != nil {
 		return fail(fmt.Sprintf("record of %s", a), err)
 	}
-	return fail(fmt.Sprintf("writing the record of %s", a), t.addrs(a).Put(a.AsSlice(), v))
+	if err := t.addrs(a).Put(a.AsSlice(), v); err != nil {
+		return fail(fmt.Sprintf("writing the record of %s", a), err)
+	}
+	return nil
 }
 
 func (t *txn) DeleteRecord(a netip.Addr) error {
 	var buf [16]byte
-	return fail(fmt.Sprintf("deleting the record of %s", a), t.addrs(a).Delete(addrKey(&buf, a)))
+	if err := t.addrs(a).Delete(addrKey(&buf, a)); err != nil {
+		return fail(fmt.Sprintf("deleting the record of %s", a), err)
+	}
+	return nil
 }
 
 // NextFree walks the sorted keys from the first at or after from: while
@@ -199,11 +202,17 @@ func (t *txn) PutHoldings(o alloc.Attachment, addrs []netip.Addr) error {
 	if err != nil {
 		return fail(fmt.Sprintf("owner record %s", o), err)
 	}
-	return fail(fmt.Sprintf("writing the owner record %s", o), t.owners.Put(ownerKey(o), v))
+	if err := t.owners.Put(ownerKey(o), v); err != nil {
+		return fail(fmt.Sprintf("writing the owner record %s", o), err)
+	}
+	return nil
 }
 
 func (t *txn) DeleteHoldings(o alloc.Attachment) error {
-	return fail(fmt.Sprintf("deleting the owner record %s", o), t.owners.Delete(ownerKey(o)))
+	if err := t.owners.Delete(ownerKey(o)); err != nil {
+		return fail(fmt.Sprintf("deleting the owner record %s", o), err)
+	}
+	return nil
 }
 
 func (t *txn) EachHolding(fn func(alloc.Attachment, []netip.Addr) error) error {
@@ -224,25 +233,38 @@ func (t *txn) Cursor(set string) (netip.Addr, error) {
 }
 
 func (t *txn) PutCursor(set string, a netip.Addr) error {
-	return fail("writing the cursor of "+set, t.cursors.Put([]byte(set), a.AsSlice()))
+	if err := t.cursors.Put([]byte(set), a.AsSlice()); err != nil {
+		return fail("writing the cursor of "+set, err)
+	}
+	return nil
 }
 
 func (t *txn) Enqueue(at int64, a netip.Addr) error {
-	return fail(fmt.Sprintf("queueing %s", a), t.cooling.Put(coolKey(at, a), []byte{}))
+	if err := t.cooling.Put(coolKey(at, a), []byte{}); err != nil {
+		return fail(fmt.Sprintf("queueing %s", a), err)
+	}
+	return nil
 }
 
 func (t *txn) Dequeue(at int64, a netip.Addr) error {
-	return fail(fmt.Sprintf("dequeueing %s", a), t.cooling.Delete(coolKey(at, a)))
+	if err := t.cooling.Delete(coolKey(at, a)); err != nil {
+		return fail(fmt.Sprintf("dequeueing %s", a), err)
+	}
+	return nil
 }
 
 // NextQueued seeks past (at, a). It skips keys that hold no address; they
 // can only come from editing the file by hand.
 func (t *txn) NextQueued(at int64, a netip.Addr) (int64, netip.Addr, bool, error) {
-	after := coolKey(at, a)
 	c := t.cooling.Cursor()
-	k, _ := c.Seek(after)
-	if k != nil && bytes.Equal(k, after) {
-		k, _ = c.Next()
+	var k []byte
+	if at == 0 && !a.IsValid() {
+		k, _ = c.First() // the oldest, as expire asks on every call
+	} else {
+		after := coolKey(at, a)
+		if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
+			k, _ = c.Next()
+		}
 	}
 	for ; k != nil; k, _ = c.Next() {
 		if len(k) < 8 {
