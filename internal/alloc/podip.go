@@ -294,16 +294,23 @@ func (p *PodIPs) Available() error {
 
 // Counts returns the number of held and cooling addresses in the store,
 // for tests and metrics. It walks every record.
-func (p *PodIPs) Counts() (held, cooling int, err error) {
-	err = p.view(func(tx PodIPTxn) error {
-		return eachRecord(tx, func(_ netip.Addr, rec PodIPRecord) error {
-			if rec.ReleasedAt != 0 {
-				cooling++
-			} else {
-				held++
-			}
-			return nil
-		})
+func (p *PodIPs) Counts() (held, cooling int, err error) { return CountPodIPs(p.store) }
+
+// CountPodIPs returns the number of held and cooling addresses in st. It
+// walks every record.
+func CountPodIPs(st PodIPStore) (held, cooling int, err error) {
+	tx, err := st.Begin(false)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tx.Rollback()
+	err = eachRecord(tx, func(_ netip.Addr, rec PodIPRecord) error {
+		if rec.ReleasedAt != 0 {
+			cooling++
+		} else {
+			held++
+		}
+		return nil
 	})
 	return held, cooling, err
 }
