@@ -89,12 +89,13 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	if len(m.podCIDRs) == len(cidrs) {
 		return nil
 	}
-	if err := sandbox.EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
-		return fmt.Errorf("preparing the node's bridge: %w", err)
-	}
+	// Check the CIDRs before the bridge gets their gateways.
 	ranges, err := alloc.NodePodRanges(cidrs)
 	if err != nil {
 		return fmt.Errorf("pod address ranges for %v: %w", cidrs, err)
+	}
+	if err := sandbox.EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
+		return fmt.Errorf("preparing the node's bridge: %w", err)
 	}
 	m.podCIDRs, m.podRanges = cidrs, ranges
 	if m.running == nil {
