@@ -191,23 +191,15 @@ func (t *memTxn) Rollback() error {
 	u := &m.undo
 	for i := len(u.records) - 1; i >= 0; i-- {
 		c := &u.records[i]
-		m.setRecord(c.addr, c.old, c.present)
+		restore(m.records, c.addr, c.old, c.present)
 	}
 	for i := len(u.holdings) - 1; i >= 0; i-- {
 		c := &u.holdings[i]
-		if c.present {
-			m.holdings[c.owner] = c.old
-		} else {
-			delete(m.holdings, c.owner)
-		}
+		restore(m.holdings, c.owner, c.old, c.present)
 	}
 	for i := len(u.cursors) - 1; i >= 0; i-- {
 		c := &u.cursors[i]
-		if c.present {
-			m.cursors[c.set] = c.old
-		} else {
-			delete(m.cursors, c.set)
-		}
+		restore(m.cursors, c.set, c.old, c.present)
 	}
 	for i := len(u.queue) - 1; i >= 0; i-- {
 		c := &u.queue[i]
@@ -248,11 +240,12 @@ func (t *memTxn) check() error {
 	return nil
 }
 
-func (m *MemPodIPStore) setRecord(a netip.Addr, r PodIPRecord, present bool) {
+// restore puts a map entry back as it was: old, or absent.
+func restore[K comparable, V any](m map[K]V, k K, old V, present bool) {
 	if present {
-		m.records[a] = r
+		m[k] = old
 	} else {
-		delete(m.records, a)
+		delete(m, k)
 	}
 }
 
@@ -280,7 +273,7 @@ func (t *memTxn) DeleteRecord(a netip.Addr) error {
 		return nil
 	}
 	t.m.undo.records = append(t.m.undo.records, recordChange{a, old, true})
-	t.m.setRecord(a, PodIPRecord{}, false)
+	delete(t.m.records, a)
 	return nil
 }
 
