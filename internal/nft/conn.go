@@ -85,12 +85,12 @@ func NewAt(path string) (*Conn, error) {
 // Close closes the socket.
 func (c *Conn) Close() error { return c.sock.Close() }
 
-var kernelAddr = &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
-
 func (c *Conn) send(b []byte) error {
 	var serr error
+	// Sendto writes into the address it is given: one per call.
+	to := &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
 	err := c.raw.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), b, 0, kernelAddr)
+		serr = unix.Sendto(int(fd), b, 0, to)
 		return !errors.Is(serr, unix.EAGAIN)
 	})
 	return errors.Join(err, serr)

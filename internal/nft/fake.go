@@ -416,18 +416,7 @@ func (s *fakeSet) intervalElements() []Element {
 	for k := range s.ends {
 		out = append(out, Element{Key: k, IntervalEnd: true})
 	}
-	slices.SortFunc(out, func(a, b Element) int {
-		if c := strings.Compare(a.Key, b.Key); c != 0 {
-			return c
-		}
-		if a.IntervalEnd == b.IntervalEnd {
-			return 0
-		}
-		if a.IntervalEnd {
-			return -1
-		}
-		return 1
-	})
+	slices.SortFunc(out, CompareElements)
 	return out
 }
 

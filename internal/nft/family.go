@@ -22,24 +22,18 @@ const (
 var Families = [...]Family{IPv4, IPv6}
 
 func (f Family) String() string {
-	switch f {
-	case IPv4:
-		return "IPv4"
-	case IPv6:
-		return "IPv6"
+	if f.valid() {
+		return fmt.Sprintf("IPv%d", uint8(f))
 	}
 	return fmt.Sprintf("Family(%d)", uint8(f))
 }
 
 // Keyword is the family as nft spells it: ip or ip6.
 func (f Family) Keyword() string {
-	switch f {
-	case IPv4:
-		return "ip"
-	case IPv6:
+	if f == IPv6 {
 		return "ip6"
 	}
-	return fmt.Sprintf("family-%d", uint8(f))
+	return "ip"
 }
 
 func (f Family) valid() bool { return f == IPv4 || f == IPv6 }

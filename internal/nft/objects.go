@@ -3,6 +3,7 @@ package nft
 import (
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -114,6 +115,22 @@ type Element struct {
 	// IntervalEnd marks the end element of an interval set's range: the
 	// first key past it.
 	IntervalEnd bool
+}
+
+// CompareElements orders elements by key, and an interval end before a
+// start at the same key: an interval set's order, in which a range may end
+// where the next one starts.
+func CompareElements(a, b Element) int {
+	if c := strings.Compare(a.Key, b.Key); c != 0 {
+		return c
+	}
+	switch {
+	case a.IntervalEnd == b.IntervalEnd:
+		return 0
+	case a.IntervalEnd:
+		return -1
+	}
+	return 1
 }
 
 // maxName is the longest name the kernel takes (NFT_NAME_MAXLEN, less

@@ -233,18 +233,7 @@ func state(t *testing.T, nft Interface, tables ...Table) string {
 			if err := nft.ListElements(tbl, n, func(e Element) { elems = append(elems, e) }); err != nil {
 				t.Fatal(err)
 			}
-			slices.SortFunc(elems, func(a, b Element) int {
-				if c := strings.Compare(a.Key, b.Key); c != 0 {
-					return c
-				}
-				if a.IntervalEnd == b.IntervalEnd {
-					return 0
-				}
-				if a.IntervalEnd {
-					return -1
-				}
-				return 1
-			})
+			slices.SortFunc(elems, CompareElements)
 			for _, e := range elementsText(&s, tbl.Family, elems, true) {
 				fmt.Fprintf(&b, "    %s\n", e)
 			}
