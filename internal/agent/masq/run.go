@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/duet-net/duet/internal/nft"
 	"github.com/fsnotify/fsnotify"
 )
 
@@ -40,7 +41,7 @@ type Options struct {
 	// the first one and every change. Called from Run's goroutine.
 	OnApplied func(Config)
 
-	backend backend // tests: instead of the kernel's
+	nft nft.Interface // tests: instead of the kernel
 }
 
 // Run programs the masquerade rules of o.NetNS from o.ConfigPath until ctx
@@ -56,8 +57,8 @@ func Run(ctx context.Context, o Options) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	var p *Programmer
-	if o.backend != nil {
-		p = &Programmer{b: o.backend}
+	if o.nft != nil {
+		p = &Programmer{nft: o.nft}
 	} else {
 		var err error
 		if p, err = New(o.NetNS); err != nil {

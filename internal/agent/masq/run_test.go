@@ -7,13 +7,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/duet-net/duet/internal/nft"
 )
 
 // runFake runs Run against a fake kernel until the test ends, and returns
 // the fake and channels of what Run reported.
-func runFake(t *testing.T, path string) (*fakeBackend, chan Config, chan error) {
+func runFake(t *testing.T, path string) (*nft.Fake, chan Config, chan error) {
 	t.Helper()
-	b := &fakeBackend{}
+	b := nft.NewFake()
 	applied, errs := make(chan Config, 16), make(chan error, 16)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -35,7 +37,7 @@ func runFake(t *testing.T, path string) (*fakeBackend, chan Config, chan error) 
 				default:
 				}
 			},
-			backend: b,
+			nft: b,
 		})
 	}()
 	t.Cleanup(func() {
@@ -43,7 +45,7 @@ func runFake(t *testing.T, path string) (*fakeBackend, chan Config, chan error) 
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-		if !b.closed {
+		if !b.Closed() {
 			t.Error("Run did not close its programmer")
 		}
 	})
@@ -134,7 +136,7 @@ ip non-masquerade: 10.0.0.0/8
 ip6 never-masquerade: fd00:10:244::/56
 ip6 non-masquerade: 2001:db8::/32, fe80::/10
 `)
-	if got := opKinds(b.lastCommit()); got != "delete ip non-masquerade 169.254.0.0/16; add ip6 non-masquerade 2001:db8::/32" {
+	if got := opKinds(b); got != "delete ip non-masquerade 169.254.0.0/16; add ip6 non-masquerade 2001:db8::/32" {
 		t.Errorf("the reload sent %q, want only the differences", got)
 	}
 
@@ -153,22 +155,22 @@ func TestRunKeepsTheRulesOfABadFile(t *testing.T) {
 	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
 	b, applied, errs := runFake(t, path)
 	waitApplied(t, applied, errs, time.Now())
-	before, commits := b.dump(), b.commitCount()
+	before, commits := dump(t, b), b.Transactions()
 
 	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.1/8]\n")
 	err := waitError(t, applied, errs)
 	if !strings.Contains(err.Error(), `nonMasqueradeCIDRs[0]: CIDR "10.0.0.1/8" is not aligned`) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("the error does not name the file, field and reason: %v", err)
 	}
-	if b.dump() != before || b.commitCount() != commits {
-		t.Fatalf("a bad file changed the tables:\n%s", b.dump())
+	if dump(t, b) != before || b.Transactions() != commits {
+		t.Fatalf("a bad file changed the tables:\n%s", dump(t, b))
 	}
 
 	start := time.Now()
 	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/9]\n")
 	waitApplied(t, applied, errs, start)
-	if !strings.Contains(b.dump(), "ip non-masquerade: 10.0.0.0/9, 169.254.0.0/16\n") {
-		t.Fatalf("the fixed file was not applied:\n%s", b.dump())
+	if !strings.Contains(dump(t, b), "ip non-masquerade: 10.0.0.0/9, 169.254.0.0/16\n") {
+		t.Fatalf("the fixed file was not applied:\n%s", dump(t, b))
 	}
 }
 
@@ -179,8 +181,8 @@ func TestRunBadFileAtStartChangesNothing(t *testing.T) {
 	if err := waitError(t, applied, errs); !strings.Contains(err.Error(), `unknown key "nonMasqueradeCIDR"`) {
 		t.Fatalf("error %v", err)
 	}
-	if b.commitCount() != 0 {
-		t.Fatalf("Run programmed %q from a bad file", opKinds(b.lastCommit()))
+	if b.Transactions() != 0 {
+		t.Fatalf("Run programmed %q from a bad file", opKinds(b))
 	}
 	start := time.Now()
 	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
@@ -203,8 +205,8 @@ func TestRunMissingFileMeansDefaults(t *testing.T) {
 	if c := waitApplied(t, applied, errs, start); !c.Equal(DefaultConfig()) {
 		t.Fatalf("after removing the file applied %+v, want the defaults", c)
 	}
-	if !strings.Contains(b.dump(), "ip non-masquerade: 10.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16\n") {
-		t.Fatalf("tables:\n%s", b.dump())
+	if !strings.Contains(dump(t, b), "ip non-masquerade: 10.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16\n") {
+		t.Fatalf("tables:\n%s", dump(t, b))
 	}
 }
 
@@ -237,8 +239,8 @@ func TestRunConfigMapUpdate(t *testing.T) {
 	start := time.Now()
 	version("..2026_01_01_00_01_00.2", "nonMasqueradeCIDRs: [192.168.0.0/16]\n")
 	waitApplied(t, applied, errs, start)
-	if !strings.Contains(b.dump(), "ip non-masquerade: 169.254.0.0/16, 192.168.0.0/16\n") {
-		t.Fatalf("tables:\n%s", b.dump())
+	if !strings.Contains(dump(t, b), "ip non-masquerade: 169.254.0.0/16, 192.168.0.0/16\n") {
+		t.Fatalf("tables:\n%s", dump(t, b))
 	}
 }
 
@@ -247,12 +249,12 @@ func TestRunResyncRepairsTheTables(t *testing.T) {
 	writeAtomically(t, path, "resyncInterval: 50ms\n")
 	b, applied, errs := runFake(t, path)
 	waitApplied(t, applied, errs, time.Now())
-	want := b.dump()
-	b.tamper(func(t *[2]*fakeTable) { t[ipv6] = nil })
+	want := dump(t, b)
+	tamper(t, b, func(tx *nft.Transaction) { tx.DeleteTable(table(nft.IPv6)) })
 	deadline := time.Now().Add(10 * time.Second)
-	for b.dump() != want {
+	for dump(t, b) != want {
 		if time.Now().After(deadline) {
-			t.Fatalf("a deleted table was not rebuilt by resyncs:\n%s", b.dump())
+			t.Fatalf("a deleted table was not rebuilt by resyncs:\n%s", dump(t, b))
 		}
 		time.Sleep(10 * time.Millisecond) // polling the fake, with a deadline
 	}
@@ -260,15 +262,15 @@ func TestRunResyncRepairsTheTables(t *testing.T) {
 	// A bad file does not stop repairs: what is in force stays in force.
 	writeAtomically(t, path, "resyncInterval: 50ms\nfoo: bar\n")
 	waitError(t, applied, errs)
-	b.tamper(func(t *[2]*fakeTable) { t[ipv4].intact = false })
+	tamper(t, b, func(tx *nft.Transaction) { tx.FlushChain(table(nft.IPv4), ChainName) })
 	deadline = time.Now().Add(10 * time.Second)
 	for {
-		o, _ := b.observe(ipv4)
-		if o.intact && b.dump() == want {
+		o, _ := (&Programmer{nft: b}).observe(nft.IPv4)
+		if o.intact && dump(t, b) == want {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("a broken chain was not repaired while the file is bad:\n%s", b.dump())
+			t.Fatalf("a broken chain was not repaired while the file is bad:\n%s", dump(t, b))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
