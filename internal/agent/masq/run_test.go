@@ -174,6 +174,26 @@ func TestRunKeepsTheRulesOfABadFile(t *testing.T) {
 	}
 }
 
+// A resyncInterval below a second is refused like any other mistake: the
+// rules and the pace in force stay (1ns used to be taken, and a core spent
+// re-reading the file and the tables).
+func TestRunRefusesATooShortResyncInterval(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ip-masq-agent")
+	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\nresyncInterval: 1m\n")
+	b, applied, errs := runFake(t, path)
+	waitApplied(t, applied, errs, time.Now())
+	before, commits := dump(t, b), b.Transactions()
+
+	writeAtomically(t, path, "nonMasqueradeCIDRs: [192.168.0.0/16]\nresyncInterval: 1ns\n")
+	err := waitError(t, applied, errs)
+	if !strings.Contains(err.Error(), `resyncInterval: must be at least 1s, got "1ns"`) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("the error does not name the file, field and reason: %v", err)
+	}
+	if dump(t, b) != before || b.Transactions() != commits {
+		t.Fatalf("a refused file changed the tables:\n%s", dump(t, b))
+	}
+}
+
 func TestRunBadFileAtStartChangesNothing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ip-masq-agent")
 	writeAtomically(t, path, "nonMasqueradeCIDR: [10.0.0.0/8]\n")
@@ -246,7 +266,7 @@ func TestRunConfigMapUpdate(t *testing.T) {
 
 func TestRunResyncRepairsTheTables(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ip-masq-agent")
-	writeAtomically(t, path, "resyncInterval: 50ms\n")
+	writeAtomically(t, path, "resyncInterval: 1s\n")
 	b, applied, errs := runFake(t, path)
 	waitApplied(t, applied, errs, time.Now())
 	want := dump(t, b)
@@ -260,7 +280,7 @@ func TestRunResyncRepairsTheTables(t *testing.T) {
 	}
 
 	// A bad file does not stop repairs: what is in force stays in force.
-	writeAtomically(t, path, "resyncInterval: 50ms\nfoo: bar\n")
+	writeAtomically(t, path, "resyncInterval: 1s\nfoo: bar\n")
 	waitError(t, applied, errs)
 	tamper(t, b, func(tx *nft.Transaction) { tx.FlushChain(table(nft.IPv4), ChainName) })
 	deadline = time.Now().Add(10 * time.Second)
