@@ -43,8 +43,10 @@ Absent keys keep their defaults; without a file (or without nonMasqueradeCIDRs)
 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and the IPv6 service ranges of
 --service-cluster-ip-range keep their source. Unknown keys, CIDRs with host bits
 and resyncIntervals under a second are refused: the error names the field, and
-the rules in force stay as they were until the file is fixed. Changes to the file
-take effect within a second.
+the rules in force stay as they were until the file is fixed. A file replaced
+whole (renamed into place, or a ConfigMap update) takes effect within a second;
+one written in place once it has not changed for a second, so that a writer
+pausing for less does not get half a file applied.
 
 The rules live in the nftables tables "ip duet-masq" and "ip6 duet-masq" and
 nothing else is touched. On SIGINT or SIGTERM duet masq exits and, like

@@ -2,6 +2,8 @@ package masq
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,11 +11,20 @@ import (
 	"time"
 
 	"github.com/duet-net/duet/internal/nft"
+	"github.com/fsnotify/fsnotify"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // runFake runs Run against a fake kernel until the test ends, and returns
 // the fake and channels of what Run reported.
 func runFake(t *testing.T, path string) (*nft.Fake, chan Config, chan error) {
+	t.Helper()
+	return runFakeWith(t, path, nil)
+}
+
+// runFakeWith is runFake with a clock of the test's (nil: the real one).
+func runFakeWith(t *testing.T, path string, clk clock.Clock) (*nft.Fake, chan Config, chan error) {
 	t.Helper()
 	b := nft.NewFake()
 	applied, errs := make(chan Config, 16), make(chan error, 16)
@@ -37,7 +48,8 @@ func runFake(t *testing.T, path string) (*nft.Fake, chan Config, chan error) {
 				default:
 				}
 			},
-			nft: b,
+			nft:   b,
+			clock: clk,
 		})
 	}()
 	t.Cleanup(func() {
@@ -88,10 +100,17 @@ func writeAtomically(t *testing.T, path, data string) {
 // within the second a change may take.
 func waitApplied(t *testing.T, applied chan Config, errs chan error, since time.Time) Config {
 	t.Helper()
+	return waitAppliedBetween(t, applied, errs, since, 0, time.Second)
+}
+
+// waitAppliedBetween waits for the next applied config and checks that it
+// came between min and max after since.
+func waitAppliedBetween(t *testing.T, applied chan Config, errs chan error, since time.Time, min, max time.Duration) Config {
+	t.Helper()
 	select {
 	case c := <-applied:
-		if d := time.Since(since); d > time.Second {
-			t.Errorf("the change was applied after %v, want within a second", d)
+		if d := time.Since(since); d < min || d > max {
+			t.Errorf("the change was applied after %v, want between %v and %v", d, min, max)
 		}
 		return c
 	case err := <-errs:
@@ -140,13 +159,48 @@ ip6 non-masquerade: 2001:db8::/32, fe80::/10
 		t.Errorf("the reload sent %q, want only the differences", got)
 	}
 
-	// Writing in place (no rename) is seen too.
-	start = time.Now()
+	// Writing in place (no rename) is seen too, once the file is still.
 	if err := os.WriteFile(path, []byte("masqLinkLocal: true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if c := waitApplied(t, applied, errs, start); !c.DefaultNonMasquerade {
+	start = time.Now()
+	if c := waitAppliedBetween(t, applied, errs, start, settleDelay-burstDelay, settleDelay+time.Second); !c.DefaultNonMasquerade {
 		t.Fatalf("in-place write applied %+v, want the default CIDRs", c)
+	}
+}
+
+// A file written in place is applied only once it has been still for a
+// while: the half written by a writer that pauses after a key (here
+// `nonMasqueradeCIDRs:` alone, which means "masquerade everything") is
+// never applied.
+func TestRunWaitsForAFileWrittenInPlace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ip-masq-agent")
+	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
+	b, applied, errs := runFake(t, path)
+	waitApplied(t, applied, errs, time.Now())
+
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("nonMasqueradeCIDRs:\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the writer's pause, part of the scenario
+	if _, err := f.WriteString("  - 192.168.0.0/16\n"); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c := waitAppliedBetween(t, applied, errs, written, settleDelay-burstDelay, settleDelay+time.Second)
+	if len(c.NonMasqueradeCIDRs) != 1 || c.NonMasqueradeCIDRs[0] != netip.MustParsePrefix("192.168.0.0/16") {
+		t.Fatalf("applied %v while the file was being written, want only the whole file", c.NonMasqueradeCIDRs)
+	}
+	if !strings.Contains(dump(t, b), "ip non-masquerade: 169.254.0.0/16, 192.168.0.0/16\n") {
+		t.Fatalf("tables:\n%s", dump(t, b))
 	}
 }
 
@@ -264,34 +318,161 @@ func TestRunConfigMapUpdate(t *testing.T) {
 	}
 }
 
+// eventually polls cond until it holds, or fails the test after a
+// deadline.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+// waitTimers waits until Run has n timers set on the clock: the resync's,
+// and one for a change of the file it has seen.
+func waitTimers(t *testing.T, clk *clocktesting.FakeClock, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d timers set", n), func() bool { return clk.Waiters() == n })
+}
+
 func TestRunResyncRepairsTheTables(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ip-masq-agent")
-	writeAtomically(t, path, "resyncInterval: 1s\n")
-	b, applied, errs := runFake(t, path)
+	writeAtomically(t, path, "resyncInterval: 1m\n")
+	clk := clocktesting.NewFakeClock(time.Now())
+	b, applied, errs := runFakeWith(t, path, clk)
 	waitApplied(t, applied, errs, time.Now())
+	waitTimers(t, clk, 1)
 	want := dump(t, b)
 	tamper(t, b, func(tx *nft.Transaction) { tx.DeleteTable(table(nft.IPv6)) })
-	deadline := time.Now().Add(10 * time.Second)
-	for dump(t, b) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("a deleted table was not rebuilt by resyncs:\n%s", dump(t, b))
-		}
-		time.Sleep(10 * time.Millisecond) // polling the fake, with a deadline
-	}
+	clk.Step(time.Minute)
+	eventually(t, "a deleted table rebuilt by the resync", func() bool { return dump(t, b) == want })
 
 	// A bad file does not stop repairs: what is in force stays in force.
-	writeAtomically(t, path, "resyncInterval: 1s\nfoo: bar\n")
+	writeAtomically(t, path, "resyncInterval: 1m\nfoo: bar\n")
+	waitTimers(t, clk, 2)
+	clk.Step(burstDelay)
 	waitError(t, applied, errs)
 	tamper(t, b, func(tx *nft.Transaction) { tx.FlushChain(table(nft.IPv4), ChainName) })
-	deadline = time.Now().Add(10 * time.Second)
-	for {
+	clk.Step(time.Minute - burstDelay)
+	eventually(t, "a broken chain repaired while the file is bad", func() bool {
 		o, _ := (&Programmer{nft: b}).observe(nft.IPv4)
-		if o.intact && dump(t, b) == want {
-			break
+		return o.intact && dump(t, b) == want
+	})
+}
+
+// A resync that comes while the file is being written in place checks
+// the rules in force and leaves the file until it is still.
+func TestRunResyncLeavesAFileBeingWritten(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ip-masq-agent")
+	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
+	clk := clocktesting.NewFakeClock(time.Now())
+	b, applied, errs := runFakeWith(t, path, clk)
+	waitApplied(t, applied, errs, time.Now())
+	waitTimers(t, clk, 1)
+
+	clk.Step(DefaultResyncInterval - settleDelay/2)
+	if err := os.WriteFile(path, []byte("nonMasqueradeCIDRs:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitTimers(t, clk, 2)
+	lists := b.Lists()
+	clk.Step(settleDelay / 2) // the resync, before the file is still
+	eventually(t, "the resync's check of the tables", func() bool { return b.Lists() >= lists+len(nft.Families) })
+	if err := os.WriteFile(path, []byte("nonMasqueradeCIDRs:\n  - 192.168.0.0/16\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Whichever of the second write and the first write's due time Run
+	// sees first, the file it reads is whole; stepping until it does.
+	var c Config
+	eventually(t, "the whole file applied", func() bool {
+		clk.Step(settleDelay)
+		select {
+		case c = <-applied:
+			return true
+		case err := <-errs:
+			t.Fatalf("Run reported %v", err)
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a broken chain was not repaired while the file is bad:\n%s", dump(t, b))
+		return false
+	})
+	if len(c.NonMasqueradeCIDRs) != 1 || c.NonMasqueradeCIDRs[0] != netip.MustParsePrefix("192.168.0.0/16") {
+		t.Fatalf("applied %v, want the whole file and nothing before it", c.NonMasqueradeCIDRs)
+	}
+}
+
+func TestPendingChange(t *testing.T) {
+	start := time.Now()
+	clk := clocktesting.NewFakeClock(start)
+	p := &pending{clock: clk}
+	fired := func() bool {
+		select {
+		case <-p.C():
+			return p.ready()
+		default:
+			return false
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	if p.C() != nil || p.waiting() {
+		t.Fatal("a new pending change is waiting")
+	}
+
+	// Writes in place push the read back until the file is still.
+	p.after(settleDelay)
+	clk.Step(settleDelay / 2)
+	p.after(settleDelay)
+	clk.Step(settleDelay / 2)
+	if fired() {
+		t.Fatal("read half a settleDelay after the last write")
+	}
+	clk.Step(settleDelay / 2)
+	if !fired() || p.waiting() {
+		t.Fatal("not read a settleDelay after the last write")
+	}
+
+	// A replacement while writes settle is read at once.
+	p.after(settleDelay)
+	clk.Step(burstDelay / 2)
+	p.after(burstDelay)
+	clk.Step(burstDelay)
+	if !fired() {
+		t.Fatal("a replaced file waited for the writes before it to settle")
+	}
+
+	// A timer that fired for an earlier due time is armed again.
+	p.after(burstDelay)
+	clk.Step(burstDelay)
+	p.after(settleDelay) // the timer's value is stale now
+	if fired() {
+		t.Fatal("read at a stale due time")
+	}
+	clk.Step(settleDelay)
+	if !fired() {
+		t.Fatal("not read at the new due time")
+	}
+}
+
+func TestClassify(t *testing.T) {
+	dir := t.TempDir()
+	r := &runner{o: Options{ConfigPath: filepath.Join(dir, "config")}}
+	for _, tt := range []struct {
+		name string
+		ev   fsnotify.Event
+		want changeKind
+	}{
+		{"a write in place", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Write}, written},
+		{"a rename into place", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Create}, replaced},
+		{"a ConfigMap's swap", fsnotify.Event{Name: filepath.Join(dir, "..data"), Op: fsnotify.Create}, replaced},
+		{"the file removed", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Remove}, touched},
+		{"the file renamed away", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Rename}, touched},
+		{"its mode changed", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Chmod}, touched},
+		{"an editor's temporary file", fsnotify.Event{Name: filepath.Join(dir, ".config.swp"), Op: fsnotify.Write}, unrelated},
+		{"another file", fsnotify.Event{Name: filepath.Join(dir, "other"), Op: fsnotify.Create}, unrelated},
+	} {
+		if got := r.classify(tt.ev); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
