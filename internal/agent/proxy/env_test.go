@@ -10,10 +10,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // testPrefix starts the name of every namespace these tests make; TestMain
@@ -305,4 +308,35 @@ func nftList(t *testing.T, ns string, fam Family) string {
 		return fmt.Sprintf("(nft list: %v: %s)", err, out)
 	}
 	return string(out)
+}
+
+// inNamespace runs fn on a thread in the namespace at path.
+func inNamespace(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("opening network namespace %s: %w", path, err)
+	}
+	defer target.Close()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("entering network namespace %s: %w", path, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// The thread stays locked and dies with the goroutine rather than
+		// serve others in the wrong namespace.
+		return errors.Join(ferr, fmt.Errorf("leaving network namespace %s: %w", path, err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }
