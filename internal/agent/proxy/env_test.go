@@ -10,13 +10,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // testPrefix starts the name of every namespace these tests make; TestMain
@@ -310,33 +309,11 @@ func nftList(t *testing.T, ns string, fam Family) string {
 	return string(out)
 }
 
-// inNamespace runs fn on a thread in the namespace at path.
+// inNamespace runs fn on a thread in the namespace at path ("" for the
+// test's own).
 func inNamespace(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("opening network namespace %s: %w", path, err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("entering network namespace %s: %w", path, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// The thread stays locked and dies with the goroutine rather than
-		// serve others in the wrong namespace.
-		return errors.Join(ferr, fmt.Errorf("leaving network namespace %s: %w", path, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return netns.Do(path, fn)
 }
