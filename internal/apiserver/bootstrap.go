@@ -55,13 +55,11 @@ func (s *Server) ensureKubernetesService(ctx context.Context, client kubernetes.
 			SessionAffinity: corev1.ServiceAffinityNone,
 		},
 	}
-	_, err := client.CoreV1().Services(metav1.NamespaceDefault).Create(ctx, svc, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating the kubernetes service: %w", err)
-	}
 	// Its address is reserved rather than allocated, but it is recorded
-	// like every other cluster IP, as Kubernetes does.
-	_, err = client.NetworkingV1().IPAddresses().Create(ctx, &networkingv1.IPAddress{
+	// like every other cluster IP, as Kubernetes does, and before the
+	// Service exists, as the allocator records every IP: the repair loop
+	// takes a Service without its record for a lost record.
+	_, err := client.NetworkingV1().IPAddresses().Create(ctx, &networkingv1.IPAddress{
 		ObjectMeta: metav1.ObjectMeta{Name: ip, Labels: map[string]string{
 			service.LabelIPFamily: string(primary), service.LabelManagedBy: service.ManagedBy,
 		}},
@@ -69,6 +67,10 @@ func (s *Server) ensureKubernetesService(ctx context.Context, client kubernetes.
 	}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("recording the kubernetes service's IP: %w", err)
+	}
+	_, err = client.CoreV1().Services(metav1.NamespaceDefault).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating the kubernetes service: %w", err)
 	}
 	return nil
 }

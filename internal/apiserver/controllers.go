@@ -78,7 +78,9 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 		Ranges:   s.serviceRanges,
 		Recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ipallocator-repair-controller"}),
 		Interval: s.cfg.RepairInterval,
-		Grace:    10 * time.Second,
+		// A create may store its Service until its request times out,
+		// a minute after it began (the API server's default timeout).
+		Grace: time.Minute,
 	}
 	metrics.Register()
 	go repair.Run(ctx)
