@@ -88,7 +88,7 @@ func awaitKubernetesEndpoints(t *testing.T, client kubernetes.Interface, want []
 
 // TestKubernetesServiceIsReconciled: default/kubernetes lists its server;
 // deleted, it comes back with its reserved cluster IP, its record and its
-// endpoints; its ports changed, they are put back.
+// endpoints; its ports, type or family policy changed, they are put back.
 func TestKubernetesServiceIsReconciled(t *testing.T) {
 	t.Parallel()
 	srv := StartServer(t, ServerOptions{ServiceRanges: v4Range + "," + v6Range})
@@ -106,6 +106,9 @@ func TestKubernetesServiceIsReconciled(t *testing.T) {
 		want := []corev1.ServicePort{{Name: "https", Protocol: corev1.ProtocolTCP, Port: 443, TargetPort: intstr.FromInt32(int32(port))}}
 		if svc.Spec.ClusterIP != first || !slices.Equal(svc.Spec.Ports, want) || svc.Spec.Type != corev1.ServiceTypeClusterIP {
 			return fmt.Errorf("kubernetes Service: clusterIP %s type %s ports %+v; want %s ClusterIP %+v", svc.Spec.ClusterIP, svc.Spec.Type, svc.Spec.Ports, first, want)
+		}
+		if p := svc.Spec.IPFamilyPolicy; p == nil || *p != corev1.IPFamilyPolicySingleStack || !slices.Equal(svc.Spec.ClusterIPs, []string{first}) {
+			return fmt.Errorf("kubernetes Service: ipFamilyPolicy %s clusterIPs %v, want SingleStack [%s]", ptrStr(p), svc.Spec.ClusterIPs, first)
 		}
 		rec, err := srv.Client.NetworkingV1().IPAddresses().Get(ctx, first, metav1.GetOptions{})
 		if err != nil {
@@ -130,18 +133,33 @@ func TestKubernetesServiceIsReconciled(t *testing.T) {
 	// Deleting the Service deleted its Endpoints; they come back too.
 	awaitKubernetesEndpoints(t, srv.Client, []string{self}, "the recreated kubernetes Service lists its server")
 
-	svc, err := services.Get(ctx, "kubernetes", metav1.GetOptions{})
-	fatalIf(t, err)
-	svc.Spec.Ports = []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}
-	_, err = services.Update(ctx, svc, metav1.UpdateOptions{})
-	fatalIf(t, err)
-	eventually(t, kubernetesWait, "the kubernetes Service's ports are put back", func() error {
+	prefer := corev1.IPFamilyPolicyPreferDualStack
+	for _, change := range []struct {
+		what   string
+		mutate func(*corev1.Service)
+	}{
+		{"ports", func(s *corev1.Service) {
+			s.Spec.Ports = []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}
+		}},
+		{"type NodePort", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeNodePort }},
+		{"PreferDualStack", func(s *corev1.Service) { s.Spec.IPFamilyPolicy = &prefer }},
+	} {
 		svc, err := services.Get(ctx, "kubernetes", metav1.GetOptions{})
-		if err != nil {
-			return err
+		fatalIf(t, err)
+		change.mutate(svc)
+		changed, err := services.Update(ctx, svc, metav1.UpdateOptions{})
+		fatalIf(t, err)
+		if check(changed) == nil {
+			t.Fatalf("changing the kubernetes Service's %s changed nothing", change.what)
 		}
-		return check(svc)
-	})
+		eventually(t, kubernetesWait, "the kubernetes Service's spec is put back after a change of "+change.what, func() error {
+			svc, err := services.Get(ctx, "kubernetes", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			return check(svc)
+		})
+	}
 	fatalIf(t, checkAllocations(ctx, srv.Client, nil, allocationCheck{ranges: mustPrefixes(v4Range + "," + v6Range)}))
 }
 
