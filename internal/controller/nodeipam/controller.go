@@ -671,16 +671,41 @@ func (c *Controller) setHeld(ctx context.Context, name string, want map[netip.Pr
 		delete(c.held, name)
 	}
 	// Reported on every reconcile while it lasts, not only when it starts:
-	// the event recorder folds repeats together.
+	// the event recorder folds repeats together. The held prefixes are
+	// node-mask slots; the message names the pod CIDRs the Nodes really
+	// carry, which may be wider or narrower than a slot, so that the user
+	// sees what to change.
 	for p := range c.held[name] {
 		for other := range c.holders[p] {
 			if other != name {
-				conflicts = append(conflicts, fmt.Sprintf("pod CIDR %s of Node %s overlaps Node %s's; one of them must be changed", p, name, other))
+				conflicts = append(conflicts, fmt.Sprintf("pod CIDR %s of Node %s overlaps pod CIDR %s of Node %s; one of them must be changed",
+					c.podCIDRAt(name, p), name, c.podCIDRAt(other, p), other))
 			}
 		}
 	}
+	// A wide pod CIDR meets another Node's in several slots: one message.
 	slices.Sort(conflicts)
-	return conflicts, freed, err
+	return slices.Compact(conflicts), freed, err
+}
+
+// podCIDRAt returns the pod CIDR of Node name that covers or lies in the
+// node CIDR slot, as the Node carries it; slot itself when the Node does
+// not show one (an assignment not yet written, a Node gone from the cache).
+func (c *Controller) podCIDRAt(name string, slot netip.Prefix) netip.Prefix {
+	n, err := c.lister.Get(name)
+	if err != nil {
+		return slot
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, s := range cidrs {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Overlaps(slot) {
+			return p
+		}
+	}
+	return slot
 }
 
 func (c *Controller) addHolder(name string, p netip.Prefix) {

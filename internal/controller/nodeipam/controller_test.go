@@ -537,6 +537,24 @@ func TestOverlappingNodesAreReportedAndKeepTheCIDR(t *testing.T) {
 	}
 }
 
+// A conflict event names each Node's own pod CIDR, whatever its size, and
+// the other Node: a /16 and a /25 that overlap are reported as such, not as
+// the /24 node CIDR where they meet.
+func TestConflictEventsNameTheNodesRealCIDRs(t *testing.T) {
+	c := newCluster(t, "10.244.0.0/16", netaddr.NodeMaskFlags{}, nil, Options{},
+		node("wide", "10.244.0.0/16"), node("narrow", "10.244.3.0/25"))
+	c.run()
+	for _, tc := range []struct{ node, want string }{
+		{"wide", "pod CIDR 10.244.0.0/16 of Node wide overlaps pod CIDR 10.244.3.0/25 of Node narrow"},
+		{"narrow", "pod CIDR 10.244.3.0/25 of Node narrow overlaps pod CIDR 10.244.0.0/16 of Node wide"},
+	} {
+		msg := c.waitEvent(tc.node, v1.EventTypeWarning, ReasonPodCIDRConflict)
+		if !strings.Contains(msg, tc.want) {
+			t.Errorf("conflict event on Node %s: %q, want it to say %q", tc.node, msg, tc.want)
+		}
+	}
+}
+
 // An update that conflicts, or fails without saying whether it was
 // applied, is retried with the same CIDRs, never with new ones.
 func TestFailedUpdatesRetryTheSameCIDRs(t *testing.T) {
