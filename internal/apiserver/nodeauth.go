@@ -3,6 +3,7 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -126,6 +127,11 @@ func (n *nodeRestriction) Validate(ctx context.Context, a admission.Attributes, 
 		}
 		if pod.Spec.NodeName != node {
 			return forbid("modify pod %s/%s, which is bound to %q", a.GetNamespace(), a.GetName(), pod.Spec.NodeName)
+		}
+		// A status write may change labels, as in Kubernetes, but a node
+		// relabelling its pods could move them into or out of Services.
+		if cur, ok := a.GetObject().(*corev1.Pod); ok && a.GetSubresource() == "status" && !maps.Equal(cur.Labels, pod.Labels) {
+			return forbid("change the labels of pod %s/%s through its status", a.GetNamespace(), a.GetName())
 		}
 	}
 	return nil

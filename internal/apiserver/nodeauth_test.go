@@ -195,3 +195,35 @@ func TestNodeRestrictionLabels(t *testing.T) {
 		t.Errorf("an administrator may not set node-role: %v", err)
 	}
 }
+
+// A status write may change labels, but a node may not relabel the pods
+// bound to it that way: that would move them into or out of Services.
+func TestNodeMayNotRelabelPodsThroughStatus(t *testing.T) {
+	stored := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "mine", Namespace: "default", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{NodeName: "n1"}}
+	nr := &nodeRestriction{}
+	for _, tt := range []struct {
+		name   string
+		labels map[string]string
+		denied bool
+	}{
+		{"same labels", map[string]string{"app": "web"}, false},
+		{"changed label", map[string]string{"app": "db"}, true},
+		{"added label", map[string]string{"app": "web", "x": "y"}, true},
+		{"removed labels", nil, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cur := stored.DeepCopy()
+			cur.Labels = tt.labels
+			attrs := admission.NewAttributesRecord(cur, stored, schema.GroupVersionKind{Version: "v1", Kind: "Pod"}, "default", "mine",
+				schema.GroupVersionResource{Version: "v1", Resource: "pods"}, "status", admission.Update, nil, false, nodeUser("n1"))
+			err := nr.Validate(context.Background(), attrs, nil)
+			if denied := err != nil; denied != tt.denied {
+				t.Fatalf("denied = %v (%v), want %v", denied, err, tt.denied)
+			}
+			if err != nil && !apierrors.IsForbidden(err) {
+				t.Fatalf("error is not Forbidden: %v", err)
+			}
+		})
+	}
+}

@@ -46,6 +46,19 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		return nil
 	}
 
+	// Whatever writes a Namespace, its status included, keeps its name
+	// label and, until it is deleted, the finalizer that lets the
+	// namespace controller empty it first.
+	nsMeta := func(_ context.Context, obj, _ runtime.Object) {
+		ns := obj.(*corev1.Namespace)
+		if ns.Labels == nil {
+			ns.Labels = map[string]string{}
+		}
+		ns.Labels[corev1.LabelMetadataName] = ns.Name
+		if ns.DeletionTimestamp == nil {
+			addFinalizer(ns)
+		}
+	}
 	nsStrategy := &registry.Strategy{
 		HasStatus:     true,
 		NameValidator: apivalidation.ValidateNamespaceName,
@@ -58,16 +71,7 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 			}
 			ns.Labels[corev1.LabelMetadataName] = ns.Name
 		},
-		PrepareForUpdateFunc: func(_ context.Context, obj, old runtime.Object) {
-			ns := obj.(*corev1.Namespace)
-			if ns.Labels == nil {
-				ns.Labels = map[string]string{}
-			}
-			ns.Labels[corev1.LabelMetadataName] = ns.Name
-			if ns.DeletionTimestamp == nil {
-				addFinalizer(ns)
-			}
-		},
+		PrepareForUpdateFunc: nsMeta,
 	}
 	if err := add(registry.Options{
 		NewFunc: func() runtime.Object { return &corev1.Namespace{} }, NewListFunc: func() runtime.Object { return &corev1.NamespaceList{} },
@@ -78,7 +82,7 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		Table: registry.NewTable(registry.Column{Name: "Status", Type: "string", Cell: func(o runtime.Object) any {
 			return string(o.(*corev1.Namespace).Status.Phase)
 		}}),
-	}, &registry.StatusStrategy{}); err != nil {
+	}, &registry.StatusStrategy{PrepareForUpdateFunc: nsMeta}); err != nil {
 		return nil, err
 	}
 
@@ -127,6 +131,9 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		},
 	}
 	podStatus := &registry.StatusStrategy{
+		// As in Kubernetes: old kubelets corrupted owner references
+		// through status writes, and only a delete sets deletionTimestamp.
+		KeepMeta: []registry.MetaField{registry.MetaOwnerReferences, registry.MetaDeletionTimestamp},
 		ValidateStatusUpdateFunc: func(_ context.Context, obj, _ runtime.Object) field.ErrorList {
 			pod := obj.(*corev1.Pod)
 			syncPodIP(pod)
