@@ -47,7 +47,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
-	"github.com/duet-net/duet/internal/registry/core"
+	"github.com/duet-net/duet/internal/apis/core"
 )
 
 // ControllerName names the controller in events, logs, its work queue and

@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/duet-net/duet/internal/registry/core"
+	"github.com/duet-net/duet/internal/apis/core"
 )
 
 const waitTimeout = 10 * time.Second

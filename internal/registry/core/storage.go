@@ -20,12 +20,9 @@ import (
 	"k8s.io/apiserver/pkg/registry/rest"
 	"k8s.io/apiserver/pkg/storage/names"
 
+	apicore "github.com/duet-net/duet/internal/apis/core"
 	registry "github.com/duet-net/duet/internal/registry/generic"
 )
-
-// NamespaceFinalizer holds a deleted namespace until the namespace
-// controller has deleted what it contains.
-const NamespaceFinalizer = "duet.dev/namespace-contents"
 
 // NewStorage returns the core/v1 stores, keyed by resource path.
 func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter) (map[string]rest.Storage, error) {
@@ -173,11 +170,11 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 
 func addFinalizer(ns *corev1.Namespace) {
 	for _, f := range ns.Finalizers {
-		if f == NamespaceFinalizer {
+		if f == apicore.NamespaceFinalizer {
 			return
 		}
 	}
-	ns.Finalizers = append(ns.Finalizers, NamespaceFinalizer)
+	ns.Finalizers = append(ns.Finalizers, apicore.NamespaceFinalizer)
 }
 
 func podFields(obj runtime.Object) fields.Set {
