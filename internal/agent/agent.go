@@ -37,6 +37,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/pods"
 	"github.com/duet-net/duet/internal/agent/proxy"
 	"github.com/duet-net/duet/internal/agent/routes"
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 // Config is one agent's configuration.
@@ -197,31 +198,19 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 		return err
 	}
 
-	go func() {
-		<-ctx.Done()
-		queue.ShutDown()
-	}()
-	for {
-		key, quit := queue.Get()
-		if quit {
-			return nil
-		}
+	syncRoutes := func(context.Context, string) error {
 		all, err := nodes.Lister().List(labels.Everything())
-		if err == nil {
-			var added, deleted int
-			added, deleted, err = programmer.Sync(routes.Desired(cfg.NodeName, all))
-			if added+deleted > 0 {
-				log.Info("routes synced", "added", added, "deleted", deleted)
-			}
-		}
 		if err != nil {
-			log.Error("syncing routes", "err", err)
-			queue.AddRateLimited(key)
-		} else {
-			queue.Forget(key)
+			return err
 		}
-		queue.Done(key)
+		added, deleted, err := programmer.Sync(routes.Desired(cfg.NodeName, all))
+		if added+deleted > 0 {
+			log.Info("routes synced", "added", added, "deleted", deleted)
+		}
+		return err
 	}
+	worker.Run(worker.WithSlog(ctx, log), queue, 1, syncRoutes, worker.Options{Failed: "Syncing routes failed; will retry"})
+	return nil
 }
 
 // runPods starts the pod loop: it waits for the node's pod CIDRs, removes
@@ -330,25 +319,9 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 				queue.Add(p.Namespace + "/" + p.Name)
 			}
 		}, 30*time.Second)
-		for i := 0; i < 8; i++ {
-			go func() {
-				for {
-					key, quit := queue.Get()
-					if quit {
-						return
-					}
-					err := syncPod(ctx, mgr, podInformer.Lister(), key, uids, &uidsMu)
-					if err != nil {
-						log.Error("syncing pod", "pod", key, "err", err)
-						queue.AddRateLimited(key)
-					} else {
-						queue.Forget(key)
-					}
-					queue.Done(key)
-				}
-			}()
-		}
-		<-ctx.Done()
+		worker.Run(worker.WithSlog(ctx, log), queue, 8, func(ctx context.Context, key string) error {
+			return syncPod(ctx, mgr, podInformer.Lister(), key, uids, &uidsMu)
+		}, worker.Options{KeyName: "pod", Failed: "Syncing pod failed; will retry"})
 	}()
 	return nil
 }

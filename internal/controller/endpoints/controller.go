@@ -43,6 +43,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/controller/selectorindex"
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 const (
@@ -214,11 +215,9 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		logger.Error(nil, "Run called while the controller is already running; ignoring")
 		return
 	}
-	var wg sync.WaitGroup
 	defer func() {
 		c.current.CompareAndSwap(r, nil)
 		r.queue.ShutDown()
-		wg.Wait()
 	}()
 
 	logger.Info("Starting", "batchPeriod", c.batch)
@@ -230,13 +229,9 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		// Listers read memory; this does not happen.
 		logger.Error(err, "Listing the Services and Endpoints to reconcile at start")
 	}
-	for range max(workers, 1) {
-		wg.Go(func() {
-			for c.processNext(ctx, r) {
-			}
-		})
-	}
-	<-ctx.Done()
+	worker.Run(ctx, r.queue, workers, func(ctx context.Context, key string) error {
+		return c.syncService(ctx, r, key)
+	}, syncLogging)
 }
 
 // enqueueAll queues every Service, and the key of every Endpoints object:
@@ -265,25 +260,12 @@ func (c *Controller) enqueueAll(r *runState) error {
 	return nil
 }
 
-func (c *Controller) processNext(ctx context.Context, r *runState) bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
-	}
-	defer r.queue.Done(key)
-	err := c.syncService(ctx, r, key)
-	if err == nil {
-		r.queue.Forget(key)
-		return true
-	}
-	logger := klog.FromContext(ctx)
-	if errors.Is(err, errStaleCache) {
-		logger.V(4).Info("Endpoints cache behind this controller's writes; will retry", "service", key)
-	} else {
-		logger.Error(err, "Syncing Endpoints failed; will retry", "service", key)
-	}
-	r.queue.AddRateLimited(key)
-	return true
+// syncLogging is how failed syncs are logged: a cache behind this
+// controller's own writes is expected, and soon over.
+var syncLogging = worker.Options{
+	KeyName: "service", Failed: "Syncing Endpoints failed; will retry",
+	Expected:  func(err error) bool { return errors.Is(err, errStaleCache) },
+	ExpectedV: 4, Waiting: "Endpoints cache behind this controller's writes; will retry",
 }
 
 // errStaleCache means the informer still shows Endpoints this controller

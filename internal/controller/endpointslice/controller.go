@@ -48,9 +48,10 @@ import (
 	endpointslicerec "k8s.io/endpointslice"
 	endpointslicemetrics "k8s.io/endpointslice/metrics"
 	endpointsliceutil "k8s.io/endpointslice/util"
+	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/controller/selectorindex"
-	"k8s.io/klog/v2"
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 const (
@@ -270,11 +271,9 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		logger.Error(nil, "Run called while the controller is already running; ignoring")
 		return
 	}
-	var wg sync.WaitGroup
 	defer func() {
 		c.current.CompareAndSwap(r, nil)
 		r.queue.ShutDown()
-		wg.Wait()
 	}()
 
 	logger.Info("Starting", "maxEndpointsPerSlice", c.opts.MaxEndpointsPerSlice, "batchPeriod", c.batch)
@@ -288,13 +287,11 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	}
 	r.started.Store(true)
 
-	for range max(workers, 1) {
-		wg.Go(func() {
-			for c.processNext(ctx, r) {
-			}
-		})
-	}
-	<-ctx.Done()
+	worker.Run(ctx, r.queue, workers, func(ctx context.Context, key string) error {
+		err := c.syncService(ctx, r, key)
+		countSync(err)
+		return err
+	}, syncLogging)
 }
 
 // newRunState returns the empty state a Run starts from.
@@ -344,28 +341,24 @@ func (c *Controller) enqueueAll(r *runState) error {
 	return nil
 }
 
-func (c *Controller) processNext(ctx context.Context, r *runState) bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
+// syncLogging is how failed syncs are logged: a cache behind this
+// controller's own writes is expected, and soon over.
+var syncLogging = worker.Options{
+	KeyName: "service", Failed: "Syncing EndpointSlices failed; will retry",
+	Expected:  func(err error) bool { return errors.Is(err, errStaleCache) },
+	ExpectedV: 4, Waiting: "EndpointSlice cache behind this controller's writes; will retry",
+}
+
+// countSync counts a sync's outcome as Kubernetes' controller does.
+func countSync(err error) {
+	outcome := "success"
+	switch {
+	case errors.Is(err, errStaleCache):
+		outcome = "stale"
+	case err != nil:
+		outcome = "error"
 	}
-	defer r.queue.Done(key)
-	err := c.syncService(ctx, r, key)
-	if err == nil {
-		r.queue.Forget(key)
-		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("success").Inc()
-		return true
-	}
-	logger := klog.FromContext(ctx)
-	if errors.Is(err, errStaleCache) {
-		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("stale").Inc()
-		logger.V(4).Info("EndpointSlice cache behind this controller's writes; will retry", "service", key)
-	} else {
-		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("error").Inc()
-		logger.Error(err, "Syncing EndpointSlices failed; will retry", "service", key)
-	}
-	r.queue.AddRateLimited(key)
-	return true
+	endpointslicemetrics.EndpointSliceSyncs.WithLabelValues(outcome).Inc()
 }
 
 // errStaleCache means the informer has not yet shown slices this

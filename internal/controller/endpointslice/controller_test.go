@@ -966,7 +966,7 @@ func TestStuckCacheFallsBackToLiveList(t *testing.T) {
 		if err := c.ctrl.syncService(c.ctx, r, key); err != errStaleCache {
 			t.Fatalf("sync %d while the tracker waits for a slice: err = %v, want errStaleCache", i, err)
 		}
-		r.queue.AddRateLimited(key) // as processNext does
+		r.queue.AddRateLimited(key) // as the worker does after a failed sync
 	}
 	if err := c.ctrl.syncService(c.ctx, r, key); err != nil {
 		t.Fatalf("sync after %d failures: %v", liveListAfter, err)

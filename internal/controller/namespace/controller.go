@@ -48,6 +48,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/apis/core"
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 // ControllerName names the controller in events, logs, its work queue and
@@ -175,39 +176,16 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	for _, ns := range all {
 		c.enqueueObject(ns)
 	}
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx, q) {
-			}
-		})
-	}
-	<-ctx.Done()
-	q.ShutDown()
-	wg.Wait()
-}
-
-func (c *Controller) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) bool {
-	name, quit := q.Get()
-	if quit {
-		return false
-	}
-	defer q.Done(name)
-	err := c.sync(ctx, name)
-	if err == nil {
-		q.Forget(name)
-		return true
-	}
-	logger := klog.FromContext(ctx)
-	var remaining *contentRemainingError
-	switch {
-	case errors.As(err, &remaining), apierrors.IsConflict(err):
-		logger.V(2).Info("Namespace not finalized yet; will retry", "namespace", name, "reason", err.Error())
-	default:
-		logger.Error(err, "Deleting the content of a Namespace failed; will retry", "namespace", name)
-	}
-	q.AddRateLimited(name)
-	return true
+	worker.Run(ctx, q, workers, c.sync, worker.Options{
+		KeyName: "namespace", Failed: "Deleting the content of a Namespace failed; will retry",
+		// Content with finalizers of its own, or a write that raced
+		// another: waiting is all there is to do.
+		Expected: func(err error) bool {
+			var remaining *contentRemainingError
+			return errors.As(err, &remaining) || apierrors.IsConflict(err)
+		},
+		ExpectedV: 2, Waiting: "Namespace not finalized yet; will retry",
+	})
 }
 
 // contentRemainingError says a Namespace still holds objects, typically

@@ -35,9 +35,11 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
+
 	"lukechampine.com/uint128"
 
 	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/controller/worker"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
@@ -261,12 +263,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		q.Add(n.Name)
 	}
 	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx, q) {
-			}
-		})
-	}
+	defer wg.Wait()
 	if c.opts.SweepInterval > 0 {
 		wg.Go(func() {
 			tick := time.NewTicker(c.opts.SweepInterval)
@@ -283,9 +280,15 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 			}
 		})
 	}
-	<-ctx.Done()
-	q.ShutDown()
-	wg.Wait()
+	worker.Run(ctx, q, workers, c.syncNode, worker.Options{
+		KeyName: "node", Failed: "Assigning node CIDRs failed; will retry",
+		// A full cluster CIDR, or a write that raced another: the Node
+		// waits, and is woken when a CIDR is released.
+		Expected: func(err error) bool {
+			return errors.Is(err, alloc.ErrFull) || apierrors.IsConflict(err) || apierrors.IsNotFound(err)
+		},
+		ExpectedV: 2, Waiting: "Node CIDRs not assigned yet; will retry",
+	})
 }
 
 // recover rebuilds the state a Run starts from: the allocators' view of the
@@ -387,28 +390,6 @@ func (c *Controller) sweep(ctx context.Context) error {
 	}
 	c.wakeIf(freed)
 	return nil
-}
-
-func (c *Controller) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) bool {
-	name, quit := q.Get()
-	if quit {
-		return false
-	}
-	defer q.Done(name)
-	err := c.syncNode(ctx, name)
-	if err == nil {
-		q.Forget(name)
-		return true
-	}
-	logger := klog.FromContext(ctx)
-	switch {
-	case errors.Is(err, alloc.ErrFull), apierrors.IsConflict(err), apierrors.IsNotFound(err):
-		logger.V(2).Info("Node CIDRs not assigned yet; will retry", "node", name, "reason", err.Error())
-	default:
-		logger.Error(err, "Assigning node CIDRs failed; will retry", "node", name)
-	}
-	q.AddRateLimited(name)
-	return true
 }
 
 // nodePlan is what a Node's current pod CIDRs mean to the controller.
