@@ -24,11 +24,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/component-base/metrics/legacyregistry"
 
@@ -37,6 +34,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/pods"
 	"github.com/duet-net/duet/internal/agent/proxy"
 	"github.com/duet-net/duet/internal/agent/routes"
+	"github.com/duet-net/duet/internal/controller/events"
 	"github.com/duet-net/duet/internal/controller/worker"
 )
 
@@ -76,14 +74,6 @@ const (
 	ReasonMasqApplied = "MasqueradeConfigApplied"
 	ReasonProxyFailed = "ServiceProxyFailed"
 )
-
-// nodeEvents returns a recorder of events about the node, as the kubelet
-// records them.
-func nodeEvents(ctx context.Context, client kubernetes.Interface, node string) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	return b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "duet-agent", Host: node}), b.Shutdown
-}
 
 // serveMetrics serves the agent's Prometheus metrics (pod setup stages,
 // proxy syncs, Go runtime) until ctx ends.
@@ -130,8 +120,11 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 			return err
 		}
 	}
-	recorder, stopEvents := nodeEvents(ctx, client, cfg.NodeName)
-	defer stopEvents()
+	// The agent's one broadcaster; events about the node, as the kubelet
+	// records them.
+	broadcaster := events.Start(ctx, client)
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.Recorder(corev1.EventSource{Component: "duet-agent", Host: cfg.NodeName})
 	nodeRef := &corev1.ObjectReference{Kind: "Node", Name: cfg.NodeName, UID: types.UID(cfg.NodeName)}
 	if !cfg.NoProxy {
 		plog := log.With("component", "proxy")

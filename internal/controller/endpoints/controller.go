@@ -28,12 +28,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
@@ -42,6 +39,7 @@ import (
 	endpointsliceutil "k8s.io/endpointslice/util"
 	"k8s.io/klog/v2"
 
+	"github.com/duet-net/duet/internal/controller/events"
 	"github.com/duet-net/duet/internal/controller/selectorindex"
 	"github.com/duet-net/duet/internal/controller/worker"
 )
@@ -70,7 +68,7 @@ type Options struct {
 	// backoff after a failed sync (defaults 100ms and 5m).
 	RetryBaseDelay, RetryMaxDelay time.Duration
 	// Recorder receives the warnings about Endpoints that could not be
-	// written; nil drops them (see NewEventRecorder).
+	// written, as ControllerName; nil drops them.
 	Recorder record.EventRecorder
 }
 
@@ -135,7 +133,7 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 		recorder:  opts.Recorder,
 	}
 	if c.recorder == nil {
-		c.recorder = discardEvents{}
+		c.recorder = events.Discard
 	}
 	handlers := []struct {
 		what     string
@@ -166,14 +164,6 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 		c.synced = append(c.synced, reg.HasSynced)
 	}
 	return c, nil
-}
-
-// NewEventRecorder returns a recorder that writes events through client as
-// the Endpoints controller, and a function that stops it.
-func NewEventRecorder(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: ControllerName}), b.Shutdown
 }
 
 func batchDelay(d time.Duration) time.Duration {
@@ -472,12 +462,4 @@ func (c *Controller) onEndpointsDelete(obj any) {
 	if svc, err := c.services.Services(ns).Get(name); err == nil && selects(svc) {
 		r.queue.Add(key)
 	}
-}
-
-// discardEvents is the recorder of a controller given none.
-type discardEvents struct{}
-
-func (discardEvents) Event(runtime.Object, string, string, string)          {}
-func (discardEvents) Eventf(runtime.Object, string, string, string, ...any) {}
-func (discardEvents) AnnotatedEventf(runtime.Object, map[string]string, string, string, string, ...any) {
 }

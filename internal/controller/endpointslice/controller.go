@@ -32,14 +32,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
@@ -50,6 +47,7 @@ import (
 	endpointsliceutil "k8s.io/endpointslice/util"
 	"k8s.io/klog/v2"
 
+	"github.com/duet-net/duet/internal/controller/events"
 	"github.com/duet-net/duet/internal/controller/selectorindex"
 	"github.com/duet-net/duet/internal/controller/worker"
 )
@@ -59,8 +57,11 @@ const (
 	// slices this controller owns. It is Kubernetes' value, so tools that
 	// look for the slices kube-controller-manager writes find Duet's.
 	ManagedBy = "endpointslice-controller.k8s.io"
-	// ControllerName names the controller in logs, events and its queue.
+	// ControllerName names the controller in logs and its queue.
 	ControllerName = "endpointslice-controller"
+	// EventComponent is the source of the controller's events, as
+	// Kubernetes' EndpointSlice controller spells it.
+	EventComponent = "endpoint-slice-controller"
 
 	// DefaultMaxEndpointsPerSlice is Kubernetes' default
 	// (--max-endpoints-per-slice).
@@ -95,7 +96,7 @@ type Options struct {
 	// at 1s too, as one sync may be many writes).
 	RetryBaseDelay, RetryMaxDelay time.Duration
 	// Recorder receives the warnings about Services whose slices could
-	// not be written; nil drops them (see NewEventRecorder).
+	// not be written, as EventComponent; nil drops them.
 	Recorder record.EventRecorder
 }
 
@@ -196,7 +197,7 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 		recorder:  opts.Recorder,
 	}
 	if c.recorder == nil {
-		c.recorder = discardEvents{}
+		c.recorder = events.Discard
 	}
 	// The reconciler counts its work in these; they are served with the
 	// server's other metrics from the legacy registry.
@@ -235,14 +236,6 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 		c.synced = append(c.synced, reg.HasSynced)
 	}
 	return c, nil
-}
-
-// NewEventRecorder returns a recorder that writes events through client as
-// the EndpointSlice controller, and a function that stops it.
-func NewEventRecorder(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "endpoint-slice-controller"}), b.Shutdown
 }
 
 func batchDelay(d time.Duration) time.Duration {
@@ -668,12 +661,4 @@ func (c *Controller) queueForSlice(r *runState, s *discovery.EndpointSlice) {
 		return // not labelled with a Service: nobody's slice to keep
 	}
 	r.queue.AddAfter(key, c.batch)
-}
-
-// discardEvents is the recorder of a controller given none.
-type discardEvents struct{}
-
-func (discardEvents) Event(runtime.Object, string, string, string)          {}
-func (discardEvents) Eventf(runtime.Object, string, string, string, ...any) {}
-func (discardEvents) AnnotatedEventf(runtime.Object, map[string]string, string, string, string, ...any) {
 }

@@ -39,8 +39,6 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -48,6 +46,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/apis/core"
+	"github.com/duet-net/duet/internal/controller/events"
 	"github.com/duet-net/duet/internal/controller/worker"
 )
 
@@ -81,8 +80,7 @@ type Controller struct {
 	lister corelisters.NamespaceLister
 	synced cache.InformerSynced
 
-	// recorder is where events go; Run creates one that writes through
-	// client unless a test set one.
+	// recorder is where events go.
 	recorder record.EventRecorder
 	// retryBase and retryMax bound the per-Namespace exponential backoff
 	// between reconciles of a Namespace that still has content or failed.
@@ -98,12 +96,17 @@ type Controller struct {
 }
 
 // New returns a controller for the Namespaces of nsInformer, writing
-// through client. It registers the informer's event handlers, so call it
-// before the informer factory starts; then call Run.
-func New(client kubernetes.Interface, nsInformer coreinformers.NamespaceInformer) *Controller {
+// through client and recording events to recorder (nil drops them). It
+// registers the informer's event handlers, so call it before the informer
+// factory starts; then call Run.
+func New(client kubernetes.Interface, nsInformer coreinformers.NamespaceInformer, recorder record.EventRecorder) *Controller {
+	if recorder == nil {
+		recorder = events.Discard
+	}
 	c := &Controller{
 		client:             client,
 		lister:             nsInformer.Lister(),
+		recorder:           recorder,
 		retryBase:          100 * time.Millisecond,
 		retryMax:           30 * time.Second,
 		noDeleteCollection: map[schema.GroupResource]bool{},
@@ -145,13 +148,6 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	ctx = klog.NewContext(ctx, logger)
 	if workers < 1 {
 		workers = 1
-	}
-	if c.recorder == nil {
-		b := record.NewBroadcaster(record.WithContext(ctx))
-		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.client.CoreV1().Events("")})
-		defer b.Shutdown()
-		c.recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: ControllerName})
-		defer func() { c.recorder = nil }()
 	}
 	q := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](c.retryBase, c.retryMax),

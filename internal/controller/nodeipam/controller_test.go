@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/duet-net/duet/internal/alloc"
+	broadcast "github.com/duet-net/duet/internal/controller/events"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
@@ -393,9 +394,9 @@ func TestExhaustedNodeWaitsAndGetsReleasedCIDRs(t *testing.T) {
 	c := newCluster(t, "10.244.0.0/23,fd00::/48", netaddr.NodeMaskFlags{}, nil,
 		Options{RetryBaseDelay: time.Hour, RetryMaxDelay: time.Hour}, node("a"), node("b"))
 	// Events go through the real broadcaster to the API, as in the server.
-	recorder, stopEvents := NewEventRecorder(ctx, c.client)
-	t.Cleanup(stopEvents)
-	c.ctrl.recorder = recorder
+	b := broadcast.Start(ctx, c.client)
+	t.Cleanup(b.Shutdown)
+	c.ctrl.recorder = b.Recorder(v1.EventSource{Component: ControllerName})
 	c.run()
 	aCIDRs := c.waitAssigned("a")
 	c.waitAssigned("b")
