@@ -86,8 +86,7 @@ type Controller struct {
 	// between reconciles of a Namespace that still has content or failed.
 	retryBase, retryMax time.Duration
 
-	qmu   sync.Mutex
-	queue workqueue.TypedRateLimitingInterface[string] // nil unless running
+	queue worker.Slot[string]
 
 	// noDeleteCollection is the resources whose DeleteCollection the
 	// server refused as unsupported; they are emptied one by one.
@@ -131,11 +130,7 @@ func (c *Controller) enqueueObject(obj any) {
 	if !ok || ns.DeletionTimestamp == nil {
 		return // only deleted Namespaces have anything to do
 	}
-	c.qmu.Lock()
-	defer c.qmu.Unlock()
-	if c.queue != nil {
-		c.queue.Add(ns.Name)
-	}
+	c.queue.Add(ns.Name)
 }
 
 // Run reconciles deleted Namespaces with workers goroutines until ctx is
@@ -146,22 +141,11 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	defer utilruntime.HandleCrash()
 	logger := klog.FromContext(ctx).WithName(ControllerName)
 	ctx = klog.NewContext(ctx, logger)
-	if workers < 1 {
-		workers = 1
-	}
 	q := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](c.retryBase, c.retryMax),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "namespace"},
 	)
-	c.qmu.Lock()
-	c.queue = q
-	c.qmu.Unlock()
-	defer func() {
-		c.qmu.Lock()
-		c.queue = nil
-		c.qmu.Unlock()
-		q.ShutDown()
-	}()
+	defer c.queue.Fill(q)()
 
 	logger.Info("Starting")
 	defer logger.Info("Stopped")

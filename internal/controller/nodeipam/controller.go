@@ -89,8 +89,7 @@ type Controller struct {
 	recorder record.EventRecorder
 	opts     Options
 
-	qmu   sync.Mutex
-	queue workqueue.TypedRateLimitingInterface[string] // nil unless running
+	queue worker.Slot[string]
 
 	// mu serializes every allocator call and every change to the state
 	// below; a node CIDR is allocated or occupied and attributed to its
@@ -197,11 +196,7 @@ func (c *Controller) enqueueObject(obj any) {
 // enqueue adds a Node name to the queue of a running controller; while it
 // is not running, Run lists every Node when it starts instead.
 func (c *Controller) enqueue(name string) {
-	c.qmu.Lock()
-	defer c.qmu.Unlock()
-	if c.queue != nil {
-		c.queue.Add(name)
-	}
+	c.queue.Add(name)
 }
 
 // Run recovers the allocation state and then reconciles Nodes with
@@ -214,22 +209,11 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	defer utilruntime.HandleCrash()
 	logger := klog.FromContext(ctx).WithName(ControllerName)
 	ctx = klog.NewContext(ctx, logger)
-	if workers < 1 {
-		workers = 1
-	}
 	q := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](c.opts.RetryBaseDelay, c.opts.RetryMaxDelay),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "nodeipam"},
 	)
-	c.qmu.Lock()
-	c.queue = q
-	c.qmu.Unlock()
-	defer func() {
-		c.qmu.Lock()
-		c.queue = nil
-		c.qmu.Unlock()
-		q.ShutDown()
-	}()
+	defer c.queue.Fill(q)()
 
 	logger.Info("Starting", "clusterCIDRs", c.cidrs.CIDRs, "nodeMaskSizes", c.cidrs.NodeMaskSizes)
 	defer logger.Info("Stopped")

@@ -43,6 +43,40 @@ type Options struct {
 	Waiting   string
 }
 
+// Slot holds the queue of the Run in progress of a controller that may be
+// run again (after leadership is regained): nil between runs, so that
+// event handlers add keys to the current run's queue, and drop what comes
+// between runs, which a Run starts by listing anyway.
+type Slot[T comparable] struct {
+	mu sync.Mutex
+	q  workqueue.TypedRateLimitingInterface[T]
+}
+
+// Fill makes q the current queue, and returns the function that empties
+// the slot and shuts q down, for the Run to defer.
+func (s *Slot[T]) Fill(q workqueue.TypedRateLimitingInterface[T]) (release func()) {
+	s.mu.Lock()
+	s.q = q
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if s.q == q {
+			s.q = nil
+		}
+		s.mu.Unlock()
+		q.ShutDown()
+	}
+}
+
+// Add adds key to the current queue, if a Run is in progress.
+func (s *Slot[T]) Add(key T) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.q != nil {
+		s.q.Add(key)
+	}
+}
+
 // Run reconciles keys from q with workers goroutines (at least one) until
 // q is shut down. It shuts q down when ctx is done, and returns once every
 // worker has returned.

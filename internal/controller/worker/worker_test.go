@@ -179,3 +179,28 @@ func TestWithSlog(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// A Slot passes keys to the queue of the Run in progress and drops them
+// between runs.
+func TestSlot(t *testing.T) {
+	var s Slot[string]
+	s.Add("before") // no Run: dropped
+	q := newQueue()
+	release := s.Fill(q)
+	s.Add("during")
+	if q.Len() != 1 {
+		t.Fatalf("queue holds %d keys, want only the one added during the Run", q.Len())
+	}
+	release()
+	if !q.ShuttingDown() {
+		t.Error("release left the queue open")
+	}
+	s.Add("after") // dropped, and no panic on the shut-down queue
+	next := newQueue()
+	defer next.ShutDown()
+	defer s.Fill(next)()
+	s.Add("next run")
+	if key, _ := next.Get(); key != "next run" {
+		t.Errorf("the next Run's queue got %q", key)
+	}
+}
