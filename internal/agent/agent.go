@@ -24,11 +24,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/component-base/metrics/legacyregistry"
 
@@ -37,6 +34,8 @@ import (
 	"github.com/duet-net/duet/internal/agent/pods"
 	"github.com/duet-net/duet/internal/agent/proxy"
 	"github.com/duet-net/duet/internal/agent/routes"
+	"github.com/duet-net/duet/internal/controller/events"
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 // Config is one agent's configuration.
@@ -75,14 +74,6 @@ const (
 	ReasonMasqApplied = "MasqueradeConfigApplied"
 	ReasonProxyFailed = "ServiceProxyFailed"
 )
-
-// nodeEvents returns a recorder of events about the node, as the kubelet
-// records them.
-func nodeEvents(ctx context.Context, client kubernetes.Interface, node string) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	return b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "duet-agent", Host: node}), b.Shutdown
-}
 
 // serveMetrics serves the agent's Prometheus metrics (pod setup stages,
 // proxy syncs, Go runtime) until ctx ends.
@@ -129,8 +120,11 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 			return err
 		}
 	}
-	recorder, stopEvents := nodeEvents(ctx, client, cfg.NodeName)
-	defer stopEvents()
+	// The agent's one broadcaster; events about the node, as the kubelet
+	// records them.
+	broadcaster := events.Start(ctx, client)
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.Recorder(corev1.EventSource{Component: "duet-agent", Host: cfg.NodeName})
 	nodeRef := &corev1.ObjectReference{Kind: "Node", Name: cfg.NodeName, UID: types.UID(cfg.NodeName)}
 	if !cfg.NoProxy {
 		plog := log.With("component", "proxy")
@@ -197,31 +191,19 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 		return err
 	}
 
-	go func() {
-		<-ctx.Done()
-		queue.ShutDown()
-	}()
-	for {
-		key, quit := queue.Get()
-		if quit {
-			return nil
-		}
+	syncRoutes := func(context.Context, string) error {
 		all, err := nodes.Lister().List(labels.Everything())
-		if err == nil {
-			var added, deleted int
-			added, deleted, err = programmer.Sync(routes.Desired(cfg.NodeName, all))
-			if added+deleted > 0 {
-				log.Info("routes synced", "added", added, "deleted", deleted)
-			}
-		}
 		if err != nil {
-			log.Error("syncing routes", "err", err)
-			queue.AddRateLimited(key)
-		} else {
-			queue.Forget(key)
+			return err
 		}
-		queue.Done(key)
+		added, deleted, err := programmer.Sync(routes.Desired(cfg.NodeName, all))
+		if added+deleted > 0 {
+			log.Info("routes synced", "added", added, "deleted", deleted)
+		}
+		return err
 	}
+	worker.Run(worker.WithSlog(ctx, log), queue, 1, syncRoutes, worker.Options{Failed: "Syncing routes failed; will retry"})
+	return nil
 }
 
 // runPods starts the pod loop: it waits for the node's pod CIDRs, removes
@@ -330,25 +312,9 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 				queue.Add(p.Namespace + "/" + p.Name)
 			}
 		}, 30*time.Second)
-		for i := 0; i < 8; i++ {
-			go func() {
-				for {
-					key, quit := queue.Get()
-					if quit {
-						return
-					}
-					err := syncPod(ctx, mgr, podInformer.Lister(), key, uids, &uidsMu)
-					if err != nil {
-						log.Error("syncing pod", "pod", key, "err", err)
-						queue.AddRateLimited(key)
-					} else {
-						queue.Forget(key)
-					}
-					queue.Done(key)
-				}
-			}()
-		}
-		<-ctx.Done()
+		worker.Run(worker.WithSlog(ctx, log), queue, 8, func(ctx context.Context, key string) error {
+			return syncPod(ctx, mgr, podInformer.Lister(), key, uids, &uidsMu)
+		}, worker.Options{KeyName: "pod", Failed: "Syncing pod failed; will retry"})
 	}()
 	return nil
 }

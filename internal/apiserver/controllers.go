@@ -15,8 +15,6 @@ import (
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
@@ -26,6 +24,7 @@ import (
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/controller/endpoints"
 	"github.com/duet-net/duet/internal/controller/endpointslice"
+	"github.com/duet-net/duet/internal/controller/events"
 	"github.com/duet-net/duet/internal/controller/lbipam"
 	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
@@ -70,13 +69,14 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 		cancel()
 	}()
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	// The process's one event broadcaster: every controller records
+	// through it, in every leadership term.
+	broadcaster := events.Start(ctx, client)
 	repair := &service.Repair{
 		Client:   client,
 		Records:  s.ipStore.ListAll,
 		Ranges:   s.serviceRanges,
-		Recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ipallocator-repair-controller"}),
+		Recorder: broadcaster.Recorder(corev1.EventSource{Component: "ipallocator-repair-controller"}),
 		Interval: s.cfg.RepairInterval,
 		// A create may store its Service until its request times out,
 		// a minute after it began (the API server's default timeout).
@@ -154,7 +154,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 				Callbacks: leaderelection.LeaderCallbacks{
 					OnStartedLeading: func(leaderCtx context.Context) {
 						klog.InfoS("leading: starting cluster-wide controllers", "identity", id)
-						s.runLeaderControllers(leaderCtx, client, allocators, store)
+						s.runLeaderControllers(leaderCtx, client, broadcaster, allocators, store)
 					},
 					OnStoppedLeading: func() { klog.InfoS("no longer leading", "identity", id) },
 				},
@@ -166,40 +166,33 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 
 // runLeaderControllers runs until leadership is lost; every start builds
 // its state afresh from the API and the store.
-func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Interface, allocators []*alloc.NodeCIDRs, store alloc.Store) {
+func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Interface, broadcaster *events.Broadcaster, allocators []*alloc.NodeCIDRs, store alloc.Store) {
+	recorder := func(component string) record.EventRecorder {
+		return broadcaster.Recorder(corev1.EventSource{Component: component})
+	}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trim.ForControllers))
 	var wg sync.WaitGroup
-	ns := namespace.New(client, factory.Core().V1().Namespaces())
+	ns := namespace.New(client, factory.Core().V1().Namespaces(), recorder(namespace.ControllerName))
 	wg.Go(func() { ns.Run(ctx, 2) })
-	schedBroadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	schedBroadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	defer schedBroadcaster.Shutdown()
-	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(),
-		schedBroadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: scheduler.Name}))
+	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), recorder(scheduler.Name))
 	wg.Go(func() { sched.Run(ctx, 8) })
 	if len(allocators) > 0 {
-		recorder, stop := nodeipam.NewEventRecorder(ctx, client)
-		defer stop()
-		ipam, err := nodeipam.New(client, factory.Core().V1().Nodes(), s.cfg.ClusterCIDRs, allocators, store, recorder, nodeipam.Options{})
+		ipam, err := nodeipam.New(client, factory.Core().V1().Nodes(), s.cfg.ClusterCIDRs, allocators, store, recorder(nodeipam.ControllerName), nodeipam.Options{})
 		if err != nil {
 			klog.ErrorS(err, "starting node IPAM")
 		} else {
 			wg.Go(func() { ipam.Run(ctx, 2) })
 		}
 	}
-	sliceRecorder, stopSliceEvents := endpointslice.NewEventRecorder(ctx, client)
-	defer stopSliceEvents()
 	slices, err := endpointslice.New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(),
-		factory.Core().V1().Nodes(), factory.Discovery().V1().EndpointSlices(), endpointslice.Options{Recorder: sliceRecorder})
+		factory.Core().V1().Nodes(), factory.Discovery().V1().EndpointSlices(), endpointslice.Options{Recorder: recorder(endpointslice.EventComponent)})
 	if err != nil {
 		klog.ErrorS(err, "starting the EndpointSlice controller")
 	} else {
 		wg.Go(func() { slices.Run(ctx, 4) })
 	}
-	epRecorder, stopEpEvents := endpoints.NewEventRecorder(ctx, client)
-	defer stopEpEvents()
 	eps, err := endpoints.New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(),
-		factory.Core().V1().Endpoints(), endpoints.Options{Recorder: epRecorder})
+		factory.Core().V1().Endpoints(), endpoints.Options{Recorder: recorder(endpoints.ControllerName)})
 	if err != nil {
 		klog.ErrorS(err, "starting the Endpoints controller")
 	} else {
@@ -208,12 +201,8 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 	if len(s.cfg.LBPools) > 0 {
 		lbStore, err := etcdstore.New(s.etcdClient, "/duet/allocations/lbips/")
 		if err == nil {
-			lbBroadcaster := record.NewBroadcaster(record.WithContext(ctx))
-			lbBroadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-			defer lbBroadcaster.Shutdown()
 			var lb *lbipam.Controller
-			lb, err = lbipam.New(client, factory.Core().V1().Services(), s.cfg.LBPools, lbStore,
-				lbBroadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: lbipam.ControllerName}))
+			lb, err = lbipam.New(client, factory.Core().V1().Services(), s.cfg.LBPools, lbStore, recorder(lbipam.ControllerName))
 			if err == nil {
 				wg.Go(func() { lb.Run(ctx, 2) })
 			}

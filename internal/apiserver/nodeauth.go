@@ -3,6 +3,8 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -10,6 +12,9 @@ import (
 	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	kubeletapis "k8s.io/kubelet/pkg/apis"
+
+	"github.com/duet-net/duet/internal/pki"
 )
 
 // Node identities are client certificates with CN system:node:NAME in the
@@ -18,7 +23,7 @@ import (
 // and change only their own Node, their own Lease, and the pods bound to
 // them.
 
-const nodeUserPrefix = "system:node:"
+const nodeUserPrefix = pki.NodeUserPrefix
 
 // NodeName returns the node a user is, if it is one.
 func NodeName(u user.Info) (string, bool) {
@@ -102,6 +107,9 @@ func (n *nodeRestriction) Validate(ctx context.Context, a admission.Attributes, 
 		if a.GetName() != node {
 			return forbid("modify node %q", a.GetName())
 		}
+		if labels := forbiddenNodeLabels(a); len(labels) > 0 {
+			return forbid("modify labels %s (only an administrator may set node-restriction.kubernetes.io/* labels, and kubernetes.io/* or k8s.io/* labels other than the kubelet's own)", strings.Join(labels, ", "))
+		}
 	case res == "leases" && a.GetOperation() == admission.Create:
 		if a.GetName() != node {
 			return forbid("create lease %q", a.GetName())
@@ -120,8 +128,67 @@ func (n *nodeRestriction) Validate(ctx context.Context, a admission.Attributes, 
 		if pod.Spec.NodeName != node {
 			return forbid("modify pod %s/%s, which is bound to %q", a.GetNamespace(), a.GetName(), pod.Spec.NodeName)
 		}
+		// A status write may change labels, as in Kubernetes, but a node
+		// relabelling its pods could move them into or out of Services.
+		if cur, ok := a.GetObject().(*corev1.Pod); ok && a.GetSubresource() == "status" && !maps.Equal(cur.Labels, pod.Labels) {
+			return forbid("change the labels of pod %s/%s through its status", a.GetNamespace(), a.GetName())
+		}
 	}
 	return nil
+}
+
+// forbiddenNodeLabels returns, sorted, the labels a create or update of a
+// Node adds, removes or changes that a node may not touch on its own Node,
+// as Kubernetes' NodeRestriction admission decides them: labels under
+// node-restriction.kubernetes.io (and its subdomains) are how an
+// administrator marks nodes that workloads may trust, and any other
+// kubernetes.io or k8s.io label outside the set kubelets set themselves
+// (kubernetes.io/hostname, topology, os and arch, and the kubelet.kubernetes.io
+// and node.kubernetes.io namespaces) could steer workloads to the node,
+// node-role.kubernetes.io/* among them. Other labels are the node's own.
+func forbiddenNodeLabels(a admission.Attributes) []string {
+	var have, had map[string]string
+	if n, ok := a.GetObject().(*corev1.Node); ok {
+		have = n.Labels
+	}
+	if n, ok := a.GetOldObject().(*corev1.Node); ok && a.GetOperation() == admission.Update {
+		had = n.Labels
+	}
+	changed := map[string]bool{}
+	for k, v := range have {
+		if w, ok := had[k]; !ok || v != w {
+			changed[k] = true
+		}
+	}
+	for k := range had {
+		if _, ok := have[k]; !ok {
+			changed[k] = true
+		}
+	}
+	var out []string
+	for k := range changed {
+		if !nodeMaySetLabel(k) {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// nodeMaySetLabel reports whether a node may set label key on its own Node.
+func nodeMaySetLabel(key string) bool {
+	prefix, _, ok := strings.Cut(key, "/")
+	if !ok {
+		return true // no prefix: a user's label
+	}
+	under := func(domain string) bool { return prefix == domain || strings.HasSuffix(prefix, "."+domain) }
+	if under(corev1.LabelNamespaceNodeRestriction) {
+		return false
+	}
+	if under("kubernetes.io") || under("k8s.io") {
+		return kubeletapis.IsKubeletLabel(key)
+	}
+	return true
 }
 
 var _ admission.ValidationInterface = &nodeRestriction{}

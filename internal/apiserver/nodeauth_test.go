@@ -2,11 +2,13 @@ package apiserver
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -103,6 +105,121 @@ func TestNodeRestrictionAdmission(t *testing.T) {
 			err := nr.Validate(context.Background(), attrs, nil)
 			if denied := err != nil; denied != tt.wantDenied {
 				t.Fatalf("denied = %v (%v), want %v", denied, err, tt.wantDenied)
+			}
+			if err != nil && !apierrors.IsForbidden(err) {
+				t.Fatalf("error is not Forbidden: %v", err)
+			}
+		})
+	}
+}
+
+func nodeWithLabels(name string, labels map[string]string) *corev1.Node {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+}
+
+// A node may label its own Node as a kubelet does, but not with the labels
+// NodeRestriction keeps for administrators, neither when it registers nor
+// by changing or removing them later.
+func TestNodeRestrictionLabels(t *testing.T) {
+	nr := &nodeRestriction{}
+	kubelet := map[string]string{
+		corev1.LabelHostname: "n1", corev1.LabelOSStable: "linux", corev1.LabelArchStable: "amd64",
+		corev1.LabelTopologyZone: "z1", "node.kubernetes.io/exclude-from-external-load-balancers": "",
+		"kubelet.kubernetes.io/x": "y", "example.com/rack": "r1", "plain": "yes",
+	}
+	with := func(extra map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range kubelet {
+			out[k] = v
+		}
+		for k, v := range extra {
+			out[k] = v
+		}
+		return out
+	}
+	tests := []struct {
+		name       string
+		op         admission.Operation
+		old, cur   map[string]string
+		wantDenied []string // the labels the error names
+	}{
+		{"registering with the kubelet's labels", admission.Create, nil, kubelet, nil},
+		{"registering with node-role", admission.Create, nil, with(map[string]string{"node-role.kubernetes.io/control-plane": ""}),
+			[]string{"node-role.kubernetes.io/control-plane"}},
+		{"registering with a node-restriction label", admission.Create, nil, with(map[string]string{"node-restriction.kubernetes.io/trusted": "yes"}),
+			[]string{"node-restriction.kubernetes.io/trusted"}},
+		{"a subdomain of node-restriction.kubernetes.io", admission.Create, nil, with(map[string]string{"team.node-restriction.kubernetes.io/x": "1"}),
+			[]string{"team.node-restriction.kubernetes.io/x"}},
+		{"an unknown k8s.io label", admission.Create, nil, with(map[string]string{"example.k8s.io/x": "1"}), []string{"example.k8s.io/x"}},
+		{"adding node-role on update", admission.Update, kubelet, with(map[string]string{"node-role.kubernetes.io/worker": ""}),
+			[]string{"node-role.kubernetes.io/worker"}},
+		{"changing a node-restriction label an administrator set", admission.Update,
+			with(map[string]string{"node-restriction.kubernetes.io/pool": "a"}), with(map[string]string{"node-restriction.kubernetes.io/pool": "b"}),
+			[]string{"node-restriction.kubernetes.io/pool"}},
+		{"removing node-role an administrator set", admission.Update, with(map[string]string{"node-role.kubernetes.io/worker": ""}), kubelet,
+			[]string{"node-role.kubernetes.io/worker"}},
+		{"keeping node-role an administrator set while updating others", admission.Update,
+			with(map[string]string{"node-role.kubernetes.io/worker": ""}), with(map[string]string{"node-role.kubernetes.io/worker": "", "plain": "changed"}), nil},
+		{"changing its own labels", admission.Update, kubelet, with(map[string]string{"example.com/rack": "r2", corev1.LabelTopologyZone: "z2"}), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var old runtime.Object
+			if tt.old != nil {
+				old = nodeWithLabels("n1", tt.old)
+			}
+			attrs := admission.NewAttributesRecord(nodeWithLabels("n1", tt.cur), old, schema.GroupVersionKind{Version: "v1", Kind: "Node"}, "", "n1",
+				schema.GroupVersionResource{Version: "v1", Resource: "nodes"}, "", tt.op, nil, false, nodeUser("n1"))
+			err := nr.Validate(context.Background(), attrs, nil)
+			if len(tt.wantDenied) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !apierrors.IsForbidden(err) {
+				t.Fatalf("err = %v, want a Forbidden error", err)
+			}
+			for _, l := range tt.wantDenied {
+				if !strings.Contains(err.Error(), l) {
+					t.Errorf("error %q does not name label %s", err, l)
+				}
+			}
+		})
+	}
+	// An administrator labels any Node as it likes.
+	admin := &user.DefaultInfo{Name: "admin", Groups: []string{user.SystemPrivilegedGroup}}
+	attrs := admission.NewAttributesRecord(nodeWithLabels("n1", with(map[string]string{"node-role.kubernetes.io/worker": ""})), nodeWithLabels("n1", kubelet),
+		schema.GroupVersionKind{Version: "v1", Kind: "Node"}, "", "n1", schema.GroupVersionResource{Version: "v1", Resource: "nodes"}, "", admission.Update, nil, false, admin)
+	if err := nr.Validate(context.Background(), attrs, nil); err != nil {
+		t.Errorf("an administrator may not set node-role: %v", err)
+	}
+}
+
+// A status write may change labels, but a node may not relabel the pods
+// bound to it that way: that would move them into or out of Services.
+func TestNodeMayNotRelabelPodsThroughStatus(t *testing.T) {
+	stored := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "mine", Namespace: "default", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{NodeName: "n1"}}
+	nr := &nodeRestriction{}
+	for _, tt := range []struct {
+		name   string
+		labels map[string]string
+		denied bool
+	}{
+		{"same labels", map[string]string{"app": "web"}, false},
+		{"changed label", map[string]string{"app": "db"}, true},
+		{"added label", map[string]string{"app": "web", "x": "y"}, true},
+		{"removed labels", nil, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cur := stored.DeepCopy()
+			cur.Labels = tt.labels
+			attrs := admission.NewAttributesRecord(cur, stored, schema.GroupVersionKind{Version: "v1", Kind: "Pod"}, "default", "mine",
+				schema.GroupVersionResource{Version: "v1", Resource: "pods"}, "status", admission.Update, nil, false, nodeUser("n1"))
+			err := nr.Validate(context.Background(), attrs, nil)
+			if denied := err != nil; denied != tt.denied {
+				t.Fatalf("denied = %v (%v), want %v", denied, err, tt.denied)
 			}
 			if err != nil && !apierrors.IsForbidden(err) {
 				t.Fatalf("error is not Forbidden: %v", err)

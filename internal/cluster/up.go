@@ -23,9 +23,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/duet-net/duet/internal/apiserver"
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/netns"
+	"github.com/duet-net/duet/internal/pki"
 )
 
 // Defaults of `duet up`, IPv4 primary.
@@ -155,7 +155,7 @@ func Up(ctx context.Context, o Options) (err error) {
 		if err := os.MkdirAll(filepath.Dir(nodeKubeconfig), 0o700); err != nil {
 			return err
 		}
-		if err := apiserver.WriteNodeKubeconfig(o.DataDir, n.Name, nodeKubeconfig); err != nil {
+		if err := pki.WriteNodeKubeconfig(o.DataDir, n.Name, nodeKubeconfig); err != nil {
 			return err
 		}
 		ips := []netip.Addr{n.IPv4, n.IPv6}

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
@@ -138,6 +139,39 @@ func WriteKubeconfig(path, server, caFile, clusterName, user string, client Pair
 		return err
 	}
 	return writeAtomic(path, data, 0o600)
+}
+
+// NodeUserPrefix begins the user name of a node agent's client
+// certificate, system:node:NAME in the group system:nodes, the identity
+// Kubernetes' Node authorizer and NodeRestriction admission recognise.
+const NodeUserPrefix = "system:node:"
+
+// WriteNodeKubeconfig writes to path a kubeconfig for node name's agent:
+// a client certificate for system:node:NAME signed by the cluster CA in
+// dataDir/pki, for the server that dataDir/admin.kubeconfig points at
+// (both written by `duet server --data-dir dataDir`).
+func WriteNodeKubeconfig(dataDir, name, path string) error {
+	admin, err := clientcmd.LoadFromFile(filepath.Join(dataDir, "admin.kubeconfig"))
+	if err != nil {
+		return fmt.Errorf("reading the admin kubeconfig: %w", err)
+	}
+	current, ok := admin.Contexts[admin.CurrentContext]
+	if !ok {
+		return fmt.Errorf("the admin kubeconfig in %s has no current context", dataDir)
+	}
+	cluster, ok := admin.Clusters[current.Cluster]
+	if !ok {
+		return fmt.Errorf("the admin kubeconfig in %s names no cluster", dataDir)
+	}
+	ca, err := LoadOrCreateCA(filepath.Join(dataDir, "pki"), "duet-ca")
+	if err != nil {
+		return err
+	}
+	cred, err := ca.Issue(NodeUserPrefix+name, []string{user.NodesGroup}, nil, false)
+	if err != nil {
+		return err
+	}
+	return WriteKubeconfig(path, cluster.Server, ca.CertFile, "duet", NodeUserPrefix+name, cred)
 }
 
 func serial() *big.Int {

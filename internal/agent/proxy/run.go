@@ -17,6 +17,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 // Options configure the service proxy of one node.
@@ -145,32 +147,10 @@ func Run(ctx context.Context, client kubernetes.Interface, o Options) error {
 			}
 		}
 	}()
-	go func() {
-		<-ctx.Done()
-		queue.ShutDown()
-	}()
-
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				f, quit := queue.Get()
-				if quit {
-					return
-				}
-				if err := workers[f].sync(); err != nil {
-					workers[f].log.Error("syncing service proxy, will retry", "err", err)
-					queue.AddRateLimited(f)
-				} else {
-					queue.Forget(f)
-				}
-				queue.Done(f)
-			}
-		}()
-	}
-	wg.Wait()
+	// One worker per family: the queue never hands one family to two.
+	worker.Run(worker.WithSlog(ctx, log), queue, len(workers), func(_ context.Context, f Family) error {
+		return workers[f].sync()
+	}, worker.Options{KeyName: "family", Failed: "Syncing the service proxy failed; will retry"})
 	return nil
 }
 

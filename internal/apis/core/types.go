@@ -28,11 +28,14 @@ type Service struct {
 type ServiceSpec struct {
 	corev1.ServiceSpec `json:",inline"`
 
-	// ipFamily is the IP family of a single-stack Service as the original
-	// (1.16) dual-stack design spelled it: "IPv4" or "IPv6". It is kept in
-	// step with ipFamilies[0]: setting it requests a SingleStack Service of
-	// that family, and every Service read back reports it. Immutable once
-	// set, except when the Service becomes or stops being an ExternalName.
+	// ipFamily is the IP family of a Service as the original (1.16)
+	// dual-stack design spelled it: "IPv4" or "IPv6". It is the primary
+	// family, kept in step with ipFamilies[0]: setting it without an
+	// ipFamilyPolicy requests a SingleStack Service of that family (its 1.16
+	// meaning); with PreferDualStack or RequireDualStack it is the first of
+	// the Service's families. Every Service read back reports it. Immutable
+	// once set, except when the Service becomes or stops being an
+	// ExternalName.
 	// +optional
 	IPFamily *corev1.IPFamily `json:"ipFamily,omitempty"`
 }

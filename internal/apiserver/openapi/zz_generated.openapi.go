@@ -732,7 +732,7 @@ func schema_duet_internal_apis_core_ServiceSpec(ref common.ReferenceCallback) co
 					},
 					"ipFamily": {
 						SchemaProps: spec.SchemaProps{
-							Description: "ipFamily is the IP family of a single-stack Service as the original (1.16) dual-stack design spelled it: \"IPv4\" or \"IPv6\". It is kept in step with ipFamilies[0]: setting it requests a SingleStack Service of that family, and every Service read back reports it. Immutable once set, except when the Service becomes or stops being an ExternalName.\n\nPossible enum values:\n - `\"\"` indicates that this IP is unknown protocol\n - `\"IPv4\"` indicates that this IP is IPv4 protocol\n - `\"IPv6\"` indicates that this IP is IPv6 protocol",
+							Description: "ipFamily is the IP family of a Service as the original (1.16) dual-stack design spelled it: \"IPv4\" or \"IPv6\". It is the primary family, kept in step with ipFamilies[0]: setting it without an ipFamilyPolicy requests a SingleStack Service of that family (its 1.16 meaning); with PreferDualStack or RequireDualStack it is the first of the Service's families. Every Service read back reports it. Immutable once set, except when the Service becomes or stops being an ExternalName.\n\nPossible enum values:\n - `\"\"` indicates that this IP is unknown protocol\n - `\"IPv4\"` indicates that this IP is IPv4 protocol\n - `\"IPv6\"` indicates that this IP is IPv6 protocol",
 							Type:        []string{"string"},
 							Format:      "",
 							Enum:        []interface{}{"", "IPv4", "IPv6"},

@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -28,21 +27,19 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
-	endpointsliceutil "k8s.io/endpointslice/util"
 	"k8s.io/klog/v2"
 
-	"github.com/duet-net/duet/internal/controller/selectorindex"
+	"github.com/duet-net/duet/internal/controller/events"
+	"github.com/duet-net/duet/internal/controller/servicesync"
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 const (
@@ -54,7 +51,7 @@ const (
 	// DefaultBatchPeriod is how long a Pod or Endpoints change waits
 	// before its Service is synced, so that a burst costs one write per
 	// Service instead of one per Pod.
-	DefaultBatchPeriod = time.Second
+	DefaultBatchPeriod = servicesync.DefaultBatchPeriod
 	// truncated is the value of the over-capacity annotation.
 	truncated = "truncated"
 )
@@ -69,37 +66,27 @@ type Options struct {
 	// backoff after a failed sync (defaults 100ms and 5m).
 	RetryBaseDelay, RetryMaxDelay time.Duration
 	// Recorder receives the warnings about Endpoints that could not be
-	// written; nil drops them (see NewEventRecorder).
+	// written, as ControllerName; nil drops them.
 	Recorder record.EventRecorder
 }
 
 // Controller keeps the Endpoints of selector Services.
 type Controller struct {
-	client   kubernetes.Interface
-	pods     corelisters.PodLister
-	services corelisters.ServiceLister
-	// podIndex and svcIndex find a Service's Pods and a Pod's Services by
-	// label lookup (selectorindex), not by scanning the namespace.
-	podIndex, svcIndex cache.Indexer
-	endpoints          corelisters.EndpointsLister
-	synced             []cache.InformerSynced
-	// setupErr is why New could not watch an informer; Run reports it.
-	setupErr error
-	opts     Options
-	batch    time.Duration
-	recorder record.EventRecorder
-
-	// current is the state of the Run in progress, nil between runs:
-	// events that arrive with no Run are dropped, since a Run starts by
-	// enqueueing every Service anyway.
-	current atomic.Pointer[runState]
+	// loop queues the Services that Service and Pod changes affect and
+	// runs the workers (see servicesync).
+	loop      *servicesync.Loop[runState, *runState]
+	client    kubernetes.Interface
+	pods      corelisters.PodLister
+	services  corelisters.ServiceLister
+	endpoints corelisters.EndpointsLister
+	opts      Options
+	recorder  record.EventRecorder
 }
 
 // runState is what one Run builds from nothing, so that a controller that
 // loses and regains leadership trusts nothing from its previous term.
 type runState struct {
-	queue    workqueue.TypedRateLimitingInterface[string]
-	triggers *endpointsliceutil.TriggerTimeTracker
+	*servicesync.Run
 	// superseded is, per Service key, the resourceVersion of the
 	// Endpoints this run last replaced: the cache showing it again is
 	// behind this run's write.
@@ -116,140 +103,48 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 	if opts.RetryMaxDelay <= 0 {
 		opts.RetryMaxDelay = 5 * time.Minute
 	}
-	if err := selectorindex.AddPodIndex(pods.Informer()); err != nil {
-		return nil, err
-	}
-	if err := selectorindex.AddServiceIndex(services.Informer()); err != nil {
-		return nil, err
-	}
 	c := &Controller{
-		podIndex:  pods.Informer().GetIndexer(),
-		svcIndex:  services.Informer().GetIndexer(),
 		client:    client,
 		pods:      pods.Lister(),
 		services:  services.Lister(),
 		endpoints: endpoints.Lister(),
 		opts:      opts,
-		batch:     batchDelay(opts.BatchPeriod),
 		recorder:  opts.Recorder,
 	}
 	if c.recorder == nil {
-		c.recorder = discardEvents{}
+		c.recorder = events.Discard
 	}
-	handlers := []struct {
-		what     string
-		informer cache.SharedIndexInformer
-		h        cache.ResourceEventHandler
-	}{
-		{"Services", services.Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    c.onService,
-			UpdateFunc: func(_, cur any) { c.onService(cur) },
-			DeleteFunc: c.onService,
-		}},
-		{"Pods", pods.Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { c.onPod(nil, obj) },
-			UpdateFunc: c.onPod,
-			DeleteFunc: func(obj any) { c.onPod(obj, nil) },
-		}},
-		{"Endpoints", endpoints.Informer(), cache.ResourceEventHandlerFuncs{
+	loop, err := servicesync.New[runState](ControllerName, pods, services, servicesync.BatchDelay(opts.BatchPeriod),
+		servicesync.Handler{What: "Endpoints", Informer: endpoints.Informer(), Funcs: cache.ResourceEventHandlerFuncs{
 			UpdateFunc: c.onEndpointsUpdate,
 			DeleteFunc: c.onEndpointsDelete,
-		}},
+		}})
+	if err != nil {
+		return nil, err
 	}
-	for _, h := range handlers {
-		reg, err := h.informer.AddEventHandler(h.h)
-		if err != nil {
-			c.setupErr = errors.Join(c.setupErr, fmt.Errorf("watching %s: %w", h.what, err))
-			continue
-		}
-		c.synced = append(c.synced, reg.HasSynced)
-	}
+	c.loop = loop
 	return c, nil
-}
-
-// NewEventRecorder returns a recorder that writes events through client as
-// the Endpoints controller, and a function that stops it.
-func NewEventRecorder(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: ControllerName}), b.Shutdown
-}
-
-func batchDelay(d time.Duration) time.Duration {
-	switch {
-	case d == 0:
-		return DefaultBatchPeriod
-	case d < 0:
-		return 0
-	}
-	return d
 }
 
 func (c *Controller) newRunState() *runState {
 	return &runState{
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+		Run: servicesync.NewRun(workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](c.opts.RetryBaseDelay, c.opts.RetryMaxDelay),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "endpoint"}),
-		triggers:   endpointsliceutil.NewTriggerTimeTracker(),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "endpoint"})),
 		superseded: map[string]string{},
 	}
 }
 
-// Run reconciles Services with workers goroutines until ctx is done. It
-// is meant to run while this server holds the controllers' leader lease:
-// it starts from the informers' view of the API, not from anything an
-// earlier Run left in memory, so it may be called again after leadership
-// is regained (but not while another Run of the same Controller is in
-// progress).
+// Run reconciles Services with workers goroutines until ctx is done; it
+// may be called again after leadership is regained (see servicesync.Loop).
 func (c *Controller) Run(ctx context.Context, workers int) {
-	defer utilruntime.HandleCrash()
-	logger := klog.FromContext(ctx).WithName(ControllerName)
-	ctx = klog.NewContext(ctx, logger)
-	if c.setupErr != nil {
-		logger.Error(c.setupErr, "Not starting: the informers were stopped before the controller could watch them")
-		return
-	}
-	r := c.newRunState()
-	if !c.current.CompareAndSwap(nil, r) {
-		logger.Error(nil, "Run called while the controller is already running; ignoring")
-		return
-	}
-	var wg sync.WaitGroup
-	defer func() {
-		c.current.CompareAndSwap(r, nil)
-		r.queue.ShutDown()
-		wg.Wait()
-	}()
-
-	logger.Info("Starting", "batchPeriod", c.batch)
-	defer logger.Info("Stopped")
-	if !cache.WaitForNamedCacheSyncWithContext(ctx, c.synced...) {
-		return
-	}
-	if err := c.enqueueAll(r); err != nil {
-		// Listers read memory; this does not happen.
-		logger.Error(err, "Listing the Services and Endpoints to reconcile at start")
-	}
-	for range max(workers, 1) {
-		wg.Go(func() {
-			for c.processNext(ctx, r) {
-			}
-		})
-	}
-	<-ctx.Done()
+	c.loop.Run(ctx, workers, c.newRunState(), c.queueEndpoints, c.syncService, syncLogging)
 }
 
-// enqueueAll queues every Service, and the key of every Endpoints object:
-// one whose Service was deleted while no replica ran the controller is
-// deleted when its key finds no Service, as Kubernetes does at start.
-func (c *Controller) enqueueAll(r *runState) error {
-	services, err := c.services.List(labels.Everything())
-	if err != nil {
-		return fmt.Errorf("listing Services: %w", err)
-	}
-	for _, svc := range services {
-		r.queue.Add(svc.Namespace + "/" + svc.Name)
-	}
+// queueEndpoints queues the key of every Endpoints object: one whose
+// Service was deleted while no replica ran the controller is deleted when
+// its key finds no Service, as Kubernetes does at start.
+func (c *Controller) queueEndpoints(r *runState) error {
 	all, err := c.endpoints.List(labels.Everything())
 	if err != nil {
 		return fmt.Errorf("listing Endpoints: %w", err)
@@ -260,30 +155,17 @@ func (c *Controller) enqueueAll(r *runState) error {
 		if _, ok := ep.Annotations[resourcelock.LeaderElectionRecordAnnotationKey]; ok {
 			continue
 		}
-		r.queue.Add(ep.Namespace + "/" + ep.Name)
+		r.Queue.Add(ep.Namespace + "/" + ep.Name)
 	}
 	return nil
 }
 
-func (c *Controller) processNext(ctx context.Context, r *runState) bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
-	}
-	defer r.queue.Done(key)
-	err := c.syncService(ctx, r, key)
-	if err == nil {
-		r.queue.Forget(key)
-		return true
-	}
-	logger := klog.FromContext(ctx)
-	if errors.Is(err, errStaleCache) {
-		logger.V(4).Info("Endpoints cache behind this controller's writes; will retry", "service", key)
-	} else {
-		logger.Error(err, "Syncing Endpoints failed; will retry", "service", key)
-	}
-	r.queue.AddRateLimited(key)
-	return true
+// syncLogging is how failed syncs are logged: a cache behind this
+// controller's own writes is expected, and soon over.
+var syncLogging = worker.Options{
+	KeyName: "service", Failed: "Syncing Endpoints failed; will retry",
+	Expected:  func(err error) bool { return errors.Is(err, errStaleCache) },
+	ExpectedV: 4, Waiting: "Endpoints cache behind this controller's writes; will retry",
 }
 
 // errStaleCache means the informer still shows Endpoints this controller
@@ -292,36 +174,33 @@ func (c *Controller) processNext(ctx context.Context, r *runState) bool {
 var errStaleCache = errors.New("the Endpoints informer cache is out of date")
 
 func (c *Controller) syncService(ctx context.Context, r *runState, key string) error {
-	ns, name, err := cache.SplitMetaNamespaceKey(key)
-	if err != nil {
+	ns, name, svc, ok, err := c.loop.Service(key)
+	switch {
+	case !ok:
 		return nil // not a key this controller queued; retrying cannot help
-	}
-	svc, err := c.services.Services(ns).Get(name)
-	if apierrors.IsNotFound(err) {
+	case err != nil:
+		return err
+	case svc == nil:
 		// Kubernetes deletes the Endpoints of a deleted Service whoever
 		// wrote them.
 		err := c.client.CoreV1().Endpoints(ns).Delete(ctx, name, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("deleting the Endpoints of deleted Service %s: %w", key, err)
 		}
-		r.triggers.DeleteService(ns, name)
+		r.Triggers.DeleteService(ns, name)
 		r.forget(key)
 		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reading Service %s: %w", key, err)
-	}
-	if !selects(svc) {
+	case !selects(svc):
 		// Its Endpoints, if any, are whatever its owner writes.
 		return nil
 	}
-	pods, err := selectorindex.PodsFor(c.podIndex, ns, svc.Spec.Selector)
+	pods, err := c.loop.SelectedPods(svc)
 	if err != nil {
-		return fmt.Errorf("listing Pods of Service %s: %w", key, err)
+		return err
 	}
 	// Computed even when the sync writes nothing, so that the tracker's
 	// view of the Pods stays current.
-	trigger := r.triggers.ComputeEndpointLastChangeTriggerTime(ns, svc, pods)
+	trigger := r.Triggers.ComputeEndpointLastChangeTriggerTime(ns, svc, pods)
 	subsets, cut := truncate(desiredSubsets(klog.FromContext(ctx), svc, pods))
 	wantLabels := endpointsLabels(svc)
 
@@ -423,57 +302,26 @@ func (r *runState) forget(key string) {
 	delete(r.superseded, key)
 }
 
-func (c *Controller) onService(obj any) {
-	r := c.current.Load()
-	if r == nil {
-		return
-	}
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		utilruntime.HandleError(fmt.Errorf("queueing a changed Service: %w", err))
-		return
-	}
-	r.queue.Add(key)
-}
-
-// onPod queues the Services a Pod change may affect: those its labels
-// match now and matched before. old is nil for an added Pod, cur for a
-// deleted one.
-func (c *Controller) onPod(old, cur any) {
-	r := c.current.Load()
-	if r == nil {
-		return
-	}
-	services, err := selectorindex.ServicesToUpdate(c.svcIndex, endpointsliceutil.GetPodUpdateProjectionKey(old, cur))
-	if err != nil {
-		utilruntime.HandleError(fmt.Errorf("finding the Services of a changed Pod: %w", err))
-		return
-	}
-	for key := range services {
-		r.queue.AddAfter(key, c.batch)
-	}
-}
-
 // onEndpointsUpdate queues a Service whose Endpoints someone changed, so
 // that the change is undone (a sync after this controller's own write
 // finds nothing to do). Endpoints of Services this controller does not
 // write are left to their owners, even before their Service exists.
 func (c *Controller) onEndpointsUpdate(old, cur any) {
-	r := c.current.Load()
+	r := c.loop.Current()
 	prev, ok1 := old.(*v1.Endpoints)
 	ep, ok2 := cur.(*v1.Endpoints)
 	if r == nil || !ok1 || !ok2 || prev.ResourceVersion == ep.ResourceVersion {
 		return
 	}
 	if svc, err := c.services.Services(ep.Namespace).Get(ep.Name); err == nil && selects(svc) {
-		r.queue.AddAfter(ep.Namespace+"/"+ep.Name, c.batch)
+		r.Queue.AddAfter(ep.Namespace+"/"+ep.Name, c.loop.Batch())
 	}
 }
 
 // onEndpointsDelete queues the Service of deleted Endpoints that this
 // controller writes, so that they are written again.
 func (c *Controller) onEndpointsDelete(obj any) {
-	r := c.current.Load()
+	r := c.loop.Current()
 	if r == nil {
 		return
 	}
@@ -488,14 +336,6 @@ func (c *Controller) onEndpointsDelete(obj any) {
 		return
 	}
 	if svc, err := c.services.Services(ns).Get(name); err == nil && selects(svc) {
-		r.queue.Add(key)
+		r.Queue.Add(key)
 	}
-}
-
-// discardEvents is the recorder of a controller given none.
-type discardEvents struct{}
-
-func (discardEvents) Event(runtime.Object, string, string, string)          {}
-func (discardEvents) Eventf(runtime.Object, string, string, string, ...any) {}
-func (discardEvents) AnnotatedEventf(runtime.Object, map[string]string, string, string, string, ...any) {
 }

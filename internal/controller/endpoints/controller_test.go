@@ -5,11 +5,9 @@ package endpoints
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,9 +16,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
@@ -47,58 +42,18 @@ func testOptions() Options {
 	return Options{BatchPeriod: -1, RetryBaseDelay: 5 * time.Millisecond, RetryMaxDelay: 200 * time.Millisecond}
 }
 
-// service returns a ClusterIP Service of the given families selecting
-// app=<name>, with port "http" 80 → target port "http".
+// service is fakeapi.Service in the test namespace.
 func service(name string, families []v1.IPFamily, mutate ...func(*v1.Service)) *v1.Service {
-	s := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID("svc-" + name), Labels: map[string]string{"team": "net"}},
-		Spec: v1.ServiceSpec{
-			Type:       v1.ServiceTypeClusterIP,
-			Selector:   map[string]string{"app": name},
-			IPFamilies: families,
-			ClusterIP:  "10.96.0.10",
-			Ports:      []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP, TargetPort: intstr.FromString("http")}},
-		},
-	}
-	for _, m := range mutate {
-		m(s)
-	}
-	return s
+	return fakeapi.Service(ns, name, families, mutate...)
 }
 
 // pod returns a running Pod labelled app=<app> on node n1 with the given
 // IPs, whose container port "http" is httpPort (none if 0).
 func pod(name, app string, ready bool, httpPort int32, ips ...string) *v1.Pod {
-	p := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID("pod-" + name), Labels: map[string]string{"app": app}},
-		Spec:       v1.PodSpec{NodeName: "n1", Containers: []v1.Container{{Name: "c"}}},
-		Status:     v1.PodStatus{Phase: v1.PodRunning},
-	}
-	if httpPort != 0 {
-		p.Spec.Containers[0].Ports = []v1.ContainerPort{{Name: "http", ContainerPort: httpPort, Protocol: v1.ProtocolTCP}}
-	}
-	setReady(p, ready)
-	for _, ip := range ips {
-		p.Status.PodIPs = append(p.Status.PodIPs, v1.PodIP{IP: ip})
-	}
-	if len(ips) > 0 {
-		p.Status.PodIP = ips[0]
-	}
-	return p
+	return fakeapi.Pod(ns, name, app, "n1", ready, httpPort, ips...)
 }
 
-func setReady(p *v1.Pod, ready bool) {
-	status := v1.ConditionFalse
-	if ready {
-		status = v1.ConditionTrue
-	}
-	p.Status.Conditions = []v1.PodCondition{{Type: v1.PodReady, Status: status}}
-}
-
-func terminating(p *v1.Pod) *v1.Pod {
-	p.DeletionTimestamp = &metav1.Time{Time: time.Now()}
-	return p
-}
+var terminating = fakeapi.Terminating
 
 // addr is a line of summary: "ready|notReady <ip> <pod> ports=<name:port,...>".
 func addr(ready bool, ip, podName, ports string) string {
@@ -169,19 +124,7 @@ func newCluster(t *testing.T, opts Options, objs ...runtime.Object) *cluster {
 }
 
 func (c *cluster) start(workers int) (stop func()) {
-	ctx, cancel := context.WithCancel(c.ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.ctrl.Run(ctx, workers)
-	}()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			<-done
-		})
-	}
+	stop = fakeapi.Background(c.ctx, func(ctx context.Context) { c.ctrl.Run(ctx, workers) })
 	c.t.Cleanup(stop)
 	return stop
 }
@@ -206,13 +149,7 @@ func (c *cluster) get(name string) *v1.Endpoints {
 
 func (c *cluster) waitFor(what string, cond func() (bool, string)) {
 	c.t.Helper()
-	var last string
-	err := wait.PollUntilContextTimeout(c.ctx, 10*time.Millisecond, waitTimeout, true, func(context.Context) (bool, error) {
-		var ok bool
-		ok, last = cond()
-		return ok, nil
-	})
-	if err != nil {
+	if ok, last := fakeapi.Eventually(c.ctx, waitTimeout, cond); !ok {
 		c.t.Fatalf("%s: not reached within %v: %s", what, waitTimeout, last)
 	}
 }
@@ -238,18 +175,7 @@ func (c *cluster) updatePod(name string, mutate func(*v1.Pod)) {
 }
 
 func (c *cluster) tryUpdatePod(name string, mutate func(*v1.Pod)) error {
-	for {
-		p, err := c.client.CoreV1().Pods(ns).Get(c.ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		mutate(p)
-		_, err = c.client.CoreV1().Pods(ns).UpdateStatus(c.ctx, p, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) {
-			continue
-		}
-		return err
-	}
+	return fakeapi.UpdatePodStatus(c.ctx, c.client, ns, name, mutate)
 }
 
 func TestPrimaryFamilyOnly(t *testing.T) {
@@ -452,7 +378,7 @@ func TestPodChangesUpdateEndpoints(t *testing.T) {
 	}
 	c.waitEndpoints("web", []string{addr(true, "10.0.0.2", "b", "http:8080")})
 
-	c.updatePod("b", func(p *v1.Pod) { setReady(p, false) })
+	c.updatePod("b", func(p *v1.Pod) { fakeapi.SetReady(p, false) })
 	c.waitEndpoints("web", []string{addr(false, "10.0.0.2", "b", "http:8080")})
 
 	c.updatePod("b", func(p *v1.Pod) { p.Labels = map[string]string{"app": "elsewhere"} })
@@ -486,7 +412,7 @@ func TestServicesWithoutSelectorUntouched(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCluster(t, testOptions(), tc.svc, userEndpoints.DeepCopy(), pod("a", "ext", true, 8080, "10.0.0.1"))
-			if !cache.WaitForCacheSync(c.ctx.Done(), c.ctrl.synced...) {
+			if !cache.WaitForCacheSync(c.ctx.Done(), c.ctrl.loop.HasSynced) {
 				t.Fatal("caches did not sync")
 			}
 			c.client.ClearActions()
@@ -626,56 +552,19 @@ func TestConcurrentPodChurn(t *testing.T) {
 	c := newCluster(t, testOptions(), objs...)
 	c.start(4)
 
-	final := make([]struct{ exists, ready bool }, pods)
-	var wg sync.WaitGroup
-	for g := range 4 {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(g), 7))
-			for i := g; i < pods; i += 4 {
-				name := fmt.Sprintf("p%02d", i)
-				exists, ready := true, true
-				for range 8 {
-					switch rng.IntN(3) {
-					case 0:
-						if !exists {
-							continue
-						}
-						ready = !ready
-						r := ready
-						if err := c.tryUpdatePod(name, func(p *v1.Pod) { setReady(p, r) }); err != nil {
-							t.Error(err)
-						}
-					case 1:
-						if !exists {
-							continue
-						}
-						if err := c.client.CoreV1().Pods(ns).Delete(c.ctx, name, metav1.DeleteOptions{}); err != nil {
-							t.Error(err)
-						}
-						exists = false
-					case 2:
-						if exists {
-							continue
-						}
-						a4, a6 := addrs(i)
-						ready = rng.IntN(2) == 0
-						if _, err := c.client.CoreV1().Pods(ns).Create(c.ctx, pod(name, "web", ready, 8080, a4, a6), metav1.CreateOptions{}); err != nil {
-							t.Error(err)
-						}
-						exists = true
-					}
-				}
-				final[i].exists, final[i].ready = exists, ready
-			}
-		})
+	final, err := fakeapi.ChurnPods(c.ctx, c.client, ns, pods, 7, func(i int, ready bool) *v1.Pod {
+		a4, a6 := addrs(i)
+		return pod(fmt.Sprintf("p%02d", i), "web", ready, 8080, a4, a6)
+	})
+	if err != nil {
+		t.Error(err)
 	}
-	wg.Wait()
 
 	want := []string{}
 	for i, f := range final {
-		if f.exists {
+		if f.Exists {
 			_, a6 := addrs(i)
-			want = append(want, addr(f.ready, a6, fmt.Sprintf("p%02d", i), "http:8080"))
+			want = append(want, addr(f.Ready, a6, fmt.Sprintf("p%02d", i), "http:8080"))
 		}
 	}
 	sort.Strings(want)
@@ -717,13 +606,7 @@ func TestBurstIsBatched(t *testing.T) {
 	}
 	sort.Strings(want)
 	c.waitEndpoints("web", want)
-	writes := 0
-	for _, a := range c.client.Actions() {
-		if a.GetResource().Resource == "endpoints" && (a.GetVerb() == "create" || a.GetVerb() == "update") {
-			writes++
-		}
-	}
-	if writes > 3 {
+	if writes := fakeapi.Writes(c.client, "endpoints"); writes > 3 {
 		t.Errorf("30 new Pods within the batch period cost %d Endpoints writes, want at most 3", writes)
 	}
 }
@@ -731,6 +614,6 @@ func TestBurstIsBatched(t *testing.T) {
 // testRunState is the state of a Run for tests that drive syncs directly.
 func testRunState(t *testing.T, c *Controller) *runState {
 	r := c.newRunState()
-	t.Cleanup(r.queue.ShutDown)
+	t.Cleanup(r.Queue.ShutDown)
 	return r
 }

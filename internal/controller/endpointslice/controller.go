@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -32,14 +31,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
@@ -48,9 +44,11 @@ import (
 	endpointslicerec "k8s.io/endpointslice"
 	endpointslicemetrics "k8s.io/endpointslice/metrics"
 	endpointsliceutil "k8s.io/endpointslice/util"
-
-	"github.com/duet-net/duet/internal/controller/selectorindex"
 	"k8s.io/klog/v2"
+
+	"github.com/duet-net/duet/internal/controller/events"
+	"github.com/duet-net/duet/internal/controller/servicesync"
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 const (
@@ -58,8 +56,11 @@ const (
 	// slices this controller owns. It is Kubernetes' value, so tools that
 	// look for the slices kube-controller-manager writes find Duet's.
 	ManagedBy = "endpointslice-controller.k8s.io"
-	// ControllerName names the controller in logs, events and its queue.
+	// ControllerName names the controller in logs and its queue.
 	ControllerName = "endpointslice-controller"
+	// EventComponent is the source of the controller's events, as
+	// Kubernetes' EndpointSlice controller spells it.
+	EventComponent = "endpoint-slice-controller"
 
 	// DefaultMaxEndpointsPerSlice is Kubernetes' default
 	// (--max-endpoints-per-slice).
@@ -70,7 +71,7 @@ const (
 	// DefaultBatchPeriod is how long a Pod or EndpointSlice change waits
 	// before its Service is synced, so that a burst (a rollout, a node
 	// going away) costs one sync per Service instead of one per Pod.
-	DefaultBatchPeriod = time.Second
+	DefaultBatchPeriod = servicesync.DefaultBatchPeriod
 
 	// liveListAfter is how many failed syncs in a row make the next one
 	// read the Service's slices from the API server instead of the
@@ -94,46 +95,37 @@ type Options struct {
 	// at 1s too, as one sync may be many writes).
 	RetryBaseDelay, RetryMaxDelay time.Duration
 	// Recorder receives the warnings about Services whose slices could
-	// not be written; nil drops them (see NewEventRecorder).
+	// not be written, as EventComponent; nil drops them.
 	Recorder record.EventRecorder
 }
 
 // Controller keeps the EndpointSlices of selector Services.
 type Controller struct {
-	client   kubernetes.Interface
-	pods     corelisters.PodLister
-	services corelisters.ServiceLister
-	nodes    corelisters.NodeLister
-	slices   discoverylisters.EndpointSliceLister
+	// loop queues the Services that Service and Pod changes affect and
+	// runs the workers (see servicesync).
+	loop   *servicesync.Loop[runState, *runState]
+	client kubernetes.Interface
+	pods   corelisters.PodLister
+	nodes  corelisters.NodeLister
+	slices discoverylisters.EndpointSliceLister
 	// byService indexes slices by namespace/service-name label, so a sync
 	// reads its Service's slices without scanning the namespace's (a
 	// scan per sync made creating N Services cost O(N²)).
 	byService cache.Indexer
-	// podIndex and svcIndex find a Service's Pods and a Pod's Services by
-	// label lookup (selectorindex), not by scanning the namespace.
-	podIndex, svcIndex cache.Indexer
-	synced             []cache.InformerSynced
-	opts               Options
-	batch              time.Duration
-	recorder           record.EventRecorder
-
-	// current is the state of the Run in progress, nil between runs:
-	// events that arrive with no Run are dropped, since a Run starts by
-	// enqueueing every Service anyway.
-	current atomic.Pointer[runState]
+	opts      Options
+	recorder  record.EventRecorder
 }
 
 // runState is what one Run builds from nothing, so that a controller that
 // loses and regains leadership trusts nothing from its previous term.
 type runState struct {
-	queue workqueue.TypedRateLimitingInterface[string]
+	*servicesync.Run
 	// tracker remembers the slice generations and deletions this run
 	// wrote, to detect an informer cache that lags behind them.
 	tracker *endpointsliceutil.EndpointSliceTracker
 	// superseded covers for the tracker where the server keeps no
 	// generations (see supersededVersions).
 	superseded *supersededVersions
-	triggers   *endpointsliceutil.TriggerTimeTracker
 	reconciler *endpointslicerec.Reconciler
 	// untracked holds, per Service key, deleted slices the tracker did
 	// not know when their deletion was seen. A slice this run creates is
@@ -143,9 +135,6 @@ type runState struct {
 	// over.
 	untrackedMu sync.Mutex
 	untracked   map[string][]*discovery.EndpointSlice
-	// started is set once every Service has been queued; before that,
-	// node events need not look for the Services they affect.
-	started atomic.Bool
 }
 
 // New returns a controller over the given informers. It registers event
@@ -175,142 +164,62 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, services c
 	}}); err != nil {
 		return nil, fmt.Errorf("indexing EndpointSlices by Service: %w", err)
 	}
-	if err := selectorindex.AddPodIndex(pods.Informer()); err != nil {
-		return nil, err
-	}
-	if err := selectorindex.AddServiceIndex(services.Informer()); err != nil {
-		return nil, err
-	}
 	c := &Controller{
-		podIndex:  pods.Informer().GetIndexer(),
-		svcIndex:  services.Informer().GetIndexer(),
 		byService: slices.Informer().GetIndexer(),
 		client:    client,
 		pods:      pods.Lister(),
-		services:  services.Lister(),
 		nodes:     nodes.Lister(),
 		slices:    slices.Lister(),
 		opts:      opts,
-		batch:     batchDelay(opts.BatchPeriod),
 		recorder:  opts.Recorder,
 	}
 	if c.recorder == nil {
-		c.recorder = discardEvents{}
+		c.recorder = events.Discard
 	}
 	// The reconciler counts its work in these; they are served with the
 	// server's other metrics from the legacy registry.
 	endpointslicemetrics.RegisterMetrics()
 
-	handlers := []struct {
-		what     string
-		informer cache.SharedIndexInformer
-		h        cache.ResourceEventHandler
-	}{
-		{"Services", services.Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    c.onService,
-			UpdateFunc: func(_, cur any) { c.onService(cur) },
-			DeleteFunc: c.onService,
-		}},
-		{"Pods", pods.Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { c.onPod(nil, obj) },
-			UpdateFunc: c.onPod,
-			DeleteFunc: func(obj any) { c.onPod(obj, nil) },
-		}},
-		{"Nodes", nodes.Informer(), cache.ResourceEventHandlerFuncs{
+	loop, err := servicesync.New[runState](ControllerName, pods, services, servicesync.BatchDelay(opts.BatchPeriod),
+		servicesync.Handler{What: "Nodes", Informer: nodes.Informer(), Funcs: cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { c.onNode(nil, obj) },
 			UpdateFunc: c.onNode,
 		}},
-		{"EndpointSlices", slices.Informer(), cache.ResourceEventHandlerFuncs{
+		servicesync.Handler{What: "EndpointSlices", Informer: slices.Informer(), Funcs: cache.ResourceEventHandlerFuncs{
 			AddFunc:    c.onSliceAdd,
 			UpdateFunc: c.onSliceUpdate,
 			DeleteFunc: c.onSliceDelete,
-		}},
+		}})
+	if err != nil {
+		return nil, err
 	}
-	for _, h := range handlers {
-		reg, err := h.informer.AddEventHandler(h.h)
-		if err != nil {
-			return nil, fmt.Errorf("watching %s: %w", h.what, err)
-		}
-		c.synced = append(c.synced, reg.HasSynced)
-	}
+	c.loop = loop
 	return c, nil
 }
 
-// NewEventRecorder returns a recorder that writes events through client as
-// the EndpointSlice controller, and a function that stops it.
-func NewEventRecorder(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "endpoint-slice-controller"}), b.Shutdown
-}
-
-func batchDelay(d time.Duration) time.Duration {
-	switch {
-	case d == 0:
-		return DefaultBatchPeriod
-	case d < 0:
-		return 0
-	}
-	return d
-}
-
-// Run reconciles Services with workers goroutines until ctx is done. It
-// is meant to run while this server holds the controllers' leader lease:
-// it starts from the informers' view of the API, not from anything an
-// earlier Run left in memory, so it may be called again after leadership
-// is regained (but not while another Run of the same Controller is in
-// progress).
+// Run reconciles Services with workers goroutines until ctx is done; it
+// may be called again after leadership is regained (see servicesync.Loop).
 func (c *Controller) Run(ctx context.Context, workers int) {
-	defer utilruntime.HandleCrash()
-	logger := klog.FromContext(ctx).WithName(ControllerName)
-	ctx = klog.NewContext(ctx, logger)
-
-	r := c.newRunState()
-	if !c.current.CompareAndSwap(nil, r) {
-		logger.Error(nil, "Run called while the controller is already running; ignoring")
-		return
-	}
-	var wg sync.WaitGroup
-	defer func() {
-		c.current.CompareAndSwap(r, nil)
-		r.queue.ShutDown()
-		wg.Wait()
-	}()
-
-	logger.Info("Starting", "maxEndpointsPerSlice", c.opts.MaxEndpointsPerSlice, "batchPeriod", c.batch)
-	defer logger.Info("Stopped")
-	if !cache.WaitForNamedCacheSyncWithContext(ctx, c.synced...) {
-		return
-	}
-	if err := c.enqueueAll(r); err != nil {
-		// Listers read memory; this does not happen.
-		logger.Error(err, "Listing the Services and EndpointSlices to reconcile at start")
-	}
-	r.started.Store(true)
-
-	for range max(workers, 1) {
-		wg.Go(func() {
-			for c.processNext(ctx, r) {
-			}
-		})
-	}
-	<-ctx.Done()
+	c.loop.Run(ctx, workers, c.newRunState(), c.queueSlices, func(ctx context.Context, r *runState, key string) error {
+		err := c.syncService(ctx, r, key)
+		countSync(err)
+		return err
+	}, syncLogging, "maxEndpointsPerSlice", c.opts.MaxEndpointsPerSlice)
 }
 
 // newRunState returns the empty state a Run starts from.
 func (c *Controller) newRunState() *runState {
 	r := &runState{
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+		Run: servicesync.NewRun(workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedMaxOfRateLimiter(
 				workqueue.NewTypedItemExponentialFailureRateLimiter[string](c.opts.RetryBaseDelay, c.opts.RetryMaxDelay),
 				// Retries of all Services together stay under 10/s, so a
 				// failing API server is not hammered.
 				&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
 			),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "endpoint_slice"}),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "endpoint_slice"})),
 		tracker:    endpointsliceutil.NewEndpointSliceTracker(),
 		superseded: newSupersededVersions(),
-		triggers:   endpointsliceutil.NewTriggerTimeTracker(),
 		untracked:  map[string][]*discovery.EndpointSlice{},
 	}
 	writer := recordingClient{Interface: c.client, slices: c.slices, superseded: r.superseded}
@@ -321,51 +230,40 @@ func (c *Controller) newRunState() *runState {
 	return r
 }
 
-// enqueueAll queues every Service, and every Service named by a slice of
-// this controller: that is where slices of Services deleted while no
-// replica ran the controller are found.
-func (c *Controller) enqueueAll(r *runState) error {
-	services, err := c.services.List(labels.Everything())
-	if err != nil {
-		return fmt.Errorf("listing Services: %w", err)
-	}
-	for _, svc := range services {
-		r.queue.Add(svc.Namespace + "/" + svc.Name)
-	}
+// queueSlices queues every Service named by a slice of this controller:
+// that is where slices of Services deleted while no replica ran the
+// controller are found.
+func (c *Controller) queueSlices(r *runState) error {
 	slices, err := c.slices.List(labels.SelectorFromSet(labels.Set{discovery.LabelManagedBy: ManagedBy}))
 	if err != nil {
 		return fmt.Errorf("listing EndpointSlices: %w", err)
 	}
 	for _, s := range slices {
 		if key, err := endpointslicerec.ServiceControllerKey(s); err == nil {
-			r.queue.Add(key)
+			r.Queue.Add(key)
 		}
 	}
 	return nil
 }
 
-func (c *Controller) processNext(ctx context.Context, r *runState) bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
+// syncLogging is how failed syncs are logged: a cache behind this
+// controller's own writes is expected, and soon over.
+var syncLogging = worker.Options{
+	KeyName: "service", Failed: "Syncing EndpointSlices failed; will retry",
+	Expected:  func(err error) bool { return errors.Is(err, errStaleCache) },
+	ExpectedV: 4, Waiting: "EndpointSlice cache behind this controller's writes; will retry",
+}
+
+// countSync counts a sync's outcome as Kubernetes' controller does.
+func countSync(err error) {
+	outcome := "success"
+	switch {
+	case errors.Is(err, errStaleCache):
+		outcome = "stale"
+	case err != nil:
+		outcome = "error"
 	}
-	defer r.queue.Done(key)
-	err := c.syncService(ctx, r, key)
-	if err == nil {
-		r.queue.Forget(key)
-		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("success").Inc()
-		return true
-	}
-	logger := klog.FromContext(ctx)
-	if errors.Is(err, errStaleCache) {
-		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("stale").Inc()
-		logger.V(4).Info("EndpointSlice cache behind this controller's writes; will retry", "service", key)
-	} else {
-		endpointslicemetrics.EndpointSliceSyncs.WithLabelValues("error").Inc()
-		logger.Error(err, "Syncing EndpointSlices failed; will retry", "service", key)
-	}
-	r.queue.AddRateLimited(key)
-	return true
+	endpointslicemetrics.EndpointSliceSyncs.WithLabelValues(outcome).Inc()
 }
 
 // errStaleCache means the informer has not yet shown slices this
@@ -375,30 +273,26 @@ var errStaleCache = errors.New("EndpointSlice informer cache is out of date")
 
 func (c *Controller) syncService(ctx context.Context, r *runState, key string) error {
 	logger := klog.FromContext(ctx)
-	ns, name, err := cache.SplitMetaNamespaceKey(key)
-	if err != nil {
+	ns, name, svc, ok, err := c.loop.Service(key)
+	switch {
+	case !ok:
 		return nil // not a key this controller queued; retrying cannot help
-	}
-	svc, err := c.services.Services(ns).Get(name)
-	if apierrors.IsNotFound(err) {
+	case err != nil:
+		return err
+	case svc == nil:
 		return c.removeSlices(ctx, r, ns, name)
-	}
-	if err != nil {
-		return fmt.Errorf("reading Service %s: %w", key, err)
-	}
-	if svc.Spec.Type == v1.ServiceTypeExternalName {
+	case svc.Spec.Type == v1.ServiceTypeExternalName:
 		// An ExternalName Service is a DNS alias and has no endpoints; one
 		// that was another type before keeps no stale slices.
 		return c.removeSlices(ctx, r, ns, name)
-	}
-	if svc.Spec.Selector == nil {
+	case svc.Spec.Selector == nil:
 		// Its endpoints are whatever its owner writes, out of band.
 		return nil
 	}
 
-	pods, err := selectorindex.PodsFor(c.podIndex, ns, svc.Spec.Selector)
+	pods, err := c.loop.SelectedPods(svc)
 	if err != nil {
-		return fmt.Errorf("listing Pods of Service %s: %w", key, err)
+		return err
 	}
 	slices, err := c.currentSlices(ctx, r, svc)
 	if err != nil {
@@ -406,7 +300,7 @@ func (c *Controller) syncService(ctx context.Context, r *runState, key string) e
 	}
 	// Computed even when the sync writes nothing, so that the tracker's
 	// view of the Pods stays current.
-	trigger := r.triggers.ComputeEndpointLastChangeTriggerTime(ns, svc, pods)
+	trigger := r.Triggers.ComputeEndpointLastChangeTriggerTime(ns, svc, pods)
 	if err := r.reconciler.Reconcile(logger, svc, pods, slices, trigger); err != nil {
 		c.recorder.Eventf(svc, v1.EventTypeWarning, "FailedToUpdateEndpointSlices",
 			"Error updating Endpoint Slices for Service %s: %v", key, err)
@@ -422,7 +316,7 @@ func (c *Controller) syncService(ctx context.Context, r *runState, key string) e
 func (c *Controller) currentSlices(ctx context.Context, r *runState, svc *v1.Service) ([]*discovery.EndpointSlice, error) {
 	key := svc.Namespace + "/" + svc.Name
 	r.handOverDeletions(key)
-	if r.queue.NumRequeues(key) >= liveListAfter {
+	if r.Queue.NumRequeues(key) >= liveListAfter {
 		slices, err := c.liveSlices(ctx, svc.Namespace, svc.Name)
 		if err == nil {
 			// What this run remembers writing is what held the Service
@@ -507,48 +401,17 @@ func (c *Controller) removeSlices(ctx context.Context, r *runState, ns, name str
 		return utilerrors.NewAggregate(errs)
 	}
 	r.tracker.DeleteService(ns, name)
-	r.triggers.DeleteService(ns, name)
+	r.Triggers.DeleteService(ns, name)
 	r.reconciler.DeleteService(ns, name)
 	return nil
-}
-
-func (c *Controller) onService(obj any) {
-	r := c.current.Load()
-	if r == nil {
-		return
-	}
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		utilruntime.HandleError(fmt.Errorf("queueing a changed Service: %w", err))
-		return
-	}
-	r.queue.Add(key)
-}
-
-// onPod queues the Services a Pod change may affect: those its labels
-// match now and matched before. old is nil for an added Pod, cur for a
-// deleted one.
-func (c *Controller) onPod(old, cur any) {
-	r := c.current.Load()
-	if r == nil {
-		return
-	}
-	services, err := selectorindex.ServicesToUpdate(c.svcIndex, endpointsliceutil.GetPodUpdateProjectionKey(old, cur))
-	if err != nil {
-		utilruntime.HandleError(fmt.Errorf("finding the Services of a changed Pod: %w", err))
-		return
-	}
-	for key := range services {
-		r.queue.AddAfter(key, c.batch)
-	}
 }
 
 // onNode queues the Services of the Pods on a Node that appears or whose
 // zone changes: a Pod whose Node the cache did not know yet was left out
 // of its slices, and every endpoint on the Node carries its zone.
 func (c *Controller) onNode(old, cur any) {
-	r := c.current.Load()
-	if r == nil || !r.started.Load() {
+	r := c.loop.Current()
+	if r == nil || !r.Started() {
 		return
 	}
 	node, ok := cur.(*v1.Node)
@@ -567,13 +430,13 @@ func (c *Controller) onNode(old, cur any) {
 		if p.Spec.NodeName != node.Name {
 			continue
 		}
-		services, err := selectorindex.ServicesFor(c.svcIndex, p.Namespace, p.Labels)
+		services, err := c.loop.ServicesSelecting(p.Namespace, p.Labels)
 		if err != nil {
 			utilruntime.HandleError(fmt.Errorf("finding the Services of Pod %s/%s: %w", p.Namespace, p.Name, err))
 			continue
 		}
 		for key := range services {
-			r.queue.AddAfter(key, c.batch)
+			r.Queue.AddAfter(key, c.loop.Batch())
 		}
 	}
 }
@@ -585,7 +448,7 @@ func managed(s *discovery.EndpointSlice) bool {
 // onSliceAdd queues the Service of a slice this run did not write itself:
 // one left by an earlier leader, or written by someone else in its name.
 func (c *Controller) onSliceAdd(obj any) {
-	r := c.current.Load()
+	r := c.loop.Current()
 	s, ok := obj.(*discovery.EndpointSlice)
 	if r == nil || !ok {
 		return
@@ -596,7 +459,7 @@ func (c *Controller) onSliceAdd(obj any) {
 }
 
 func (c *Controller) onSliceUpdate(old, cur any) {
-	r := c.current.Load()
+	r := c.loop.Current()
 	prev, ok1 := old.(*discovery.EndpointSlice)
 	s, ok2 := cur.(*discovery.EndpointSlice)
 	if r == nil || !ok1 || !ok2 {
@@ -628,7 +491,7 @@ func (c *Controller) onSliceUpdate(old, cur any) {
 // onSliceDelete queues the Service of a slice deleted by someone else, so
 // that it is written again.
 func (c *Controller) onSliceDelete(obj any) {
-	r := c.current.Load()
+	r := c.loop.Current()
 	if r == nil {
 		return
 	}
@@ -674,13 +537,5 @@ func (c *Controller) queueForSlice(r *runState, s *discovery.EndpointSlice) {
 	if err != nil {
 		return // not labelled with a Service: nobody's slice to keep
 	}
-	r.queue.AddAfter(key, c.batch)
-}
-
-// discardEvents is the recorder of a controller given none.
-type discardEvents struct{}
-
-func (discardEvents) Event(runtime.Object, string, string, string)          {}
-func (discardEvents) Eventf(runtime.Object, string, string, string, ...any) {}
-func (discardEvents) AnnotatedEventf(runtime.Object, map[string]string, string, string, string, ...any) {
+	r.Queue.AddAfter(key, c.loop.Batch())
 }

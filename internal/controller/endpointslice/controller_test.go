@@ -3,11 +3,9 @@ package endpointslice
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,8 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
@@ -53,61 +49,17 @@ func node(name string, labels map[string]string) *v1.Node {
 	return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("node-" + name), Labels: labels}}
 }
 
-// service returns a ClusterIP Service of the given families selecting
-// app=<name>, with port "http" 80 → target port "http".
+// service is fakeapi.Service in the test namespace.
 func service(name string, families []v1.IPFamily, mutate ...func(*v1.Service)) *v1.Service {
-	s := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID("svc-" + name), Labels: map[string]string{"team": "net"}},
-		Spec: v1.ServiceSpec{
-			Type:       v1.ServiceTypeClusterIP,
-			Selector:   map[string]string{"app": name},
-			IPFamilies: families,
-			ClusterIP:  "10.96.0.10",
-			Ports:      []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP, TargetPort: intstr.FromString("http")}},
-		},
-	}
-	for _, m := range mutate {
-		m(s)
-	}
-	return s
+	return fakeapi.Service(ns, name, families, mutate...)
 }
 
-// pod returns a running Pod labelled app=<app> on nodeName with the given
-// IPs, whose container port "http" is httpPort (none if 0).
+// pod is fakeapi.Pod in the test namespace.
 func pod(name, app, nodeName string, ready bool, httpPort int32, ips ...string) *v1.Pod {
-	p := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID("pod-" + name), Labels: map[string]string{"app": app}},
-		Spec: v1.PodSpec{
-			NodeName:   nodeName,
-			Containers: []v1.Container{{Name: "c"}},
-		},
-		Status: v1.PodStatus{Phase: v1.PodRunning},
-	}
-	if httpPort != 0 {
-		p.Spec.Containers[0].Ports = []v1.ContainerPort{{Name: "http", ContainerPort: httpPort, Protocol: v1.ProtocolTCP}}
-	}
-	setReady(p, ready)
-	for _, ip := range ips {
-		p.Status.PodIPs = append(p.Status.PodIPs, v1.PodIP{IP: ip})
-	}
-	if len(ips) > 0 {
-		p.Status.PodIP = ips[0]
-	}
-	return p
+	return fakeapi.Pod(ns, name, app, nodeName, ready, httpPort, ips...)
 }
 
-func setReady(p *v1.Pod, ready bool) {
-	status := v1.ConditionFalse
-	if ready {
-		status = v1.ConditionTrue
-	}
-	p.Status.Conditions = []v1.PodCondition{{Type: v1.PodReady, Status: status}}
-}
-
-func terminating(p *v1.Pod) *v1.Pod {
-	p.DeletionTimestamp = &metav1.Time{Time: time.Now()}
-	return p
-}
+var terminating = fakeapi.Terminating
 
 // cluster is a controller under test and the fake API it talks to.
 type cluster struct {
@@ -146,19 +98,7 @@ func newCluster(t *testing.T, opts Options, objs ...runtime.Object) *cluster {
 // start runs the controller until the test ends or the returned function
 // is called; that function returns once Run has.
 func (c *cluster) start(workers int) (stop func()) {
-	ctx, cancel := context.WithCancel(c.ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.ctrl.Run(ctx, workers)
-	}()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			<-done
-		})
-	}
+	stop = fakeapi.Background(c.ctx, func(ctx context.Context) { c.ctrl.Run(ctx, workers) })
 	c.t.Cleanup(stop)
 	return stop
 }
@@ -231,13 +171,7 @@ func line(ep discovery.Endpoint, ports []string) string {
 // reported if it does not within waitTimeout.
 func (c *cluster) waitFor(what string, cond func() (bool, string)) {
 	c.t.Helper()
-	var last string
-	err := wait.PollUntilContextTimeout(c.ctx, 10*time.Millisecond, waitTimeout, true, func(context.Context) (bool, error) {
-		var ok bool
-		ok, last = cond()
-		return ok, nil
-	})
-	if err != nil {
+	if ok, last := fakeapi.Eventually(c.ctx, waitTimeout, cond); !ok {
 		c.t.Fatalf("%s: not reached within %v: %s", what, waitTimeout, last)
 	}
 }
@@ -303,18 +237,7 @@ func (c *cluster) updatePod(name string, mutate func(*v1.Pod)) {
 }
 
 func (c *cluster) tryUpdatePod(name string, mutate func(*v1.Pod)) error {
-	for {
-		p, err := c.client.CoreV1().Pods(ns).Get(c.ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		mutate(p)
-		_, err = c.client.CoreV1().Pods(ns).UpdateStatus(c.ctx, p, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) {
-			continue
-		}
-		return err
-	}
+	return fakeapi.UpdatePodStatus(c.ctx, c.client, ns, name, mutate)
 }
 
 func ep(addr, podName string, ready, serving, terminating bool, nodeName, zone, ports string) string {
@@ -519,7 +442,7 @@ func TestPodChangesUpdateSlices(t *testing.T) {
 	}
 	c.waitEndpoints("web", both(b))
 
-	c.updatePod("b", func(p *v1.Pod) { setReady(p, false) })
+	c.updatePod("b", func(p *v1.Pod) { fakeapi.SetReady(p, false) })
 	bNotReady := [2]string{ep("10.0.0.2", "b", false, false, false, "n1", "-", "http:8080"), ep("fd00::2", "b", false, false, false, "n1", "-", "http:8080")}
 	c.waitEndpoints("web", both(bNotReady))
 
@@ -634,7 +557,7 @@ func TestServicesThatGetNoSlices(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCluster(t, testOptions(), node("n1", nil), tc.svc, userSlice.DeepCopy(), ourSlice.DeepCopy(),
 				pod("a", "ext", "n1", true, 8080, "10.0.0.1"))
-			if !cache.WaitForCacheSync(c.ctx.Done(), c.ctrl.synced...) {
+			if !cache.WaitForCacheSync(c.ctx.Done(), c.ctrl.loop.HasSynced) {
 				t.Fatal("caches did not sync")
 			}
 			c.client.ClearActions()
@@ -744,56 +667,17 @@ func TestConcurrentPodChurn(t *testing.T) {
 	c := newCluster(t, testOptions(), objs...)
 	c.start(4)
 
-	final := make([]struct {
-		exists, ready bool
-	}, pods)
-	var wg sync.WaitGroup
-	for g := range 4 {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(g), 42))
-			for i := g; i < pods; i += 4 {
-				name := fmt.Sprintf("p%02d", i)
-				exists, ready := true, true
-				for range 8 {
-					switch rng.IntN(3) {
-					case 0:
-						if !exists {
-							continue
-						}
-						ready = !ready
-						r := ready
-						if err := c.tryUpdatePod(name, func(p *v1.Pod) { setReady(p, r) }); err != nil {
-							t.Error(err)
-						}
-					case 1:
-						if !exists {
-							continue
-						}
-						if err := c.client.CoreV1().Pods(ns).Delete(c.ctx, name, metav1.DeleteOptions{}); err != nil {
-							t.Error(err)
-						}
-						exists = false
-					case 2:
-						if exists {
-							continue
-						}
-						a4, a6 := addrs(i)
-						ready = rng.IntN(2) == 0
-						if _, err := c.client.CoreV1().Pods(ns).Create(c.ctx, pod(name, "web", nodeOf(i), ready, 8080, a4, a6), metav1.CreateOptions{}); err != nil {
-							t.Error(err)
-						}
-						exists = true
-					}
-				}
-				final[i].exists, final[i].ready = exists, ready
-			}
-		})
+	final, err := fakeapi.ChurnPods(c.ctx, c.client, ns, pods, 42, func(i int, ready bool) *v1.Pod {
+		a4, a6 := addrs(i)
+		return pod(fmt.Sprintf("p%02d", i), "web", nodeOf(i), ready, 8080, a4, a6)
+	})
+	if err != nil {
+		t.Error(err)
 	}
-	wg.Wait()
 
 	want := map[discovery.AddressType][]string{ipv4: {}, ipv6: {}}
 	for i, f := range final {
-		if !f.exists {
+		if !f.Exists {
 			continue
 		}
 		a4, a6 := addrs(i)
@@ -802,8 +686,8 @@ func TestConcurrentPodChurn(t *testing.T) {
 		if nodeOf(i) == "n2" {
 			zone = "z1"
 		}
-		want[ipv4] = append(want[ipv4], ep(a4, name, f.ready, f.ready, false, nodeOf(i), zone, "http:8080"))
-		want[ipv6] = append(want[ipv6], ep(a6, name, f.ready, f.ready, false, nodeOf(i), zone, "http:8080"))
+		want[ipv4] = append(want[ipv4], ep(a4, name, f.Ready, f.Ready, false, nodeOf(i), zone, "http:8080"))
+		want[ipv6] = append(want[ipv6], ep(a6, name, f.Ready, f.Ready, false, nodeOf(i), zone, "http:8080"))
 	}
 	sort.Strings(want[ipv4])
 	sort.Strings(want[ipv6])
@@ -857,12 +741,7 @@ func TestSyncWaitsForItsOwnWrites(t *testing.T) {
 	r := testRunState(t, ctrl)
 	syncWeb := func() error { return ctrl.syncService(ctx, r, ns+"/web") }
 	writes := func() int {
-		n := 0
-		for _, a := range client.Actions() {
-			if a.GetResource().Resource == "endpointslices" && a.GetVerb() != "list" && a.GetVerb() != "watch" {
-				n++
-			}
-		}
+		n := fakeapi.Writes(client, "endpointslices")
 		client.ClearActions()
 		return n
 	}
@@ -925,7 +804,7 @@ func TestSyncWaitsForItsOwnWrites(t *testing.T) {
 func TestDeletionSeenBeforeCreateReturns(t *testing.T) {
 	c := newCluster(t, testOptions(), node("n1", nil), service("web", v4), pod("a", "web", "n1", true, 8080, "10.0.0.1"))
 	r := testRunState(t, c.ctrl)
-	c.ctrl.current.Store(r) // event handlers act, but no worker runs
+	c.ctrl.loop.Activate(r) // event handlers act, but no worker runs
 	if err := c.ctrl.syncService(c.ctx, r, ns+"/web"); err != nil {
 		t.Fatal(err)
 	}
@@ -966,7 +845,7 @@ func TestStuckCacheFallsBackToLiveList(t *testing.T) {
 		if err := c.ctrl.syncService(c.ctx, r, key); err != errStaleCache {
 			t.Fatalf("sync %d while the tracker waits for a slice: err = %v, want errStaleCache", i, err)
 		}
-		r.queue.AddRateLimited(key) // as processNext does
+		r.Queue.AddRateLimited(key) // as the worker does after a failed sync
 	}
 	if err := c.ctrl.syncService(c.ctx, r, key); err != nil {
 		t.Fatalf("sync after %d failures: %v", liveListAfter, err)
@@ -990,13 +869,7 @@ func TestBurstIsBatched(t *testing.T) {
 	}
 	sort.Strings(want)
 	c.waitEndpoints("web", map[discovery.AddressType][]string{ipv4: want})
-	writes := 0
-	for _, a := range c.client.Actions() {
-		if a.GetResource().Resource == "endpointslices" && (a.GetVerb() == "create" || a.GetVerb() == "update") {
-			writes++
-		}
-	}
-	if writes > 3 {
+	if writes := fakeapi.Writes(c.client, "endpointslices"); writes > 3 {
 		t.Errorf("30 new Pods within the batch period cost %d EndpointSlice writes, want at most 3", writes)
 	}
 }
@@ -1004,6 +877,6 @@ func TestBurstIsBatched(t *testing.T) {
 // testRunState is the state of a Run for tests that drive syncs directly.
 func testRunState(t *testing.T, c *Controller) *runState {
 	r := c.newRunState()
-	t.Cleanup(r.queue.ShutDown)
+	t.Cleanup(r.Queue.ShutDown)
 	return r
 }

@@ -102,3 +102,18 @@ func Watching(client *fake.Clientset, resources ...string) bool {
 	}
 	return true
 }
+
+// Writes counts the creates, updates, patches and deletes of resource
+// the fake has served since its actions were last cleared.
+func Writes(client *fake.Clientset, resource string) int {
+	n := 0
+	for _, a := range client.Actions() {
+		switch a.GetVerb() {
+		case "create", "update", "patch", "delete":
+			if a.GetResource().Resource == resource {
+				n++
+			}
+		}
+	}
+	return n
+}

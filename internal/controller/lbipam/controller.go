@@ -35,6 +35,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/controller/worker"
 	"github.com/duet-net/duet/internal/etcdstore"
 )
 
@@ -135,10 +136,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		c.queue.Add(key)
 	}
 	c.mu.Unlock()
-	for range workers {
-		go wait.UntilWithContext(ctx, c.worker, time.Second)
-	}
-	<-ctx.Done()
+	worker.Run(ctx, c.queue, workers, c.sync, worker.Options{KeyName: "service", Failed: "Syncing load balancer IPs failed; will retry"})
 }
 
 func (c *Controller) load(ctx context.Context) error {
@@ -164,23 +162,6 @@ func (c *Controller) load(ctx context.Context) error {
 	c.held = held
 	c.mu.Unlock()
 	return nil
-}
-
-func (c *Controller) worker(ctx context.Context) {
-	for {
-		key, quit := c.queue.Get()
-		if quit {
-			return
-		}
-		err := c.sync(ctx, key)
-		if err != nil {
-			klog.ErrorS(err, "Syncing load balancer IPs", "service", key)
-			c.queue.AddRateLimited(key)
-		} else {
-			c.queue.Forget(key)
-		}
-		c.queue.Done(key)
-	}
 }
 
 func (c *Controller) heldBy(key string) []netip.Addr {

@@ -39,15 +39,15 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
-	"github.com/duet-net/duet/internal/registry/core"
+	"github.com/duet-net/duet/internal/apis/core"
+	"github.com/duet-net/duet/internal/controller/events"
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 // ControllerName names the controller in events, logs, its work queue and
@@ -80,15 +80,13 @@ type Controller struct {
 	lister corelisters.NamespaceLister
 	synced cache.InformerSynced
 
-	// recorder is where events go; Run creates one that writes through
-	// client unless a test set one.
+	// recorder is where events go.
 	recorder record.EventRecorder
 	// retryBase and retryMax bound the per-Namespace exponential backoff
 	// between reconciles of a Namespace that still has content or failed.
 	retryBase, retryMax time.Duration
 
-	qmu   sync.Mutex
-	queue workqueue.TypedRateLimitingInterface[string] // nil unless running
+	queue worker.Slot[string]
 
 	// noDeleteCollection is the resources whose DeleteCollection the
 	// server refused as unsupported; they are emptied one by one.
@@ -97,12 +95,17 @@ type Controller struct {
 }
 
 // New returns a controller for the Namespaces of nsInformer, writing
-// through client. It registers the informer's event handlers, so call it
-// before the informer factory starts; then call Run.
-func New(client kubernetes.Interface, nsInformer coreinformers.NamespaceInformer) *Controller {
+// through client and recording events to recorder (nil drops them). It
+// registers the informer's event handlers, so call it before the informer
+// factory starts; then call Run.
+func New(client kubernetes.Interface, nsInformer coreinformers.NamespaceInformer, recorder record.EventRecorder) *Controller {
+	if recorder == nil {
+		recorder = events.Discard
+	}
 	c := &Controller{
 		client:             client,
 		lister:             nsInformer.Lister(),
+		recorder:           recorder,
 		retryBase:          100 * time.Millisecond,
 		retryMax:           30 * time.Second,
 		noDeleteCollection: map[schema.GroupResource]bool{},
@@ -127,11 +130,7 @@ func (c *Controller) enqueueObject(obj any) {
 	if !ok || ns.DeletionTimestamp == nil {
 		return // only deleted Namespaces have anything to do
 	}
-	c.qmu.Lock()
-	defer c.qmu.Unlock()
-	if c.queue != nil {
-		c.queue.Add(ns.Name)
-	}
+	c.queue.Add(ns.Name)
 }
 
 // Run reconciles deleted Namespaces with workers goroutines until ctx is
@@ -142,29 +141,11 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	defer utilruntime.HandleCrash()
 	logger := klog.FromContext(ctx).WithName(ControllerName)
 	ctx = klog.NewContext(ctx, logger)
-	if workers < 1 {
-		workers = 1
-	}
-	if c.recorder == nil {
-		b := record.NewBroadcaster(record.WithContext(ctx))
-		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.client.CoreV1().Events("")})
-		defer b.Shutdown()
-		c.recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: ControllerName})
-		defer func() { c.recorder = nil }()
-	}
 	q := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](c.retryBase, c.retryMax),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "namespace"},
 	)
-	c.qmu.Lock()
-	c.queue = q
-	c.qmu.Unlock()
-	defer func() {
-		c.qmu.Lock()
-		c.queue = nil
-		c.qmu.Unlock()
-		q.ShutDown()
-	}()
+	defer c.queue.Fill(q)()
 
 	logger.Info("Starting")
 	defer logger.Info("Stopped")
@@ -175,39 +156,16 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	for _, ns := range all {
 		c.enqueueObject(ns)
 	}
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx, q) {
-			}
-		})
-	}
-	<-ctx.Done()
-	q.ShutDown()
-	wg.Wait()
-}
-
-func (c *Controller) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) bool {
-	name, quit := q.Get()
-	if quit {
-		return false
-	}
-	defer q.Done(name)
-	err := c.sync(ctx, name)
-	if err == nil {
-		q.Forget(name)
-		return true
-	}
-	logger := klog.FromContext(ctx)
-	var remaining *contentRemainingError
-	switch {
-	case errors.As(err, &remaining), apierrors.IsConflict(err):
-		logger.V(2).Info("Namespace not finalized yet; will retry", "namespace", name, "reason", err.Error())
-	default:
-		logger.Error(err, "Deleting the content of a Namespace failed; will retry", "namespace", name)
-	}
-	q.AddRateLimited(name)
-	return true
+	worker.Run(ctx, q, workers, c.sync, worker.Options{
+		KeyName: "namespace", Failed: "Deleting the content of a Namespace failed; will retry",
+		// Content with finalizers of its own, or a write that raced
+		// another: waiting is all there is to do.
+		Expected: func(err error) bool {
+			var remaining *contentRemainingError
+			return errors.As(err, &remaining) || apierrors.IsConflict(err)
+		},
+		ExpectedV: 2, Waiting: "Namespace not finalized yet; will retry",
+	})
 }
 
 // contentRemainingError says a Namespace still holds objects, typically

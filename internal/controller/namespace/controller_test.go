@@ -25,7 +25,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/duet-net/duet/internal/registry/core"
+	"github.com/duet-net/duet/internal/apis/core"
+	"github.com/duet-net/duet/internal/controller/events"
 )
 
 const waitTimeout = 10 * time.Second
@@ -137,8 +138,7 @@ func newCluster(t *testing.T, objs ...runtime.Object) *cluster {
 	})
 
 	factory := informers.NewSharedInformerFactory(c.client, 0)
-	c.ctrl = New(c.client, factory.Core().V1().Namespaces())
-	c.ctrl.recorder = c.recorder
+	c.ctrl = New(c.client, factory.Core().V1().Namespaces(), c.recorder)
 	c.ctrl.retryBase, c.ctrl.retryMax = time.Millisecond, 20*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	factory.Start(ctx.Done())
@@ -524,7 +524,10 @@ func TestRunAgainAfterStop(t *testing.T) {
 
 func TestEventsAreWrittenThroughTheAPI(t *testing.T) {
 	c := newCluster(t, deletedNamespace(metav1.NamespaceSystem))
-	c.ctrl.recorder = nil // Run records through the client
+	// Through the process's broadcaster, as in the server.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c.ctrl.recorder = events.Start(ctx, c.client).Recorder(corev1.EventSource{Component: ControllerName})
 	c.run(1)
 	c.waitFor("a DeletionRefused event about kube-system is written in default", func() bool {
 		list, err := c.client.CoreV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})

@@ -28,16 +28,16 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
+
 	"lukechampine.com/uint128"
 
 	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/controller/worker"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
@@ -89,8 +89,7 @@ type Controller struct {
 	recorder record.EventRecorder
 	opts     Options
 
-	qmu   sync.Mutex
-	queue workqueue.TypedRateLimitingInterface[string] // nil unless running
+	queue worker.Slot[string]
 
 	// mu serializes every allocator call and every change to the state
 	// below; a node CIDR is allocated or occupied and attributed to its
@@ -175,14 +174,6 @@ func New(client kubernetes.Interface, informer coreinformers.NodeInformer, cidrs
 	return c, nil
 }
 
-// NewEventRecorder returns a recorder that writes events through client as
-// the node IPAM controller, and a function that stops it.
-func NewEventRecorder(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: ControllerName}), b.Shutdown
-}
-
 func (c *Controller) resetState() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -205,11 +196,7 @@ func (c *Controller) enqueueObject(obj any) {
 // enqueue adds a Node name to the queue of a running controller; while it
 // is not running, Run lists every Node when it starts instead.
 func (c *Controller) enqueue(name string) {
-	c.qmu.Lock()
-	defer c.qmu.Unlock()
-	if c.queue != nil {
-		c.queue.Add(name)
-	}
+	c.queue.Add(name)
 }
 
 // Run recovers the allocation state and then reconciles Nodes with
@@ -222,22 +209,11 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	defer utilruntime.HandleCrash()
 	logger := klog.FromContext(ctx).WithName(ControllerName)
 	ctx = klog.NewContext(ctx, logger)
-	if workers < 1 {
-		workers = 1
-	}
 	q := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](c.opts.RetryBaseDelay, c.opts.RetryMaxDelay),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "nodeipam"},
 	)
-	c.qmu.Lock()
-	c.queue = q
-	c.qmu.Unlock()
-	defer func() {
-		c.qmu.Lock()
-		c.queue = nil
-		c.qmu.Unlock()
-		q.ShutDown()
-	}()
+	defer c.queue.Fill(q)()
 
 	logger.Info("Starting", "clusterCIDRs", c.cidrs.CIDRs, "nodeMaskSizes", c.cidrs.NodeMaskSizes)
 	defer logger.Info("Stopped")
@@ -261,12 +237,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		q.Add(n.Name)
 	}
 	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx, q) {
-			}
-		})
-	}
+	defer wg.Wait()
 	if c.opts.SweepInterval > 0 {
 		wg.Go(func() {
 			tick := time.NewTicker(c.opts.SweepInterval)
@@ -283,9 +254,15 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 			}
 		})
 	}
-	<-ctx.Done()
-	q.ShutDown()
-	wg.Wait()
+	worker.Run(ctx, q, workers, c.syncNode, worker.Options{
+		KeyName: "node", Failed: "Assigning node CIDRs failed; will retry",
+		// A full cluster CIDR, or a write that raced another: the Node
+		// waits, and is woken when a CIDR is released.
+		Expected: func(err error) bool {
+			return errors.Is(err, alloc.ErrFull) || apierrors.IsConflict(err) || apierrors.IsNotFound(err)
+		},
+		ExpectedV: 2, Waiting: "Node CIDRs not assigned yet; will retry",
+	})
 }
 
 // recover rebuilds the state a Run starts from: the allocators' view of the
@@ -387,28 +364,6 @@ func (c *Controller) sweep(ctx context.Context) error {
 	}
 	c.wakeIf(freed)
 	return nil
-}
-
-func (c *Controller) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) bool {
-	name, quit := q.Get()
-	if quit {
-		return false
-	}
-	defer q.Done(name)
-	err := c.syncNode(ctx, name)
-	if err == nil {
-		q.Forget(name)
-		return true
-	}
-	logger := klog.FromContext(ctx)
-	switch {
-	case errors.Is(err, alloc.ErrFull), apierrors.IsConflict(err), apierrors.IsNotFound(err):
-		logger.V(2).Info("Node CIDRs not assigned yet; will retry", "node", name, "reason", err.Error())
-	default:
-		logger.Error(err, "Assigning node CIDRs failed; will retry", "node", name)
-	}
-	q.AddRateLimited(name)
-	return true
 }
 
 // nodePlan is what a Node's current pod CIDRs mean to the controller.
@@ -671,16 +626,41 @@ func (c *Controller) setHeld(ctx context.Context, name string, want map[netip.Pr
 		delete(c.held, name)
 	}
 	// Reported on every reconcile while it lasts, not only when it starts:
-	// the event recorder folds repeats together.
+	// the event recorder folds repeats together. The held prefixes are
+	// node-mask slots; the message names the pod CIDRs the Nodes really
+	// carry, which may be wider or narrower than a slot, so that the user
+	// sees what to change.
 	for p := range c.held[name] {
 		for other := range c.holders[p] {
 			if other != name {
-				conflicts = append(conflicts, fmt.Sprintf("pod CIDR %s of Node %s overlaps Node %s's; one of them must be changed", p, name, other))
+				conflicts = append(conflicts, fmt.Sprintf("pod CIDR %s of Node %s overlaps pod CIDR %s of Node %s; one of them must be changed",
+					c.podCIDRAt(name, p), name, c.podCIDRAt(other, p), other))
 			}
 		}
 	}
+	// A wide pod CIDR meets another Node's in several slots: one message.
 	slices.Sort(conflicts)
-	return conflicts, freed, err
+	return slices.Compact(conflicts), freed, err
+}
+
+// podCIDRAt returns the pod CIDR of Node name that covers or lies in the
+// node CIDR slot, as the Node carries it; slot itself when the Node does
+// not show one (an assignment not yet written, a Node gone from the cache).
+func (c *Controller) podCIDRAt(name string, slot netip.Prefix) netip.Prefix {
+	n, err := c.lister.Get(name)
+	if err != nil {
+		return slot
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, s := range cidrs {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Overlaps(slot) {
+			return p
+		}
+	}
+	return slot
 }
 
 func (c *Controller) addHolder(name string, p netip.Prefix) {

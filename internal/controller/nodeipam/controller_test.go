@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/duet-net/duet/internal/alloc"
+	broadcast "github.com/duet-net/duet/internal/controller/events"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
@@ -393,9 +394,9 @@ func TestExhaustedNodeWaitsAndGetsReleasedCIDRs(t *testing.T) {
 	c := newCluster(t, "10.244.0.0/23,fd00::/48", netaddr.NodeMaskFlags{}, nil,
 		Options{RetryBaseDelay: time.Hour, RetryMaxDelay: time.Hour}, node("a"), node("b"))
 	// Events go through the real broadcaster to the API, as in the server.
-	recorder, stopEvents := NewEventRecorder(ctx, c.client)
-	t.Cleanup(stopEvents)
-	c.ctrl.recorder = recorder
+	b := broadcast.Start(ctx, c.client)
+	t.Cleanup(b.Shutdown)
+	c.ctrl.recorder = b.Recorder(v1.EventSource{Component: ControllerName})
 	c.run()
 	aCIDRs := c.waitAssigned("a")
 	c.waitAssigned("b")
@@ -534,6 +535,24 @@ func TestOverlappingNodesAreReportedAndKeepTheCIDR(t *testing.T) {
 	}
 	if !c.allocs[0].Has(p) {
 		t.Errorf("%s released when one of its two Nodes was deleted", p)
+	}
+}
+
+// A conflict event names each Node's own pod CIDR, whatever its size, and
+// the other Node: a /16 and a /25 that overlap are reported as such, not as
+// the /24 node CIDR where they meet.
+func TestConflictEventsNameTheNodesRealCIDRs(t *testing.T) {
+	c := newCluster(t, "10.244.0.0/16", netaddr.NodeMaskFlags{}, nil, Options{},
+		node("wide", "10.244.0.0/16"), node("narrow", "10.244.3.0/25"))
+	c.run()
+	for _, tc := range []struct{ node, want string }{
+		{"wide", "pod CIDR 10.244.0.0/16 of Node wide overlaps pod CIDR 10.244.3.0/25 of Node narrow"},
+		{"narrow", "pod CIDR 10.244.3.0/25 of Node narrow overlaps pod CIDR 10.244.0.0/16 of Node wide"},
+	} {
+		msg := c.waitEvent(tc.node, v1.EventTypeWarning, ReasonPodCIDRConflict)
+		if !strings.Contains(msg, tc.want) {
+			t.Errorf("conflict event on Node %s: %q, want it to say %q", tc.node, msg, tc.want)
+		}
 	}
 }
 

@@ -24,7 +24,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
-	"k8s.io/klog/v2"
+
+	"github.com/duet-net/duet/internal/controller/worker"
 )
 
 // Name is the scheduler's name: pods whose spec.schedulerName is another
@@ -102,29 +103,12 @@ func (s *Scheduler) Run(ctx context.Context, workers int) {
 	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
 		return
 	}
-	// Binding is one API round trip each: workers overlap them.
-	for range max(workers, 1) {
-		go func() {
-			for s.next(ctx) {
-			}
-		}()
-	}
-	<-ctx.Done()
-}
-
-func (s *Scheduler) next(ctx context.Context) bool {
-	key, quit := s.queue.Get()
-	if quit {
-		return false
-	}
-	defer s.queue.Done(key)
-	if err := s.schedule(ctx, key); err != nil {
-		klog.V(2).InfoS("scheduling failed, will retry", "pod", key, "err", err)
-		s.queue.AddRateLimited(key)
-		return true
-	}
-	s.queue.Forget(key)
-	return true
+	// Binding is one API round trip each: workers overlap them. A Pod
+	// that fits no Node yet is the normal case of a failure, so failures
+	// are logged quietly.
+	worker.Run(ctx, s.queue, workers, s.schedule, worker.Options{
+		KeyName: "pod", Expected: func(error) bool { return true }, ExpectedV: 2, Waiting: "Scheduling failed; will retry",
+	})
 }
 
 func (s *Scheduler) schedule(ctx context.Context, key string) error {

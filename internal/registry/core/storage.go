@@ -20,12 +20,9 @@ import (
 	"k8s.io/apiserver/pkg/registry/rest"
 	"k8s.io/apiserver/pkg/storage/names"
 
+	apicore "github.com/duet-net/duet/internal/apis/core"
 	registry "github.com/duet-net/duet/internal/registry/generic"
 )
-
-// NamespaceFinalizer holds a deleted namespace until the namespace
-// controller has deleted what it contains.
-const NamespaceFinalizer = "duet.dev/namespace-contents"
 
 // NewStorage returns the core/v1 stores, keyed by resource path.
 func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter) (map[string]rest.Storage, error) {
@@ -46,6 +43,19 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		return nil
 	}
 
+	// Whatever writes a Namespace, its status included, keeps its name
+	// label and, until it is deleted, the finalizer that lets the
+	// namespace controller empty it first.
+	nsMeta := func(_ context.Context, obj, _ runtime.Object) {
+		ns := obj.(*corev1.Namespace)
+		if ns.Labels == nil {
+			ns.Labels = map[string]string{}
+		}
+		ns.Labels[corev1.LabelMetadataName] = ns.Name
+		if ns.DeletionTimestamp == nil {
+			addFinalizer(ns)
+		}
+	}
 	nsStrategy := &registry.Strategy{
 		HasStatus:     true,
 		NameValidator: apivalidation.ValidateNamespaceName,
@@ -58,16 +68,7 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 			}
 			ns.Labels[corev1.LabelMetadataName] = ns.Name
 		},
-		PrepareForUpdateFunc: func(_ context.Context, obj, old runtime.Object) {
-			ns := obj.(*corev1.Namespace)
-			if ns.Labels == nil {
-				ns.Labels = map[string]string{}
-			}
-			ns.Labels[corev1.LabelMetadataName] = ns.Name
-			if ns.DeletionTimestamp == nil {
-				addFinalizer(ns)
-			}
-		},
+		PrepareForUpdateFunc: nsMeta,
 	}
 	if err := add(registry.Options{
 		NewFunc: func() runtime.Object { return &corev1.Namespace{} }, NewListFunc: func() runtime.Object { return &corev1.NamespaceList{} },
@@ -78,7 +79,7 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		Table: registry.NewTable(registry.Column{Name: "Status", Type: "string", Cell: func(o runtime.Object) any {
 			return string(o.(*corev1.Namespace).Status.Phase)
 		}}),
-	}, &registry.StatusStrategy{}); err != nil {
+	}, &registry.StatusStrategy{PrepareForUpdateFunc: nsMeta}); err != nil {
 		return nil, err
 	}
 
@@ -127,6 +128,9 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		},
 	}
 	podStatus := &registry.StatusStrategy{
+		// As in Kubernetes: old kubelets corrupted owner references
+		// through status writes, and only a delete sets deletionTimestamp.
+		KeepMeta: []registry.MetaField{registry.MetaOwnerReferences, registry.MetaDeletionTimestamp},
 		ValidateStatusUpdateFunc: func(_ context.Context, obj, _ runtime.Object) field.ErrorList {
 			pod := obj.(*corev1.Pod)
 			syncPodIP(pod)
@@ -166,11 +170,11 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 
 func addFinalizer(ns *corev1.Namespace) {
 	for _, f := range ns.Finalizers {
-		if f == NamespaceFinalizer {
+		if f == apicore.NamespaceFinalizer {
 			return
 		}
 	}
-	ns.Finalizers = append(ns.Finalizers, NamespaceFinalizer)
+	ns.Finalizers = append(ns.Finalizers, apicore.NamespaceFinalizer)
 }
 
 func podFields(obj runtime.Object) fields.Set {

@@ -32,7 +32,8 @@ type Strategy struct {
 
 	Namespaced bool
 	// HasStatus splits the object: the main resource ignores status
-	// changes and the status subresource ignores everything else.
+	// changes and the status subresource ignores spec changes (see
+	// StatusStrategy).
 	HasStatus bool
 	// NameValidator checks metadata.name (a DNS subdomain by default).
 	NameValidator validation.ValidateNameFunc
@@ -126,28 +127,72 @@ func (s *Strategy) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
 	}
 }
 
-// StatusStrategy is the status subresource of a Strategy: only status
-// changes, and the status validation hook runs.
+// StatusStrategy is the status subresource of a Strategy. As in
+// Kubernetes, a status write changes status and, unless KeepMeta says
+// otherwise, metadata (labels, annotations...); everything else, the spec
+// above all, keeps its stored value whatever the client sent, and the
+// write succeeds: a client that read the object, changed its status and
+// wrote it back must not fail on a spec that changed meanwhile.
 type StatusStrategy struct {
 	*Strategy
+	// KeepMeta lists the metadata a status write may not change either,
+	// as Kubernetes' strategy for the resource resets it.
+	KeepMeta []MetaField
+	// PrepareForUpdateFunc, if set, runs after the reset, for what the
+	// resource guarantees of its metadata whoever writes it.
+	PrepareForUpdateFunc     func(ctx context.Context, obj, old runtime.Object)
 	ValidateStatusUpdateFunc func(ctx context.Context, obj, old runtime.Object) field.ErrorList
 }
 
+// MetaField names a metadata field a StatusStrategy may keep.
+type MetaField string
+
+// The metadata fields a StatusStrategy may keep.
+const (
+	MetaLabels            MetaField = "labels"
+	MetaAnnotations       MetaField = "annotations"
+	MetaFinalizers        MetaField = "finalizers"
+	MetaOwnerReferences   MetaField = "ownerReferences"
+	MetaDeletionTimestamp MetaField = "deletionTimestamp"
+)
+
+// KeepAllMeta is what metav1.ResetObjectMetaForStatus keeps, the rule of
+// Kubernetes' newer status subresources (ServiceCIDR's, for one).
+var KeepAllMeta = []MetaField{MetaLabels, MetaAnnotations, MetaFinalizers, MetaOwnerReferences, MetaDeletionTimestamp}
+
 func (s *StatusStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object) {
-	// Keep everything but status (and the metadata a status writer may not change).
-	status := reflect.ValueOf(obj).Elem().FieldByName("Status")
-	saved := reflect.New(status.Type()).Elem()
-	saved.Set(status)
-	newMeta := mustMeta(obj)
-	rv, managed := newMeta.GetResourceVersion(), newMeta.GetManagedFields()
-	reflect.ValueOf(obj).Elem().Set(reflect.ValueOf(old.DeepCopyObject()).Elem())
-	reflect.ValueOf(obj).Elem().FieldByName("Status").Set(saved)
-	m := mustMeta(obj)
-	m.SetResourceVersion(rv)
-	m.SetManagedFields(managed)
+	stored := old.DeepCopyObject()
+	cur, was := reflect.ValueOf(obj).Elem(), reflect.ValueOf(stored).Elem()
+	for i := range cur.NumField() {
+		switch cur.Type().Field(i).Name {
+		case "TypeMeta", "ObjectMeta", "Status":
+		default:
+			cur.Field(i).Set(was.Field(i))
+		}
+	}
+	m, om := mustMeta(obj), mustMeta(stored)
+	for _, f := range s.KeepMeta {
+		switch f {
+		case MetaLabels:
+			m.SetLabels(om.GetLabels())
+		case MetaAnnotations:
+			m.SetAnnotations(om.GetAnnotations())
+		case MetaFinalizers:
+			m.SetFinalizers(om.GetFinalizers())
+		case MetaOwnerReferences:
+			m.SetOwnerReferences(om.GetOwnerReferences())
+		case MetaDeletionTimestamp:
+			m.SetDeletionTimestamp(om.GetDeletionTimestamp())
+		}
+	}
+	if s.PrepareForUpdateFunc != nil {
+		s.PrepareForUpdateFunc(ctx, obj, old)
+	}
 }
 
 func (s *StatusStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+	// Checks the immutable metadata and the syntax of what may change
+	// (labels, annotations, owner references).
 	errs := validation.ValidateObjectMetaAccessorUpdate(mustMeta(obj), mustMeta(old), field.NewPath("metadata"))
 	if s.ValidateStatusUpdateFunc != nil {
 		errs = append(errs, s.ValidateStatusUpdateFunc(ctx, obj, old)...)
@@ -159,9 +204,11 @@ func (s *StatusStrategy) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Se
 	if s.APIVersion == "" {
 		return nil
 	}
-	return map[fieldpath.APIVersion]*fieldpath.Set{
-		fieldpath.APIVersion(s.APIVersion): fieldpath.NewSet(fieldpath.MakePathOrDie("spec"), fieldpath.MakePathOrDie("metadata", "labels"), fieldpath.MakePathOrDie("metadata", "annotations")),
+	set := fieldpath.NewSet(fieldpath.MakePathOrDie("spec"))
+	for _, f := range s.KeepMeta {
+		set.Insert(fieldpath.MakePathOrDie("metadata", string(f)))
 	}
+	return map[fieldpath.APIVersion]*fieldpath.Set{fieldpath.APIVersion(s.APIVersion): set}
 }
 
 // resetField sets obj's named field to old's (or to its zero value when
@@ -299,13 +346,19 @@ func NewStore(o Options, optsGetter generic.RESTOptionsGetter) (*Store, error) {
 // StatusStore is the status subresource of a store: get and update only.
 type StatusStore struct{ store *genericregistry.Store }
 
-// NewStatusStore derives the status subresource from a main store.
+// NewStatusStore derives the status subresource from a main store. The
+// main store's hooks are left out: they act on what the main resource may
+// change (a Service's cluster IPs and node ports), which a status write
+// never changes, and they would run on the request as sent, before the
+// status strategy resets its spec.
 func NewStatusStore(main *Store, status *StatusStrategy) *StatusStore {
 	s := *main.Store
 	s.CreateStrategy = nil
 	s.DeleteStrategy = nil
 	s.UpdateStrategy = status
 	s.ResetFieldsStrategy = status
+	s.BeginCreate, s.BeginUpdate = nil, nil
+	s.AfterCreate, s.AfterUpdate, s.AfterDelete = nil, nil, nil
 	return &StatusStore{store: &s}
 }
 

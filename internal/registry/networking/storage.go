@@ -50,7 +50,7 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		return nil, err
 	}
 	out["servicecidrs"] = cidrs
-	out["servicecidrs/status"] = registry.NewStatusStore(cidrs, &registry.StatusStrategy{Strategy: cidrStrategy})
+	out["servicecidrs/status"] = registry.NewStatusStore(cidrs, &registry.StatusStrategy{Strategy: cidrStrategy, KeepMeta: registry.KeepAllMeta})
 
 	ips, err := registry.NewStore(registry.Options{
 		NewFunc:     func() runtime.Object { return &networkingv1.IPAddress{} },

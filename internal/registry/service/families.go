@@ -214,6 +214,23 @@ func isUntouchedPreferDualStack(svc, old *core.Service) bool {
 // without selector, and no clusterIP of the other family); otherwise the
 // field is left for validation to report in the 1.16 terms.
 //
+// ipFamily is the Service's primary family, not a promise of a single
+// family, and an explicit ipFamilyPolicy decides how many it gets:
+// ipFamily IPv6 with RequireDualStack is ipFamilies [IPv6] with
+// RequireDualStack, a dual-stack Service with IPv6 first. The reasons:
+//
+//   - In 1.16 ipFamily was the family of the one cluster IP; the GA API
+//     gave that role to ipFamilies[0], the family of clusterIPs[0], and
+//     lets ipFamilyPolicy alone choose single or dual stack. Mapping
+//     ipFamily to ipFamilies[0] keeps both generations' meaning.
+//   - A 1.16 client cannot send ipFamilyPolicy, so it always gets the
+//     single-stack Service it asked for. Only a client that knows the GA
+//     fields sends both, and its policy is an explicit request.
+//   - Every Service is read back with ipFamily = ipFamilies[0], dual-stack
+//     ones included. Refusing ipFamily next to a dual-stack policy would
+//     refuse the object the server itself returns, breaking every
+//     read-modify-write (kubectl edit, apply, client-go Update).
+//
 // On update a stored ipFamily is immutable, so nothing is mapped: an
 // unchanged value adds nothing, a changed one is an error.
 func applyLegacyIPFamily(svc, old *core.Service, cfg Config) {

@@ -377,6 +377,45 @@ func TestCreateFamilies(t *testing.T) {
 				"IPv6": ok(prefer, "IPv6"), "IPv4,IPv6": ok(prefer, v6v4), "IPv6,IPv4": ok(prefer, v6v4),
 			},
 		},
+		// ipFamily is the primary family; an explicit policy decides single
+		// or dual stack (see applyLegacyIPFamily for why).
+		{
+			name: "1.16 ipFamily IPv6 with RequireDualStack is a dual-stack Service with IPv6 first",
+			svc:  newService(ipFamily(v6), policy(require)),
+			want: map[string]outcome{
+				"IPv4": fails(notDualStack, `spec.ipFamily: Invalid value: "IPv6": only the following families are allowed: IPv4`),
+				"IPv6": fails(notDualStack), "IPv4,IPv6": ok(require, v6v4), "IPv6,IPv4": ok(require, v6v4),
+			},
+		},
+		{
+			name: "1.16 ipFamily IPv4 with RequireDualStack is a dual-stack Service with IPv4 first",
+			svc:  newService(ipFamily(v4), policy(require)),
+			want: map[string]outcome{
+				"IPv4":      fails(notDualStack),
+				"IPv6":      fails(notDualStack, `spec.ipFamily: Invalid value: "IPv4": only the following families are allowed: IPv6`),
+				"IPv4,IPv6": ok(require, v4v6), "IPv6,IPv4": ok(require, v4v6),
+			},
+		},
+		{
+			name: "1.16 ipFamily with SingleStack is that family alone",
+			svc:  newService(ipFamily(v6), policy(single)),
+			want: map[string]outcome{
+				"IPv4": fails(`spec.ipFamily: Invalid value: "IPv6": only the following families are allowed: IPv4`),
+				"IPv6": ok(single, "IPv6"), "IPv4,IPv6": ok(single, "IPv6"), "IPv6,IPv4": ok(single, "IPv6"),
+			},
+		},
+		{
+			name: "1.16 ipFamily with RequireDualStack and ipFamilies led by the other family is refused",
+			svc:  newService(ipFamily(v6), policy(require), families(v4, v6)),
+			want: map[string]outcome{
+				"IPv4": fails(notDualStack, `spec.ipFamilies[1]: Invalid value: "IPv6": not configured on this cluster`,
+					`spec.ipFamily: Invalid value: "IPv6": only the following families are allowed: IPv4`),
+				"IPv6": fails(notDualStack, `spec.ipFamilies[0]: Invalid value: "IPv4": not configured on this cluster`,
+					"spec.ipFamily: Invalid value: \"IPv6\": does not match `ipFamilies[0]` (IPv4)"),
+				"IPv4,IPv6": fails("spec.ipFamily: Invalid value: \"IPv6\": does not match `ipFamilies[0]` (IPv4)"),
+				"IPv6,IPv4": fails("spec.ipFamily: Invalid value: \"IPv6\": does not match `ipFamilies[0]` (IPv4)"),
+			},
+		},
 		{
 			name: "1.16 ipFamily on a headless Service without selector keeps it single-family, on any cluster",
 			svc:  newService(ipFamily(v6), headless, noSelector),

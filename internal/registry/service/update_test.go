@@ -103,6 +103,8 @@ func TestUpdate(t *testing.T) {
 			shapes: dual, old: newService(policy(require)), manifest: newService(), same: true},
 		{name: "a 1.16 client's read-modify-write keeps a dual-stack Service dual",
 			shapes: dual, old: newService(policy(require)), update: then(asOldClient, relabel), same: true},
+		{name: "a dual-stack Service made with ipFamily and RequireDualStack, read and written back, is accepted",
+			shapes: dual, old: newService(ipFamily(v6), policy(require)), update: relabel, same: true},
 		{name: "a GA client that omits ipFamily keeps it",
 			shapes: dual, old: newService(policy(require)), update: func(s *core.Service) { s.Spec.IPFamily = nil }, same: true},
 
