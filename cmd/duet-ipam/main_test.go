@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,8 +62,11 @@ type invocation struct {
 	stdin                            []byte
 }
 
-func (iv invocation) run() ([]byte, error) {
-	cmd := exec.Command(iv.bin)
+func (iv invocation) run() ([]byte, error) { return iv.runWith() }
+
+// runWith runs iv.bin with args, as a runtime runs a plugin.
+func (iv invocation) runWith(args ...string) ([]byte, error) {
+	cmd := exec.Command(iv.bin, args...)
 	cmd.Env = []string{
 		"CNI_COMMAND=" + iv.command,
 		"CNI_CONTAINERID=" + iv.containerID,
@@ -158,6 +163,14 @@ func TestGCAndStatusThroughTheBinary(t *testing.T) {
 	if err == nil || json.Unmarshal(out, &cniErr) != nil || cniErr.Code != 50 {
 		t.Fatalf("STATUS of a full network: %s, %v; want error code 50", out, err)
 	}
+	// A GC without cni.dev/valid-attachments is refused and frees nothing.
+	out, err = invocation{pluginBin, "GC", "", "", stdin}.run()
+	if err == nil || json.Unmarshal(out, &cniErr) != nil || cniErr.Code != 7 || !strings.Contains(cniErr.Msg, "cni.dev/valid-attachments") {
+		t.Fatalf("GC without cni.dev/valid-attachments: %s, %v; want error code 7 naming the key", out, err)
+	}
+	if _, err := (invocation{pluginBin, "CHECK", "leaked", ns, stdin}).run(); err != nil {
+		t.Fatalf("a refused GC released the attachment: %v", err)
+	}
 	// The runtime knows of no attachment: GC frees the leaked one.
 	gc := bytes.Replace(stdin, []byte(`"type":"bridge"`), []byte(`"type":"bridge","cni.dev/valid-attachments":[]`), 1)
 	if _, err := (invocation{pluginBin, "GC", "", "", gc}).run(); err != nil {
@@ -189,5 +202,111 @@ func TestVersionAdvertisesCNI11(t *testing.T) {
 	}
 	if err := json.Unmarshal(out, &v); err != nil || !strings.Contains(strings.Join(v.Supported, ","), "1.1.0") {
 		t.Fatalf("VERSION said %s", out)
+	}
+}
+
+// duet-ipam is exec'd once per CNI call: it must stay small and start
+// fast, so nothing of Kubernetes may enter its import graph, whatever the
+// packages it shares with the agent import.
+func TestNoKubernetesInTheImportGraph(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	var k8s []string
+	for _, pkg := range strings.Fields(string(out)) {
+		if strings.HasPrefix(pkg, "k8s.io/") || strings.HasPrefix(pkg, "sigs.k8s.io/") {
+			k8s = append(k8s, pkg)
+		}
+	}
+	if len(k8s) > 0 {
+		t.Fatalf("duet-ipam imports %v", k8s)
+	}
+}
+
+// mountNS runs a process that holds a private mount namespace with a small
+// tmpfs on dir, and returns its PID: the tmpfs is seen only by processes
+// that enter that namespace, and goes away with it, so the host's mounts
+// never change.
+func mountNS(t *testing.T, dir string, size string) int {
+	t.Helper()
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount -t tmpfs -o size="$2" duet-ipam-test "$1" && echo ready && exec sleep 600`, "sh", dir, size)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("unshare: %v (this test needs root and util-linux)", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line := make([]byte, 6)
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "ready\n" {
+		t.Fatalf("the mount namespace did not come up: %q, %v", line, err)
+	}
+	return cmd.Process.Pid
+}
+
+// inMountNS is an invocation run inside the mount namespace of pid.
+func inMountNS(pid int, iv invocation) ([]byte, error) {
+	return invocation{"nsenter", iv.command, iv.containerID, iv.netns, iv.stdin}.runWith(
+		"--mount=/proc/"+strconv.Itoa(pid)+"/ns/mnt", "--", iv.bin)
+}
+
+// A full disk while writing is CNI's I/O failure, code 5 (it used to be
+// 999), and the failed ADD leaves nothing behind.
+func TestFullDiskIsAnIOFailure(t *testing.T) {
+	_, ns := netns(t)
+	dataDir := t.TempDir()
+	pid := mountNS(t, dataDir, "512k")
+	stdin := ipamConf("1.1.0", dataDir, `[[{"subnet":"10.128.0.0/16"}],[{"subnet":"fd00:10:128::/64"}]]`)
+	if out, err := inMountNS(pid, invocation{pluginBin, "ADD", "first", ns, stdin}); err != nil {
+		t.Fatalf("ADD on an empty disk: %v: %s", err, out)
+	}
+	// Fill the tmpfs; dd stops at ENOSPC.
+	filler := filepath.Join(dataDir, "filler")
+	fill := exec.Command("nsenter", "--mount=/proc/"+strconv.Itoa(pid)+"/ns/mnt", "--", "dd", "if=/dev/zero", "of="+filler, "bs=4k")
+	if out, err := fill.CombinedOutput(); err == nil || !strings.Contains(string(out), "No space left on device") {
+		t.Fatalf("filling the disk: %v: %s", err, out)
+	}
+	// Reservations grow the file until bbolt needs a page the disk no
+	// longer has.
+	var failedID string
+	var out []byte
+	for i := 0; i < 2000 && failedID == ""; i++ {
+		id := fmt.Sprintf("ctr%d", i)
+		var err error
+		if out, err = inMountNS(pid, invocation{pluginBin, "ADD", id, ns, stdin}); err != nil {
+			failedID = id
+		}
+	}
+	if failedID == "" {
+		t.Fatal("2,000 reservations fitted on a full disk")
+	}
+	var cniErr struct {
+		Code uint   `json:"code"`
+		Msg  string `json:"msg"`
+	}
+	if json.Unmarshal(out, &cniErr) != nil || cniErr.Code != 5 || !strings.Contains(cniErr.Msg, "no space left on device") {
+		t.Fatalf("ADD on a full disk printed %s; want error code 5 saying no space is left", out)
+	}
+	// Nothing of the failed ADD was kept; with room again it goes through.
+	rm := exec.Command("nsenter", "--mount=/proc/"+strconv.Itoa(pid)+"/ns/mnt", "--", "rm", filler)
+	if out, err := rm.CombinedOutput(); err != nil {
+		t.Fatalf("removing the filler: %v: %s", err, out)
+	}
+	out, err := inMountNS(pid, invocation{pluginBin, "CHECK", failedID, ns, stdin})
+	if err == nil || json.Unmarshal(out, &cniErr) != nil || cniErr.Code != 3 {
+		t.Fatalf("CHECK of the failed ADD: %s, %v; want code 3, no reservation", out, err)
+	}
+	if out, err := inMountNS(pid, invocation{pluginBin, "ADD", failedID, ns, stdin}); err != nil {
+		t.Fatalf("ADD with room again: %v: %s", err, out)
+	}
+	if out, err := inMountNS(pid, invocation{pluginBin, "CHECK", "first", ns, stdin}); err != nil {
+		t.Fatalf("the first reservation did not survive the full disk: %v: %s", err, out)
 	}
 }

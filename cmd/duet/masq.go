@@ -36,15 +36,17 @@ The config file is ip-masq-agent's, YAML or JSON:
   nonMasqueradeCIDRs: [10.0.0.0/8, fd00::/8]   # both families; replaces the defaults
   masqLinkLocal: false                         # true: masquerade 169.254.0.0/16 too
   masqLinkLocalIPv6: false                     # true: masquerade fe80::/10 too
-  resyncInterval: 60s                          # re-read the file and repair the rules
+  resyncInterval: 60s                          # re-read the file and repair the rules (>= 1s)
   cidrLimit: 64                                # optional; Duet has no limit of its own
 
 Absent keys keep their defaults; without a file (or without nonMasqueradeCIDRs)
 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and the IPv6 service ranges of
 --service-cluster-ip-range keep their source. Unknown keys, CIDRs with host bits
-and intervals that are not positive are refused: the error names the field, and
-the rules in force stay as they were until the file is fixed. Changes to the file
-take effect within a second.
+and resyncIntervals under a second are refused: the error names the field, and
+the rules in force stay as they were until the file is fixed. A file replaced
+whole (renamed into place, or a ConfigMap update) takes effect within a second;
+one written in place once it has not changed for a second, so that a writer
+pausing for less does not get half a file applied.
 
 The rules live in the nftables tables "ip duet-masq" and "ip6 duet-masq" and
 nothing else is touched. On SIGINT or SIGTERM duet masq exits and, like

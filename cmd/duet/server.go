@@ -42,8 +42,13 @@ It writes DIR/admin.kubeconfig before it reports ready on /readyz.`,
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			srv, err := apiserver.New(cfg, log)
+			srv, err := apiserver.New(ctx, cfg, log)
 			if err != nil {
+				if ctx.Err() != nil {
+					// SIGINT or SIGTERM while starting: stopped as asked.
+					log.Info("stopped while starting", "reason", err)
+					return nil
+				}
 				return err
 			}
 			log.Info("serving", "url", srv.URL, "kubeconfig", srv.Kubeconfig)

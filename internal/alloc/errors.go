@@ -54,3 +54,26 @@ type FullError struct{ Msg string }
 
 func (e *FullError) Error() string        { return e.Msg }
 func (e *FullError) Is(target error) bool { return target == ErrFull }
+
+// ErrUnknownAttachment says that an attachment holds no pod addresses.
+var ErrUnknownAttachment = errors.New("unknown attachment")
+
+// UnknownAttachmentError names the attachment that holds no addresses.
+type UnknownAttachmentError struct{ Attachment Attachment }
+
+func (e *UnknownAttachmentError) Error() string {
+	return fmt.Sprintf("no addresses are reserved for container %s interface %s", e.Attachment.ContainerID, e.Attachment.IfName)
+}
+func (e *UnknownAttachmentError) Is(target error) bool { return target == ErrUnknownAttachment }
+
+// StoreError is a failure of the store under an allocator (a file, a
+// database, the disk under it), as opposed to a refusal by the allocator's
+// policy: the caller could not read or keep its records. CNI reports it as
+// an I/O failure.
+type StoreError struct {
+	Op  string // what the store was doing, e.g. "committing to /var/lib/cni/networks/pods/duet-ipam.db"
+	Err error
+}
+
+func (e *StoreError) Error() string { return e.Op + ": " + e.Err.Error() }
+func (e *StoreError) Unwrap() error { return e.Err }

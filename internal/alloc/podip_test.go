@@ -1,148 +1,71 @@
-package alloc
+package alloc_test
 
 import (
-	"errors"
 	"net/netip"
 	"testing"
-	"time"
+
+	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/alloc/podiptest"
 )
 
-type fakeClock struct{ t time.Time }
+// The pod-IP policy over the in-memory store passes the store conformance
+// suite that the bbolt store passes too.
+func TestPodIPsOverMemStore(t *testing.T) {
+	podiptest.Run(t, func(*testing.T) podiptest.Opener {
+		st := alloc.NewMemPodIPStore()
+		return func(fn func(alloc.PodIPStore) error) error { return fn(st) }
+	}, podiptest.Options{ChurnSteps: 2000, Seeds: 8})
+}
 
-func (c *fakeClock) Now() time.Time          { return c.t }
-func (c *fakeClock) Advance(d time.Duration) { c.t = c.t.Add(d) }
-
-func mustPodIPs(t testing.TB, cidr string, cooldown time.Duration, clock *fakeClock) *PodIPs {
-	t.Helper()
-	opts := PodIPOptions{Cooldown: cooldown}
-	if clock != nil {
-		opts.Now = clock.Now
-	}
-	a, err := NewPodIPs(netip.MustParsePrefix(cidr), opts)
+// A rolled-back transaction leaves the in-memory store as it was, as a
+// failed bbolt transaction leaves the file.
+func TestMemPodIPStoreRollsBackAFailedUpdate(t *testing.T) {
+	st := alloc.NewMemPodIPStore()
+	sets := podiptest.DualStack(t)
+	p, err := alloc.NewPodIPs(st, sets, alloc.PodIPOptions{Cooldown: alloc.DefaultPodIPCooldown})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a
-}
-
-func nextIP(t *testing.T, a *PodIPs) string {
-	t.Helper()
-	ip, err := a.AllocateNext(ctx)
+	if _, err := p.Reserve(podiptest.Pod(1), nil); err != nil {
+		t.Fatal(err)
+	}
+	a4, a6 := netip.MustParseAddr("10.244.1.9"), netip.MustParseAddr("fd00:10:244:1::9")
+	tx, err := st.Begin(true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ip.String()
-}
-
-func TestPodIPsGatewayAndRoundRobin(t *testing.T) {
-	a := mustPodIPs(t, "10.244.1.0/24", 0, nil)
-	if got := a.Gateway().String(); got != "10.244.1.1" {
-		t.Fatalf("Gateway = %s", got)
-	}
-	for _, want := range []string{"10.244.1.2", "10.244.1.3", "10.244.1.4"} {
-		if got := nextIP(t, a); got != want {
-			t.Fatalf("got %s, want %s", got, want)
-		}
-	}
-	if err := a.Release(ctx, netip.MustParseAddr("10.244.1.2")); err != nil {
-		t.Fatal(err)
-	}
-	if got := nextIP(t, a); got != "10.244.1.5" {
-		t.Fatalf("round-robin went back to a released address: %s", got)
-	}
-	err := a.Allocate(ctx, a.Gateway())
-	if !errors.Is(err, ErrReserved) || err.Error() != "the provided IP (10.244.1.1) is reserved for the node's gateway" {
-		t.Fatalf("Allocate(gateway) = %v", err)
-	}
-}
-
-func TestPodIPsIPv6UsesLastAddress(t *testing.T) {
-	a := mustPodIPs(t, "fd00:10:244:1::/126", 0, nil)
-	// ::0 network, ::1 gateway, ::2 and ::3 for pods.
-	if got := []string{nextIP(t, a), nextIP(t, a)}; got[0] != "fd00:10:244:1::2" || got[1] != "fd00:10:244:1::3" {
-		t.Fatalf("got %v", got)
-	}
-	if _, err := a.AllocateNext(ctx); !errors.Is(err, ErrFull) {
-		t.Fatalf("want ErrFull, got %v", err)
-	}
-}
-
-func TestPodIPsIPv4NeverBroadcast(t *testing.T) {
-	a := mustPodIPs(t, "10.0.0.0/30", 0, nil)
-	if got := nextIP(t, a); got != "10.0.0.2" {
-		t.Fatalf("got %s", got)
-	}
-	_, err := a.AllocateNext(ctx)
-	if !errors.Is(err, ErrFull) || err.Error() != "range is full: all 2 usable addresses of node CIDR 10.0.0.0/30 are allocated" {
-		t.Fatalf("got %v", err)
-	}
-	if err := a.Allocate(ctx, netip.MustParseAddr("10.0.0.3")); !errors.Is(err, ErrNotInRange) {
-		t.Fatalf("Allocate(broadcast) = %v", err)
-	}
-	if _, err := NewPodIPs(netip.MustParsePrefix("10.0.0.0/31"), PodIPOptions{}); err == nil {
-		t.Fatal("a /31 node CIDR was accepted")
-	}
-}
-
-func TestPodIPsCooldown(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1000, 0)}
-	// 6 usable (.1-.6), .1 the gateway: five pod addresses .2-.6.
-	a := mustPodIPs(t, "10.0.0.0/29", 30*time.Second, clock)
-	for i := 0; i < 5; i++ {
-		nextIP(t, a)
-	}
-	for _, ip := range []string{"10.0.0.4", "10.0.0.3"} {
-		if err := a.Release(ctx, netip.MustParseAddr(ip)); err != nil {
+	for _, step := range []func() error{
+		func() error { return tx.PutRecord(a4, alloc.PodIPRecord{Holder: podiptest.Pod(2)}) },
+		func() error { return tx.PutRecord(a6, alloc.PodIPRecord{ReleasedAt: 7}) },
+		func() error { return tx.Enqueue(7, a6) },
+		func() error { return tx.DeleteRecord(netip.MustParseAddr("10.244.1.2")) },
+		func() error { return tx.PutHoldings(podiptest.Pod(2), []netip.Addr{a4}) },
+		func() error { return tx.DeleteHoldings(podiptest.Pod(1)) },
+		func() error { return tx.PutCursor(sets[0].String(), a4) },
+	} {
+		if err := step(); err != nil {
 			t.Fatal(err)
 		}
-		clock.Advance(time.Second)
 	}
-	if a.Has(netip.MustParseAddr("10.0.0.4")) || a.Used() != 4 {
-		t.Fatalf("cooling address counted as used: Used %d", a.Used())
-	}
-	// Nothing else is free: the one that has cooled longest comes back first.
-	if got := nextIP(t, a); got != "10.0.0.4" {
-		t.Fatalf("full range: got %s, want the oldest cooling 10.0.0.4", got)
-	}
-
-	// With room elsewhere, a cooling address waits out its cool-down even
-	// when the cursor passes it.
-	b := mustPodIPs(t, "10.0.0.0/29", 30*time.Second, clock)
-	for i := 0; i < 3; i++ {
-		nextIP(t, b) // .2 .3 .4
-	}
-	if err := b.Release(ctx, netip.MustParseAddr("10.0.0.2")); err != nil {
+	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	if got := []string{nextIP(t, b), nextIP(t, b)}; got[0] != "10.0.0.5" || got[1] != "10.0.0.6" {
-		t.Fatalf("got %v", got)
+	if err := tx.Commit(); err == nil {
+		t.Fatal("Commit after Rollback succeeded")
 	}
-	// The cursor wraps; .2 still cools and is the only free address.
-	if got := nextIP(t, b); got != "10.0.0.2" {
-		t.Fatalf("got %s", got)
+	if err := podiptest.CheckInvariants(st, sets, map[alloc.Attachment]bool{podiptest.Pod(1): true}); err != nil {
+		t.Fatalf("after the rollback: %v", err)
 	}
-	if err := b.Release(ctx, netip.MustParseAddr("10.0.0.5")); err != nil {
-		t.Fatal(err)
+	if held, cooling, _ := p.Counts(); held != 2 || cooling != 0 {
+		t.Fatalf("held %d cooling %d after the rollback, want 2 and 0", held, cooling)
 	}
-	if err := b.Release(ctx, netip.MustParseAddr("10.0.0.3")); err != nil {
-		t.Fatal(err)
+	// The cursor is back too: the next pod gets .3, not .10.
+	if got, err := p.Reserve(podiptest.Pod(3), nil); err != nil || podiptest.Join(got) != "10.244.1.3,fd00:10:244:1::3" {
+		t.Fatalf("next reservation %v, %v", got, err)
 	}
-	clock.Advance(31 * time.Second)
-	if err := b.Release(ctx, netip.MustParseAddr("10.0.0.4")); err != nil {
-		t.Fatal(err)
-	}
-	// .3 and .5 have cooled; .4 has not. The cursor is at .3.
-	if got := []string{nextIP(t, b), nextIP(t, b), nextIP(t, b)}; got[0] != "10.0.0.3" || got[1] != "10.0.0.5" || got[2] != "10.0.0.4" {
-		t.Fatalf("got %v, want [10.0.0.3 10.0.0.5 10.0.0.4]", got)
-	}
-
-	// An explicit request may take a cooling address.
-	c := mustPodIPs(t, "10.0.0.0/29", time.Hour, clock)
-	ip := netip.MustParseAddr(nextIP(t, c))
-	if err := c.Release(ctx, ip); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Allocate(ctx, ip); err != nil || !c.Has(ip) || c.Used() != 2 {
-		t.Fatalf("Allocate of a cooling address: %v, Used %d", err, c.Used())
+	ro, _ := st.Begin(false)
+	defer ro.Rollback()
+	if err := ro.PutCursor("x", a4); err == nil {
+		t.Fatal("a write in a read-only transaction succeeded")
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
-	"time"
 
 	"lukechampine.com/uint128"
 
@@ -39,19 +38,6 @@ func serviceSubject(r *ServiceRange) subject {
 		used:    r.Used, free: r.Free,
 		randomKey: func(rnd *rand.Rand) string {
 			return addrAtOffset(r.rng, randomIn(uint128.Zero, r.last.Add64(2))).String()
-		},
-	}
-}
-
-func podSubject(a *PodIPs) subject {
-	return subject{
-		next:    func() (string, error) { ip, err := a.AllocateNext(ctx); return ip.String(), err },
-		take:    func(k string) error { return a.Allocate(ctx, netip.MustParseAddr(k)) },
-		release: func(k string) error { return a.Release(ctx, netip.MustParseAddr(k)) },
-		has:     func(k string) bool { return a.Has(netip.MustParseAddr(k)) },
-		used:    a.Used, free: a.Free,
-		randomKey: func(rnd *rand.Rand) string {
-			return addrAtOffset(a.rng, randomIn(uint128.Zero, a.last.Add64(2))).String()
 		},
 	}
 }
@@ -162,17 +148,6 @@ func TestAllocatorProperties(t *testing.T) {
 				}
 				checkProperties(t, label+" nodes "+c.cidr, nodeSubject(n), seed, 3000, 0)
 			}
-			clock := &fakeClock{t: time.Unix(0, 0)}
-			for _, cidr := range []string{"10.244.3.0/27", "fd00:10:244:3::/120"} {
-				a, err := NewPodIPs(netip.MustParsePrefix(cidr), PodIPOptions{Cooldown: 5 * time.Second, Now: clock.Now, Store: store()})
-				if err != nil {
-					t.Fatal(err)
-				}
-				s := podSubject(a)
-				next := s.next
-				s.next = func() (string, error) { clock.Advance(time.Second); return next() }
-				checkProperties(t, label+" pods "+cidr, s, seed, 3000, 1)
-			}
 		}
 	}
 }
@@ -251,10 +226,9 @@ func TestSyncRestoresState(t *testing.T) {
 		}
 		taken = append(taken, p)
 	}
-	// A pod allocator sharing the store within the same range must not
-	// confuse its /128 records with the /64 ones.
-	pods, _ := NewPodIPs(taken[0], PodIPOptions{Store: store})
-	if _, err := pods.AllocateNext(ctx); err != nil {
+	// Records of another length within the range (addresses of a
+	// service range, say) are not the node allocator's.
+	if err := store.Create(ctx, netip.PrefixFrom(taken[0].Addr().Next(), 128)); err != nil {
 		t.Fatal(err)
 	}
 	n2, _ := NewNodeCIDRs(netip.MustParsePrefix("fd00::/48"), 64, store)

@@ -6,10 +6,8 @@ import (
 	"path/filepath"
 
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/pki"
-	"github.com/duet-net/duet/internal/registry/service"
 )
 
 // systemNamespaces exist in every cluster.
@@ -39,38 +36,13 @@ func (s *Server) bootstrap(ctx context.Context, loopback *rest.Config) error {
 	return s.ensureKubernetesService(ctx, client)
 }
 
-// ensureKubernetesService creates default/kubernetes with the first usable
-// address of the primary service range.
+// ensureKubernetesService creates default/kubernetes, with the first
+// usable address of the primary service range, before the server reports
+// ready; from then on kubernetesService keeps it.
 func (s *Server) ensureKubernetesService(ctx context.Context, client kubernetes.Interface) error {
 	primary := netaddr.FamilyOf(s.cfg.ServiceRanges[0].Addr())
-	ip := s.serviceRanges[primary].KubernetesServiceIP().String()
-	single := corev1.IPFamilyPolicySingleStack
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "kubernetes", Namespace: metav1.NamespaceDefault,
-			Labels: map[string]string{"component": "apiserver", "provider": "kubernetes"}},
-		Spec: corev1.ServiceSpec{
-			Type: corev1.ServiceTypeClusterIP, ClusterIP: ip, ClusterIPs: []string{ip},
-			IPFamilyPolicy: &single, IPFamilies: []corev1.IPFamily{corev1.IPFamily(primary)},
-			Ports:           []corev1.ServicePort{{Name: "https", Protocol: corev1.ProtocolTCP, Port: 443, TargetPort: intstr.FromInt32(int32(s.port))}},
-			SessionAffinity: corev1.ServiceAffinityNone,
-		},
-	}
-	_, err := client.CoreV1().Services(metav1.NamespaceDefault).Create(ctx, svc, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating the kubernetes service: %w", err)
-	}
-	// Its address is reserved rather than allocated, but it is recorded
-	// like every other cluster IP, as Kubernetes does.
-	_, err = client.NetworkingV1().IPAddresses().Create(ctx, &networkingv1.IPAddress{
-		ObjectMeta: metav1.ObjectMeta{Name: ip, Labels: map[string]string{
-			service.LabelIPFamily: string(primary), service.LabelManagedBy: service.ManagedBy,
-		}},
-		Spec: networkingv1.IPAddressSpec{ParentRef: &networkingv1.ParentReference{Resource: "services", Namespace: metav1.NamespaceDefault, Name: "kubernetes"}},
-	}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("recording the kubernetes service's IP: %w", err)
-	}
-	return nil
+	k := &kubernetesService{client: client, ip: s.serviceRanges[primary].KubernetesServiceIP(), families: []corev1.IPFamily{corev1.IPFamily(primary)}}
+	return k.createService(ctx, s.port)
 }
 
 // WriteNodeKubeconfig writes a kubeconfig for node name's agent, signed by

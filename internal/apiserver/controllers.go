@@ -78,7 +78,9 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 		Ranges:   s.serviceRanges,
 		Recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ipallocator-repair-controller"}),
 		Interval: s.cfg.RepairInterval,
-		Grace:    10 * time.Second,
+		// A create may store its Service until its request times out,
+		// a minute after it began (the API server's default timeout).
+		Grace: time.Minute,
 	}
 	metrics.Register()
 	go repair.Run(ctx)
@@ -104,14 +106,36 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 
 	id, _ := os.Hostname()
 	id = fmt.Sprintf("%s_%s", id, uuid.NewUUID())
+	// Every replica keeps default/kubernetes and lists itself in its
+	// endpoints, as every kube-apiserver does.
+	self := serverEndpoint{Addrs: advertisedAddrs(s.cfg.BindAddress), Port: s.port}
+	leases, err := newEtcdLeases(ctx, s.etcdClient, id, self, apiserverLeaseTTL)
+	if err != nil {
+		return err
+	}
+	var families []corev1.IPFamily
+	for _, r := range s.cfg.ServiceRanges {
+		families = append(families, corev1.IPFamily(netaddr.FamilyOf(r.Addr())))
+	}
+	kube := &kubernetesService{client: client, leases: leases, self: self, families: families, interval: kubernetesServiceInterval,
+		ip: s.serviceRanges[netaddr.FamilyOf(s.cfg.ServiceRanges[0].Addr())].KubernetesServiceIP()}
+	// The etcd client is closed, and controllersDone closed, once both
+	// the leader-elected controllers and this (which withdraws the
+	// server's lease through etcd) have stopped.
+	var running sync.WaitGroup
+	running.Go(func() { kube.Run(ctx) })
+
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: metav1.NamespaceSystem, Name: LeaseName},
 		Client:     client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
 	}
 	go func() {
-		defer close(s.controllersDone)
-		defer etcdClient.Close()
+		running.Wait()
+		etcdClient.Close()
+		close(s.controllersDone)
+	}()
+	running.Go(func() {
 		// The lease lives in kube-system, which the bootstrap hook may
 		// still be creating on a fresh cluster: campaigning before it
 		// exists only logs errors.
@@ -136,7 +160,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 				},
 			})
 		}
-	}()
+	})
 	return nil
 }
 

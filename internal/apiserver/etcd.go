@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -24,7 +25,12 @@ type etcdPorts struct{ Client, Peer int }
 // StartEmbeddedEtcd starts etcd in dir. The ports are picked free the first
 // time and reused on restart when still free, so the member's recorded
 // peer URL stays true; etcd's own log goes to dir/etcd.log.
-func StartEmbeddedEtcd(dir string) (*EmbeddedEtcd, error) {
+//
+// It returns ctx's error as soon as ctx is done, even while etcd is still
+// starting: etcd's start cannot be interrupted (it waits for its database
+// file's lock without a timeout), so it goes on in the background and is
+// closed if it ever comes up.
+func StartEmbeddedEtcd(ctx context.Context, dir string) (*EmbeddedEtcd, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -60,15 +66,38 @@ func StartEmbeddedEtcd(dir string) (*EmbeddedEtcd, error) {
 	cfg.AutoCompactionRetention = "1h"
 	cfg.QuotaBackendBytes = 8 << 30
 
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("starting embedded etcd in %s: %w", dir, err)
+	type started struct {
+		e   *embed.Etcd
+		err error
+	}
+	done := make(chan started, 1)
+	go func() {
+		e, err := embed.StartEtcd(cfg)
+		done <- started{e, err}
+	}()
+	var e *embed.Etcd
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, fmt.Errorf("starting embedded etcd in %s: %w", dir, r.err)
+		}
+		e = r.e
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.err == nil {
+				r.e.Close()
+			}
+		}()
+		return nil, fmt.Errorf("starting embedded etcd in %s: %w", dir, context.Cause(ctx))
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd failed: %w", err)
+	case <-ctx.Done():
+		e.Close()
+		return nil, fmt.Errorf("waiting for embedded etcd in %s: %w", dir, context.Cause(ctx))
 	case <-time.After(60 * time.Second):
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd in %s did not become ready within 60s (see %s)", dir, filepath.Join(dir, "etcd.log"))

@@ -135,10 +135,14 @@ type Server struct {
 	// controllersDone is closed once the leader-elected controllers have
 	// stopped and released their lease.
 	controllersDone chan struct{}
+	// lock is the flock on --data-dir/lock, held until the process ends.
+	lock *os.File
 }
 
-// New prepares a server: etcd, credentials, the kubeconfig, the API.
-func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
+// New prepares a server: etcd, credentials, the kubeconfig, the API. It
+// gives up with ctx's error as soon as ctx is done (a signal), whatever
+// step it is at.
+func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, controllersDone: make(chan struct{})}
 	if err := setServerFeatures(); err != nil {
 		return nil, err
@@ -153,16 +157,27 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating --data-dir: %w", err)
 	}
+	// One server per data directory: its etcd, credentials and kubeconfig
+	// are this server's alone.
+	if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	defer func() {
-		if err != nil && s.etcd != nil {
-			s.etcd.Close()
+		if err != nil {
+			if s.etcd != nil {
+				s.etcd.Close()
+			}
+			if s.etcdClient != nil {
+				s.etcdClient.Close()
+			}
+			s.lock.Close()
 		}
 	}()
 
 	etcdServers := cfg.EtcdServers
 	if len(etcdServers) == 0 {
 		log.Info("starting embedded etcd", "dir", filepath.Join(cfg.DataDir, "etcd"))
-		if s.etcd, err = StartEmbeddedEtcd(filepath.Join(cfg.DataDir, "etcd")); err != nil {
+		if s.etcd, err = StartEmbeddedEtcd(ctx, filepath.Join(cfg.DataDir, "etcd")); err != nil {
 			return nil, err
 		}
 		etcdServers = []string{s.etcd.ClientURL}
@@ -173,7 +188,8 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	if err := os.MkdirAll(pkiDir, 0o700); err != nil {
 		return nil, err
 	}
-	ca, err := sharedCA(context.Background(), etcdServers, pkiDir)
+	log.Info("connecting to etcd", "servers", etcdServers)
+	ca, err := sharedCA(ctx, etcdServers, pkiDir)
 	if err != nil {
 		return nil, err
 	}
@@ -277,7 +293,7 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	}
 	s.generic = generic
 
-	if err := s.installAPIs(completed); err != nil {
+	if err := s.installAPIs(ctx, completed); err != nil {
 		return nil, err
 	}
 
@@ -301,7 +317,7 @@ func New(cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	return s, nil
 }
 
-func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
+func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.CompletedConfig) error {
 	optsGetter := completed.RESTOptionsGetter
 
 	netStorage, err := networking.NewStorage(Scheme, optsGetter)
@@ -326,11 +342,14 @@ func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 		// Learn what earlier runs and other replicas allocated; the watch
 		// cache answers only once it has loaded.
 		var syncErr error
-		err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 			syncErr = r.Sync(ctx)
 			return syncErr == nil, nil
 		})
 		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("loading cluster IP allocations: %w", context.Cause(ctx))
+			}
 			return fmt.Errorf("loading cluster IP allocations: %w", syncErr)
 		}
 		ranges[r.Family()] = r
@@ -347,7 +366,7 @@ func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 	if err != nil {
 		return fmt.Errorf("--service-node-port-range: %w", err)
 	}
-	if err := ports.Sync(context.Background()); err != nil {
+	if err := ports.Sync(ctx); err != nil {
 		return fmt.Errorf("loading node port allocations: %w", err)
 	}
 	allocs.SetNodePorts(ports)
@@ -397,6 +416,8 @@ func (s *Server) installAPIs(completed genericapiserver.CompletedConfig) error {
 
 // Run serves until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
+	// Deferred first, so released last: after etcd has closed its files.
+	defer s.lock.Close()
 	if s.etcd != nil {
 		defer s.etcd.Close()
 		go func() {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/duet-net/duet/internal/netaddr"
 )
 
 // Record keys are the store's prefix followed by
@@ -89,7 +91,7 @@ func decodeKey(s string) (netip.Prefix, error) {
 func keyRange(p netip.Prefix) (start, end string) {
 	m := p.Masked()
 	first := m.Addr()
-	last := lastAddr(m)
+	last := netaddr.LastAddr(m)
 	startKey := encodeKey(netip.PrefixFrom(first, 0))
 	lastKey := encodeKey(netip.PrefixFrom(last, 0))
 	// Cut the length field off: every key of an address is "<addr part>/..".
@@ -103,30 +105,6 @@ func lenField(a netip.Addr) int {
 		return 2
 	}
 	return 3
-}
-
-// lastAddr is the highest address of a masked prefix.
-func lastAddr(p netip.Prefix) netip.Addr {
-	if p.Addr().Is4() {
-		b := p.Addr().As4()
-		setHostBits(b[:], p.Bits())
-		return netip.AddrFrom4(b)
-	}
-	b := p.Addr().As16()
-	setHostBits(b[:], p.Bits())
-	return netip.AddrFrom16(b)
-}
-
-func setHostBits(b []byte, bits int) {
-	for i := range b {
-		switch {
-		case bits >= 8*(i+1):
-		case bits <= 8*i:
-			b[i] = 0xff
-		default:
-			b[i] |= 0xff >> (bits - 8*i)
-		}
-	}
 }
 
 // contains reports whether a record key k lies within p, with MemStore's

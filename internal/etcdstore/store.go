@@ -147,7 +147,15 @@ func (s *Store) List(ctx context.Context, within netip.Prefix, fn func(key netip
 // read at one revision, so it sees one consistent snapshot however many
 // pages it takes. With keysOnly, values are not read.
 func Scan(ctx context.Context, kv clientv3.KV, from, end string, keysOnly bool, fn func(key, value []byte) error) error {
-	var rev int64
+	return ScanAt(ctx, kv, 0, from, end, keysOnly, fn)
+}
+
+// ScanAt is Scan at etcd revision rev, or at the current one when rev is
+// 0. Reading at a given revision lets a caller compare the keys with
+// something else read at that revision (the API's resourceVersion of a
+// list is one); a revision etcd has compacted away fails with
+// rpctypes.ErrCompacted.
+func ScanAt(ctx context.Context, kv clientv3.KV, rev int64, from, end string, keysOnly bool, fn func(key, value []byte) error) error {
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPageSize)}
 		if keysOnly {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/etcdstore/etcdtest"
@@ -209,6 +211,51 @@ func TestListPagesAtOneRevision(t *testing.T) {
 	})
 	if !errors.Is(err, stop) || calls != 1 {
 		t.Errorf("List did not stop at fn's error: err %v after %d calls", err, calls)
+	}
+}
+
+// ScanAt reads the keys as they were at the revision given, over several
+// pages, whatever was created or deleted since; 0 reads the current ones.
+func TestScanAtRevision(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	const prefix = "/scan/"
+	put := func(i int) {
+		t.Helper()
+		if _, err := srv.Client.Put(ctx, fmt.Sprintf("%s%05d", prefix, i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2100 { // three pages
+		put(i)
+	}
+	resp, err := srv.Client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := resp.Header.Revision
+	put(5000)
+	if _, err := srv.Client.Delete(ctx, fmt.Sprintf("%s%05d", prefix, 1500)); err != nil {
+		t.Fatal(err)
+	}
+	count := func(rev int64) (n int, has1500, has5000 bool) {
+		t.Helper()
+		err := etcdstore.ScanAt(ctx, srv.Client, rev, prefix, clientv3.GetPrefixRangeEnd(prefix), true, func(k, _ []byte) error {
+			n++
+			has1500 = has1500 || string(k) == prefix+"01500"
+			has5000 = has5000 || string(k) == prefix+"05000"
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("ScanAt(%d): %v", rev, err)
+		}
+		return n, has1500, has5000
+	}
+	if n, has1500, has5000 := count(rev); n != 2100 || !has1500 || has5000 {
+		t.Errorf("ScanAt(revision of the first 2100 puts): %d keys (deleted key there: %v, later key there: %v), want 2100, true, false", n, has1500, has5000)
+	}
+	if n, has1500, has5000 := count(0); n != 2100 || has1500 || !has5000 {
+		t.Errorf("ScanAt(0): %d keys (deleted key there: %v, later key there: %v), want 2100, false, true", n, has1500, has5000)
 	}
 }
 

@@ -109,6 +109,39 @@ func lowMask(n int) uint128.Uint128 {
 	return uint128.From64(1).Lsh(uint(n)).Sub64(1)
 }
 
+// LastAddr returns the last address of p: p's address with every host bit
+// set. Host bits already set in p's address do not matter, so p need not be
+// masked. An invalid prefix gives the zero Addr.
+func LastAddr(p netip.Prefix) netip.Addr {
+	if !p.IsValid() {
+		return netip.Addr{}
+	}
+	if p.Addr().Is4() {
+		b := p.Addr().As4()
+		setHostBits(b[:], p.Bits())
+		return netip.AddrFrom4(b)
+	}
+	b := p.Addr().As16()
+	setHostBits(b[:], p.Bits())
+	return netip.AddrFrom16(b)
+}
+
+// setHostBits sets every bit of the big-endian address b after its first
+// bits.
+func setHostBits(b []byte, bits int) {
+	for i := range b {
+		switch {
+		case bits >= 8:
+			bits -= 8
+		case bits > 0:
+			b[i] |= 0xff >> bits
+			bits = 0
+		default:
+			b[i] = 0xff
+		}
+	}
+}
+
 // AddrAt returns the address at offset off from the start of p. The offset
 // must be at most LastOffset(p).
 func AddrAt(p netip.Prefix, off uint128.Uint128) netip.Addr {

@@ -19,8 +19,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/alloc/boltstore"
 	"github.com/duet-net/duet/internal/cluster"
-	"github.com/duet-net/duet/internal/cni/ipam"
 )
 
 var duetBin string
@@ -402,11 +403,11 @@ func TestKill9DuringPodBurst(t *testing.T) {
 	held := func() int {
 		total := 0
 		for _, n := range topo.Nodes {
-			st, err := ipam.Open(filepath.Join(dataDir, "nodes", n.Name, "ipam"), "duet", 30*time.Second)
+			st, err := boltstore.Open(filepath.Join(dataDir, "nodes", n.Name, "ipam"), "duet", 30*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
-			h, _, err := st.Counts()
+			h, _, err := alloc.CountPodIPs(st)
 			st.Close()
 			if err != nil {
 				t.Fatal(err)

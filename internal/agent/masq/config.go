@@ -26,6 +26,12 @@ import (
 // DefaultResyncInterval is ip-masq-agent's.
 const DefaultResyncInterval = 60 * time.Second
 
+// MinResyncInterval is the shortest resyncInterval a file may ask for.
+// ip-masq-agent takes any value and, below a few milliseconds, spends a
+// core re-reading its file and rewriting its rules; a resync repairs
+// tampering, which a second's wait does not make worse.
+const MinResyncInterval = time.Second
+
 var (
 	// DefaultNonMasqueradeCIDRs is ip-masq-agent's default list: the RFC
 	// 1918 private ranges.
@@ -56,7 +62,7 @@ type Config struct {
 	// MasqLinkLocalIPv6 masquerades traffic to fe80::/10 too.
 	MasqLinkLocalIPv6 bool
 	// ResyncInterval is how often the file is re-read and the rules
-	// checked against the kernel. Always positive.
+	// checked against the kernel. Never below MinResyncInterval.
 	ResyncInterval time.Duration
 }
 
@@ -123,7 +129,7 @@ const maxReported = 10
 // the default list (an empty or null list masquerades everything but
 // link-local and the pod CIDRs, as in ip-masq-agent). Where ip-masq-agent
 // would silently ignore a mistake (an unknown or misspelt key, a duplicate
-// key) or misbehave on it (a resyncInterval that is not positive), Parse
+// key) or misbehave on it (a resyncInterval below a second), Parse
 // refuses the file: a typo must not quietly turn masquerading back to
 // the defaults. Every error names the field and the reason.
 func Parse(data []byte) (Config, error) {
@@ -383,6 +389,9 @@ func parseInterval(v json.RawMessage, dst *time.Duration) error {
 	}
 	if d <= 0 {
 		return fmt.Errorf("%s: must be positive, got %q", keyResyncInterval, s)
+	}
+	if d < MinResyncInterval {
+		return fmt.Errorf("%s: must be at least %s, got %q: a shorter interval keeps a core busy re-reading the file and the tables", keyResyncInterval, MinResyncInterval, s)
 	}
 	*dst = d
 	return nil

@@ -7,8 +7,9 @@ import (
 )
 
 // FuzzParseConfig checks that Parse never panics, that what it accepts
-// is usable (aligned prefixes of one family each, a positive interval),
-// and that writing an accepted config back out and parsing it again
+// is usable (aligned prefixes of one family each, an interval of at least
+// MinResyncInterval), and that writing an accepted config back out and
+// parsing it again
 // gives the same config. Seeds live in testdata/fuzz/FuzzParseConfig.
 func FuzzParseConfig(f *testing.F) {
 	for _, s := range []string{
@@ -16,6 +17,7 @@ func FuzzParseConfig(f *testing.F) {
 		"nonMasqueradeCIDRs: [10.0.0.0/8, fd00::/8]\nmasqLinkLocal: true\nresyncInterval: 30s\n",
 		`{"nonMasqueradeCIDRs": ["::ffff:10.0.0.0/104"], "cidrLimit": 1}`,
 		"resyncInterval: -1ns",
+		"resyncInterval: 999ms",
 	} {
 		f.Add([]byte(s))
 	}
@@ -27,7 +29,7 @@ func FuzzParseConfig(f *testing.F) {
 			}
 			return
 		}
-		if c.ResyncInterval <= 0 {
+		if c.ResyncInterval < MinResyncInterval {
 			t.Fatalf("accepted resyncInterval %v", c.ResyncInterval)
 		}
 		for _, p := range c.NonMasqueradeCIDRs {

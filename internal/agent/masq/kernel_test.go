@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/duet-net/duet/internal/nft"
 )
 
 // Tests here need root: they make network namespaces named
@@ -43,7 +45,7 @@ func sh(t testing.TB, name string, args ...string) string {
 	return string(out)
 }
 
-func nft(t testing.TB, ns string, args ...string) string {
+func nftCmd(t testing.TB, ns string, args ...string) string {
 	t.Helper()
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs the nft command to inspect and tamper with tables")
@@ -51,12 +53,21 @@ func nft(t testing.TB, ns string, args ...string) string {
 	return sh(t, "ip", append([]string{"netns", "exec", ns, "nft"}, args...)...)
 }
 
-var spaces = regexp.MustCompile(`\s+`)
+var (
+	spaces   = regexp.MustCompile(`\s+`)
+	comments = regexp.MustCompile(` comment "duet:[0-9a-f]{16}"`)
+)
 
 // listTable is `nft list table`, whitespace collapsed so that checks do
-// not depend on how nft wraps long element lists.
+// not depend on how nft wraps long element lists, and without the rules'
+// fingerprints (each rule must have one).
 func listTable(t testing.TB, ns, fam string) string {
-	return spaces.ReplaceAllString(nft(t, ns, "list", "table", fam, TableName), " ")
+	t.Helper()
+	out := spaces.ReplaceAllString(nftCmd(t, ns, "list", "table", fam, TableName), " ")
+	if n := len(comments.FindAllString(out, -1)); n != 4 {
+		t.Errorf("%s %s: %d rules with Duet's fingerprint, want 4:\n%s", fam, TableName, n, out)
+	}
+	return comments.ReplaceAllString(out, "")
 }
 
 func wantInTable(t *testing.T, ns, fam string, want ...string) {
@@ -74,13 +85,13 @@ func wantInTable(t *testing.T, ns, fam string, want ...string) {
 func wantKernelHolds(t *testing.T, p *Programmer, r Rules) {
 	t.Helper()
 	want := compile(r)
-	for _, f := range families {
-		o, err := p.b.observe(f)
+	for i, f := range nft.Families {
+		o, err := p.observe(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !o.present || !o.intact || !o.sets.equal(want[f]) {
-			t.Fatalf("%s table: present %t, intact %t, sets %v; want %v", f, o.present, o.intact, o.sets, want[f])
+		if !o.present || !o.intact || !o.sets.equal(want[i]) {
+			t.Fatalf("%s table: present %t, intact %t, sets %v; want %v", f.Keyword(), o.present, o.intact, o.sets, want[i])
 		}
 	}
 }
@@ -152,10 +163,10 @@ func TestKernelReconcileRepairsTampering(t *testing.T) {
 	requireRoot(t)
 	ns := testNS(t, "tamper")
 	// Someone else's table, which nothing here may touch.
-	nft(t, ns, "add", "table", "ip", "duetmasqtest-other")
-	nft(t, ns, "add", "chain", "ip", "duetmasqtest-other", "post", "{ type nat hook postrouting priority 50; }")
-	nft(t, ns, "add", "rule", "ip", "duetmasqtest-other", "post", "ip daddr 192.0.2.1 counter")
-	other := spaces.ReplaceAllString(nft(t, ns, "list", "table", "ip", "duetmasqtest-other"), " ")
+	nftCmd(t, ns, "add", "table", "ip", "duetmasqtest-other")
+	nftCmd(t, ns, "add", "chain", "ip", "duetmasqtest-other", "post", "{ type nat hook postrouting priority 50; }")
+	nftCmd(t, ns, "add", "rule", "ip", "duetmasqtest-other", "post", "ip daddr 192.0.2.1 counter")
+	other := spaces.ReplaceAllString(nftCmd(t, ns, "list", "table", "ip", "duetmasqtest-other"), " ")
 
 	p, err := New(ns)
 	if err != nil {
@@ -182,7 +193,7 @@ func TestKernelReconcileRepairsTampering(t *testing.T) {
 	}
 	for _, tt := range tampering {
 		t.Run(tt.name, func(t *testing.T) {
-			nft(t, ns, tt.nft...)
+			nftCmd(t, ns, tt.nft...)
 			repaired, err := p.Reconcile(r)
 			if err != nil {
 				t.Fatal(err)
@@ -196,7 +207,7 @@ func TestKernelReconcileRepairsTampering(t *testing.T) {
 
 	// Apply alone, without a check first, also recovers from a deleted
 	// table: the kernel refuses the increment and the programmer rebuilds.
-	nft(t, ns, "delete", "table", "ip", TableName)
+	nftCmd(t, ns, "delete", "table", "ip", TableName)
 	r = rulesOf(t, "nonMasqueradeCIDRs: [100.64.0.0/10]")
 	if err := p.Apply(r); err != nil {
 		t.Fatal(err)
@@ -206,11 +217,11 @@ func TestKernelReconcileRepairsTampering(t *testing.T) {
 	if err := p.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	tables := nft(t, ns, "list", "tables")
+	tables := nftCmd(t, ns, "list", "tables")
 	if strings.Contains(tables, TableName) {
 		t.Fatalf("Remove left:\n%s", tables)
 	}
-	if got := spaces.ReplaceAllString(nft(t, ns, "list", "table", "ip", "duetmasqtest-other"), " "); got != other {
+	if got := spaces.ReplaceAllString(nftCmd(t, ns, "list", "table", "ip", "duetmasqtest-other"), " "); got != other {
 		t.Fatalf("someone else's table changed:\n%s\nwas\n%s", got, other)
 	}
 	if err := Cleanup(ns); err != nil {

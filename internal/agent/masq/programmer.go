@@ -3,7 +3,11 @@ package masq
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
+	"strings"
+
+	"github.com/duet-net/duet/internal/nft"
 )
 
 // TableName is the name of Duet's masquerade table in both the ip and the
@@ -28,17 +32,6 @@ type Rules struct {
 	NonMasquerade []netip.Prefix
 }
 
-type family int
-
-const (
-	ipv4 family = iota
-	ipv6
-)
-
-var families = [...]family{ipv4, ipv6}
-
-func (f family) String() string { return [...]string{"ip", "ip6"}[f] }
-
 type setIndex int
 
 const (
@@ -57,39 +50,16 @@ func (m tableModel) equal(o tableModel) bool {
 	return slices.Equal(m[0], o[0]) && slices.Equal(m[1], o[1])
 }
 
-func (m tableModel) size() int { return len(m[0]) + len(m[1]) }
-
-type model [2]tableModel
+// model is both tables, in the order of nft.Families.
+type model [len(nft.Families)]tableModel
 
 func compile(r Rules) model {
 	var m model
-	for _, f := range families {
-		m[f][setNever] = mergePrefixes(r.NeverMasquerade, f == ipv6)
-		m[f][setNon] = mergePrefixes(r.NonMasquerade, f == ipv6)
+	for i, f := range nft.Families {
+		m[i][setNever] = mergePrefixes(r.NeverMasquerade, f == nft.IPv6)
+		m[i][setNon] = mergePrefixes(r.NonMasquerade, f == nft.IPv6)
 	}
 	return m
-}
-
-// opKind is one step of a transaction.
-type opKind int
-
-const (
-	// opRebuild replaces a family's table, whatever state it is in, with
-	// the full layout and the given set contents.
-	opRebuild opKind = iota
-	// opAdd and opDelete add or delete interval elements of one set.
-	opAdd
-	opDelete
-	// opRemove deletes a family's table if it exists.
-	opRemove
-)
-
-type op struct {
-	kind   opKind
-	family family
-	table  tableModel // opRebuild
-	set    setIndex   // opAdd, opDelete
-	ranges []ipRange  // opAdd, opDelete
 }
 
 // observed is what the kernel holds for one family's table.
@@ -103,21 +73,11 @@ type observed struct {
 	sets   tableModel
 }
 
-// backend is the kernel edge: it runs transactions and reads tables back.
-// The real one speaks nftables netlink; tests use an in-memory fake.
-type backend interface {
-	// commit runs ops in order as one transaction: all or nothing.
-	commit(ops []op) error
-	// observe reads one family's table.
-	observe(f family) (observed, error)
-	close() error
-}
-
 // Programmer keeps the masquerade tables of one network namespace as a
 // Rules value asks, sending the kernel only the differences from what it
 // last programmed. It is not safe for concurrent use.
 type Programmer struct {
-	b          backend
+	nft        nft.Interface
 	programmed bool  // the model reflects a successful commit
 	model      model // what the kernel holds as far as the programmer knows
 }
@@ -126,15 +86,19 @@ type Programmer struct {
 // under /run/netns, or a path), or the caller's own namespace for "". It
 // changes nothing until Apply.
 func New(netns string) (*Programmer, error) {
-	b, err := newNFTBackend(netns)
-	if err != nil {
-		return nil, err
+	path := netns
+	if netns != "" && !strings.ContainsRune(netns, '/') {
+		path = filepath.Join("/run/netns", netns)
 	}
-	return &Programmer{b: b}, nil
+	c, err := nft.NewAt(path)
+	if err != nil {
+		return nil, fmt.Errorf("masquerade tables: %w", err)
+	}
+	return &Programmer{nft: c}, nil
 }
 
-// Close releases the namespace. The rules stay in place.
-func (p *Programmer) Close() error { return p.b.close() }
+// Close releases the netlink socket. The rules stay in place.
+func (p *Programmer) Close() error { return p.nft.Close() }
 
 // Apply makes the tables hold r. It sends only the set elements that
 // differ from what it programmed last, in one transaction. The first
@@ -147,14 +111,17 @@ func (p *Programmer) Apply(r Rules) error {
 
 func (p *Programmer) apply(want model) error {
 	if !p.programmed {
-		return p.rebuild(want, families[:])
+		return p.rebuild(want, nft.Families[:])
 	}
-	ops := p.increment(want)
-	if len(ops) == 0 {
+	tx := &nft.Transaction{}
+	for i, f := range nft.Families {
+		increment(tx, f, p.model[i], want[i])
+	}
+	if tx.Empty() {
 		return nil
 	}
-	if err := p.b.commit(ops); err != nil {
-		if rerr := p.rebuild(want, families[:]); rerr != nil {
+	if err := p.nft.Run(tx); err != nil {
+		if rerr := p.rebuild(want, nft.Families[:]); rerr != nil {
 			return fmt.Errorf("updating masquerade sets: %w; rebuilding the tables: %w", err, rerr)
 		}
 		return nil
@@ -169,16 +136,16 @@ func (p *Programmer) apply(want model) error {
 // r, all in one transaction. It reports the families it had to repair.
 func (p *Programmer) Reconcile(r Rules) (repaired []string, err error) {
 	want := compile(r)
-	var broken []family
-	for _, f := range families {
-		o, err := p.b.observe(f)
+	var broken []nft.Family
+	for i, f := range nft.Families {
+		o, err := p.observe(f)
 		if err != nil {
-			return nil, fmt.Errorf("reading the %s %s table: %w", f, TableName, err)
+			return nil, fmt.Errorf("reading the %s %s table: %w", f.Keyword(), TableName, err)
 		}
-		if !p.programmed || !o.present || !o.intact || !o.sets.equal(p.model[f]) {
+		if !p.programmed || !o.present || !o.intact || !o.sets.equal(p.model[i]) {
 			broken = append(broken, f)
 			if p.programmed {
-				repaired = append(repaired, f.String())
+				repaired = append(repaired, f.Keyword())
 			}
 		}
 	}
@@ -191,11 +158,11 @@ func (p *Programmer) Reconcile(r Rules) (repaired []string, err error) {
 // Remove deletes both tables, if they exist, in one transaction: for
 // shutdown with cleanup and for duet down.
 func (p *Programmer) Remove() error {
-	ops := make([]op, 0, len(families))
-	for _, f := range families {
-		ops = append(ops, op{kind: opRemove, family: f})
+	tx := &nft.Transaction{}
+	for _, f := range nft.Families {
+		remove(tx, f)
 	}
-	if err := p.b.commit(ops); err != nil {
+	if err := p.nft.Run(tx); err != nil {
 		return fmt.Errorf("removing the %s tables: %w", TableName, err)
 	}
 	p.programmed, p.model = false, model{}
@@ -204,44 +171,19 @@ func (p *Programmer) Remove() error {
 
 // rebuild replaces the tables of the given families and applies the
 // increment to the others, in one transaction.
-func (p *Programmer) rebuild(want model, fams []family) error {
-	var ops []op
-	for _, f := range families {
+func (p *Programmer) rebuild(want model, fams []nft.Family) error {
+	tx := &nft.Transaction{}
+	for i, f := range nft.Families {
 		if slices.Contains(fams, f) {
-			ops = append(ops, op{kind: opRebuild, family: f, table: want[f]})
+			rebuild(tx, f, want[i])
 		} else {
-			ops = append(ops, p.familyIncrement(f, want[f])...)
+			increment(tx, f, p.model[i], want[i])
 		}
 	}
-	if err := p.b.commit(ops); err != nil {
+	if err := p.nft.Run(tx); err != nil {
 		p.programmed = false
 		return fmt.Errorf("programming the %s tables: %w", TableName, err)
 	}
 	p.programmed, p.model = true, want
 	return nil
-}
-
-func (p *Programmer) increment(want model) []op {
-	var ops []op
-	for _, f := range families {
-		ops = append(ops, p.familyIncrement(f, want[f])...)
-	}
-	return ops
-}
-
-// familyIncrement deletes before it adds: a range that changes keeps its
-// start address, and the kernel must see the old interval gone before
-// the new one is checked for overlaps.
-func (p *Programmer) familyIncrement(f family, want tableModel) []op {
-	var dels, adds []op
-	for s := range setNames {
-		del, add := diffRanges(p.model[f][s], want[s])
-		if len(del) > 0 {
-			dels = append(dels, op{kind: opDelete, family: f, set: setIndex(s), ranges: del})
-		}
-		if len(add) > 0 {
-			adds = append(adds, op{kind: opAdd, family: f, set: setIndex(s), ranges: add})
-		}
-	}
-	return append(dels, adds...)
 }

@@ -3,6 +3,8 @@ package masq
 import (
 	"net/netip"
 	"slices"
+
+	"github.com/duet-net/duet/internal/netaddr"
 )
 
 // ipRange is an inclusive address range of one family: what an nftables
@@ -38,31 +40,7 @@ func compareRanges(a, b ipRange) int {
 }
 
 // lastAddr is the last address of a prefix: its host bits all set.
-func lastAddr(p netip.Prefix) netip.Addr {
-	p = p.Masked()
-	if p.Addr().Is4() {
-		b := p.Addr().As4()
-		setHostBits(b[:], p.Bits())
-		return netip.AddrFrom4(b)
-	}
-	b := p.Addr().As16()
-	setHostBits(b[:], p.Bits())
-	return netip.AddrFrom16(b)
-}
-
-func setHostBits(b []byte, bits int) {
-	for i := range b {
-		switch {
-		case bits >= 8:
-			bits -= 8
-		case bits > 0:
-			b[i] |= 0xff >> bits
-			bits = 0
-		default:
-			b[i] = 0xff
-		}
-	}
-}
+func lastAddr(p netip.Prefix) netip.Addr { return netaddr.LastAddr(p) }
 
 // mergePrefixes returns the prefixes of one family as sorted, disjoint,
 // non-adjacent ranges. The kernel refuses overlapping intervals, and

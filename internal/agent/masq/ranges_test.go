@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/nftables"
+	"github.com/duet-net/duet/internal/nft"
 )
 
 func rangeStrings(rs []ipRange) string {
@@ -112,16 +112,16 @@ func TestDiffRanges(t *testing.T) {
 // to the last address and so have no end element.
 func TestElementsRoundTrip(t *testing.T) {
 	for _, tt := range []struct {
-		f  family
+		f  nft.Family
 		in []string
 	}{
-		{ipv4, nil},
-		{ipv4, []string{"0.0.0.0/8", "10.0.0.0/8", "255.255.255.255/32"}},
-		{ipv4, []string{"0.0.0.0/0"}},
-		{ipv6, []string{"::/0"}},
-		{ipv6, []string{"::/128", "fd00::/8", "ffff:ffff::/32"}},
+		{nft.IPv4, nil},
+		{nft.IPv4, []string{"0.0.0.0/8", "10.0.0.0/8", "255.255.255.255/32"}},
+		{nft.IPv4, []string{"0.0.0.0/0"}},
+		{nft.IPv6, []string{"::/0"}},
+		{nft.IPv6, []string{"::/128", "fd00::/8", "ffff:ffff::/32"}},
 	} {
-		want := mergePrefixes(prefixes(tt.in...), tt.f == ipv6)
+		want := mergePrefixes(prefixes(tt.in...), tt.f == nft.IPv6)
 		els := elements(want)
 		rand.Shuffle(len(els), func(i, j int) { els[i], els[j] = els[j], els[i] }) // the kernel's dump order is its own
 		got, ok := rangesOf(els, tt.f)
@@ -133,16 +133,15 @@ func TestElementsRoundTrip(t *testing.T) {
 
 func TestRangesOfRefusesWhatDuetDoesNotWrite(t *testing.T) {
 	good := elements(mergePrefixes(prefixes("10.0.0.0/8", "192.168.0.0/16"), false))
-	for name, els := range map[string][]nftSetElement{
+	for name, els := range map[string][]nft.Element{
 		"an end without a start":    good[1:],
 		"two starts in a row":       {good[0], good[2], good[3]},
-		"a key of the other family": append(slices.Clone(good), nftSetElement{Key: netip.MustParseAddr("fd00::").AsSlice()}),
-		"a key of no family":        {{Key: []byte{1, 2, 3}}},
+		"a key of the other family": append(slices.Clone(good), nft.Element{Key: string(netip.MustParseAddr("fd00::").AsSlice())}),
+		"a key of no family":        {{Key: "\x01\x02\x03"}},
+		"data on an element":        {{Key: good[0].Key, Data: "\x01\x02\x03\x04"}, good[1]},
 	} {
-		if rs, ok := rangesOf(els, ipv4); ok {
+		if rs, ok := rangesOf(els, nft.IPv4); ok {
 			t.Errorf("%s: decoded as %v", name, rs)
 		}
 	}
 }
-
-type nftSetElement = nftables.SetElement

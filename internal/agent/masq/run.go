@@ -9,13 +9,22 @@ import (
 	"strings"
 	"time"
 
+	"github.com/duet-net/duet/internal/nft"
 	"github.com/fsnotify/fsnotify"
+	"k8s.io/utils/clock"
 )
 
-// reloadDelay coalesces the burst of events one save makes (an editor's
-// write and rename, a ConfigMap's symlink swap) into one reload, well
-// within the second a change must take.
-const reloadDelay = 100 * time.Millisecond
+// A change to the file is read once it is whole. A file replaced whole
+// (renamed into place, as editors and configuration management save, or
+// swapped in through a ConfigMap volume's "..data" symlink) is read after
+// burstDelay, which gathers the events of one save into one read. A file
+// written in place may be read half-written (`nonMasqueradeCIDRs:` with
+// its list still to come means "masquerade everything"): it is read once
+// it has not changed for settleDelay.
+const (
+	burstDelay  = 100 * time.Millisecond
+	settleDelay = time.Second
+)
 
 // Options configure Run.
 type Options struct {
@@ -40,13 +49,16 @@ type Options struct {
 	// the first one and every change. Called from Run's goroutine.
 	OnApplied func(Config)
 
-	backend backend // tests: instead of the kernel's
+	nft   nft.Interface // tests: instead of the kernel
+	clock clock.Clock   // tests: instead of the real clock
 }
 
 // Run programs the masquerade rules of o.NetNS from o.ConfigPath until ctx
-// ends. It applies a changed file within a second (it watches the file's
-// directory, so editors' renames and ConfigMap symlink swaps are seen),
-// and re-reads the file and repairs the tables at every resyncInterval.
+// ends. It watches the file's directory, so that editors' renames and
+// ConfigMap symlink swaps are seen: a file replaced whole applies within a
+// second, one written in place once it has not changed for a second (see
+// settleDelay). It re-reads the file and repairs the tables at every
+// resyncInterval.
 // Until a usable file has been read once, it changes nothing. It leaves
 // the rules in place when it returns, as ip-masq-agent does; Cleanup
 // removes them. It returns an error only if it cannot start.
@@ -56,8 +68,8 @@ func Run(ctx context.Context, o Options) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	var p *Programmer
-	if o.backend != nil {
-		p = &Programmer{b: o.backend}
+	if o.nft != nil {
+		p = &Programmer{nft: o.nft}
 	} else {
 		var err error
 		if p, err = New(o.NetNS); err != nil {
@@ -80,10 +92,15 @@ func Run(ctx context.Context, o Options) error {
 		r.watch()
 	}
 
+	clk := o.clock
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
 	r.sync(true)
-	resync := time.NewTimer(r.interval)
+	resync := clk.NewTimer(r.interval)
 	defer resync.Stop()
-	var reload <-chan time.Time
+	change := &pending{clock: clk}
+	defer change.stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -93,8 +110,15 @@ func Run(ctx context.Context, o Options) error {
 				events = nil
 				continue
 			}
-			if r.concerns(ev) && reload == nil {
-				reload = time.After(reloadDelay)
+			switch r.classify(ev) {
+			case written:
+				change.after(settleDelay)
+			case replaced:
+				change.after(burstDelay)
+			case touched:
+				if !change.waiting() {
+					change.after(burstDelay)
+				}
 			}
 		case err, ok := <-watchErrs:
 			if !ok {
@@ -102,18 +126,81 @@ func Run(ctx context.Context, o Options) error {
 				continue
 			}
 			log.Warn("watching the masquerade config; changes wait for the next resync", "path", o.ConfigPath, "err", err)
-		case <-reload:
-			reload = nil
+		case <-change.C():
+			if !change.ready() {
+				continue
+			}
 			before := r.interval
 			r.sync(false)
 			if r.interval != before {
+				resync.Stop()
 				resync.Reset(r.interval)
 			}
-		case <-resync.C:
+		case <-resync.C():
 			r.watch()
-			r.sync(true)
+			switch {
+			case !change.waiting():
+				r.sync(true)
+			case r.applied:
+				// The file is changing: it is read once still, and
+				// meanwhile the rules in force are kept.
+				r.reconcile(r.current)
+			}
 			resync.Reset(r.interval)
 		}
+	}
+}
+
+// pending is a change to the file waiting to be read.
+type pending struct {
+	clock clock.Clock
+	timer clock.Timer
+	due   time.Time // zero: nothing waits
+}
+
+// after makes the read due d from now, earlier or later than it was.
+func (p *pending) after(d time.Duration) {
+	p.due = p.clock.Now().Add(d)
+	p.arm()
+}
+
+func (p *pending) arm() {
+	d := p.due.Sub(p.clock.Now())
+	if p.timer == nil {
+		p.timer = p.clock.NewTimer(d)
+		return
+	}
+	p.timer.Stop()
+	p.timer.Reset(d)
+}
+
+func (p *pending) waiting() bool { return !p.due.IsZero() }
+
+// C fires when the read may be due; it is nil while nothing waits.
+func (p *pending) C() <-chan time.Time {
+	if !p.waiting() {
+		return nil
+	}
+	return p.timer.C()
+}
+
+// ready says whether the read is due, once C fired. A timer that fired
+// for an earlier due time is armed again.
+func (p *pending) ready() bool {
+	if !p.waiting() {
+		return false
+	}
+	if p.clock.Now().Before(p.due) {
+		p.arm()
+		return false
+	}
+	p.due = time.Time{}
+	return true
+}
+
+func (p *pending) stop() {
+	if p.timer != nil {
+		p.timer.Stop()
 	}
 }
 
@@ -155,12 +242,34 @@ func (r *runner) watch() {
 	r.watching = true
 }
 
-// concerns tells whether an event in the directory may have changed the
-// file: the file itself, or the "..data"-style entries through which a
-// Kubernetes ConfigMap volume swaps all its files at once.
-func (r *runner) concerns(ev fsnotify.Event) bool {
+// How an event in the directory changes the file.
+type changeKind int
+
+const (
+	unrelated changeKind = iota
+	written              // written in place: perhaps not whole yet
+	replaced             // renamed into place, or swapped with the ConfigMap's "..data"
+	touched              // removed, renamed away, its mode changed
+)
+
+// classify tells how an event in the directory may have changed the file:
+// an event of the file itself, or of the "..data"-style entries through
+// which a Kubernetes ConfigMap volume swaps all its files at once. A
+// rename into place reads as the creation of the file (inotify's
+// IN_MOVED_TO); a file created and then written is written in place.
+func (r *runner) classify(ev fsnotify.Event) changeKind {
 	base := filepath.Base(ev.Name)
-	return base == filepath.Base(r.o.ConfigPath) || strings.HasPrefix(base, "..")
+	switch {
+	case strings.HasPrefix(base, ".."):
+		return replaced
+	case base != filepath.Base(r.o.ConfigPath):
+		return unrelated
+	case ev.Has(fsnotify.Write):
+		return written
+	case ev.Has(fsnotify.Create):
+		return replaced
+	}
+	return touched
 }
 
 // sync reads the file and programs it: incrementally after a change, with

@@ -2,18 +2,31 @@ package masq
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/duet-net/duet/internal/nft"
+	"github.com/fsnotify/fsnotify"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // runFake runs Run against a fake kernel until the test ends, and returns
 // the fake and channels of what Run reported.
-func runFake(t *testing.T, path string) (*fakeBackend, chan Config, chan error) {
+func runFake(t *testing.T, path string) (*nft.Fake, chan Config, chan error) {
 	t.Helper()
-	b := &fakeBackend{}
+	return runFakeWith(t, path, nil)
+}
+
+// runFakeWith is runFake with a clock of the test's (nil: the real one).
+func runFakeWith(t *testing.T, path string, clk clock.Clock) (*nft.Fake, chan Config, chan error) {
+	t.Helper()
+	b := nft.NewFake()
 	applied, errs := make(chan Config, 16), make(chan error, 16)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -35,7 +48,8 @@ func runFake(t *testing.T, path string) (*fakeBackend, chan Config, chan error) 
 				default:
 				}
 			},
-			backend: b,
+			nft:   b,
+			clock: clk,
 		})
 	}()
 	t.Cleanup(func() {
@@ -43,7 +57,7 @@ func runFake(t *testing.T, path string) (*fakeBackend, chan Config, chan error) 
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-		if !b.closed {
+		if !b.Closed() {
 			t.Error("Run did not close its programmer")
 		}
 	})
@@ -86,10 +100,17 @@ func writeAtomically(t *testing.T, path, data string) {
 // within the second a change may take.
 func waitApplied(t *testing.T, applied chan Config, errs chan error, since time.Time) Config {
 	t.Helper()
+	return waitAppliedBetween(t, applied, errs, since, 0, time.Second)
+}
+
+// waitAppliedBetween waits for the next applied config and checks that it
+// came between min and max after since.
+func waitAppliedBetween(t *testing.T, applied chan Config, errs chan error, since time.Time, min, max time.Duration) Config {
+	t.Helper()
 	select {
 	case c := <-applied:
-		if d := time.Since(since); d > time.Second {
-			t.Errorf("the change was applied after %v, want within a second", d)
+		if d := time.Since(since); d < min || d > max {
+			t.Errorf("the change was applied after %v, want between %v and %v", d, min, max)
 		}
 		return c
 	case err := <-errs:
@@ -134,17 +155,52 @@ ip non-masquerade: 10.0.0.0/8
 ip6 never-masquerade: fd00:10:244::/56
 ip6 non-masquerade: 2001:db8::/32, fe80::/10
 `)
-	if got := opKinds(b.lastCommit()); got != "delete ip non-masquerade 169.254.0.0/16; add ip6 non-masquerade 2001:db8::/32" {
+	if got := opKinds(b); got != "delete ip non-masquerade 169.254.0.0/16; add ip6 non-masquerade 2001:db8::/32" {
 		t.Errorf("the reload sent %q, want only the differences", got)
 	}
 
-	// Writing in place (no rename) is seen too.
-	start = time.Now()
+	// Writing in place (no rename) is seen too, once the file is still.
 	if err := os.WriteFile(path, []byte("masqLinkLocal: true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if c := waitApplied(t, applied, errs, start); !c.DefaultNonMasquerade {
+	start = time.Now()
+	if c := waitAppliedBetween(t, applied, errs, start, settleDelay-burstDelay, settleDelay+time.Second); !c.DefaultNonMasquerade {
 		t.Fatalf("in-place write applied %+v, want the default CIDRs", c)
+	}
+}
+
+// A file written in place is applied only once it has been still for a
+// while: the half written by a writer that pauses after a key (here
+// `nonMasqueradeCIDRs:` alone, which means "masquerade everything") is
+// never applied.
+func TestRunWaitsForAFileWrittenInPlace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ip-masq-agent")
+	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
+	b, applied, errs := runFake(t, path)
+	waitApplied(t, applied, errs, time.Now())
+
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("nonMasqueradeCIDRs:\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the writer's pause, part of the scenario
+	if _, err := f.WriteString("  - 192.168.0.0/16\n"); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c := waitAppliedBetween(t, applied, errs, written, settleDelay-burstDelay, settleDelay+time.Second)
+	if len(c.NonMasqueradeCIDRs) != 1 || c.NonMasqueradeCIDRs[0] != netip.MustParsePrefix("192.168.0.0/16") {
+		t.Fatalf("applied %v while the file was being written, want only the whole file", c.NonMasqueradeCIDRs)
+	}
+	if !strings.Contains(dump(t, b), "ip non-masquerade: 169.254.0.0/16, 192.168.0.0/16\n") {
+		t.Fatalf("tables:\n%s", dump(t, b))
 	}
 }
 
@@ -153,22 +209,42 @@ func TestRunKeepsTheRulesOfABadFile(t *testing.T) {
 	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
 	b, applied, errs := runFake(t, path)
 	waitApplied(t, applied, errs, time.Now())
-	before, commits := b.dump(), b.commitCount()
+	before, commits := dump(t, b), b.Transactions()
 
 	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.1/8]\n")
 	err := waitError(t, applied, errs)
 	if !strings.Contains(err.Error(), `nonMasqueradeCIDRs[0]: CIDR "10.0.0.1/8" is not aligned`) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("the error does not name the file, field and reason: %v", err)
 	}
-	if b.dump() != before || b.commitCount() != commits {
-		t.Fatalf("a bad file changed the tables:\n%s", b.dump())
+	if dump(t, b) != before || b.Transactions() != commits {
+		t.Fatalf("a bad file changed the tables:\n%s", dump(t, b))
 	}
 
 	start := time.Now()
 	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/9]\n")
 	waitApplied(t, applied, errs, start)
-	if !strings.Contains(b.dump(), "ip non-masquerade: 10.0.0.0/9, 169.254.0.0/16\n") {
-		t.Fatalf("the fixed file was not applied:\n%s", b.dump())
+	if !strings.Contains(dump(t, b), "ip non-masquerade: 10.0.0.0/9, 169.254.0.0/16\n") {
+		t.Fatalf("the fixed file was not applied:\n%s", dump(t, b))
+	}
+}
+
+// A resyncInterval below a second is refused like any other mistake: the
+// rules and the pace in force stay (1ns used to be taken, and a core spent
+// re-reading the file and the tables).
+func TestRunRefusesATooShortResyncInterval(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ip-masq-agent")
+	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\nresyncInterval: 1m\n")
+	b, applied, errs := runFake(t, path)
+	waitApplied(t, applied, errs, time.Now())
+	before, commits := dump(t, b), b.Transactions()
+
+	writeAtomically(t, path, "nonMasqueradeCIDRs: [192.168.0.0/16]\nresyncInterval: 1ns\n")
+	err := waitError(t, applied, errs)
+	if !strings.Contains(err.Error(), `resyncInterval: must be at least 1s, got "1ns"`) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("the error does not name the file, field and reason: %v", err)
+	}
+	if dump(t, b) != before || b.Transactions() != commits {
+		t.Fatalf("a refused file changed the tables:\n%s", dump(t, b))
 	}
 }
 
@@ -179,8 +255,8 @@ func TestRunBadFileAtStartChangesNothing(t *testing.T) {
 	if err := waitError(t, applied, errs); !strings.Contains(err.Error(), `unknown key "nonMasqueradeCIDR"`) {
 		t.Fatalf("error %v", err)
 	}
-	if b.commitCount() != 0 {
-		t.Fatalf("Run programmed %q from a bad file", opKinds(b.lastCommit()))
+	if b.Transactions() != 0 {
+		t.Fatalf("Run programmed %q from a bad file", opKinds(b))
 	}
 	start := time.Now()
 	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
@@ -203,8 +279,8 @@ func TestRunMissingFileMeansDefaults(t *testing.T) {
 	if c := waitApplied(t, applied, errs, start); !c.Equal(DefaultConfig()) {
 		t.Fatalf("after removing the file applied %+v, want the defaults", c)
 	}
-	if !strings.Contains(b.dump(), "ip non-masquerade: 10.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16\n") {
-		t.Fatalf("tables:\n%s", b.dump())
+	if !strings.Contains(dump(t, b), "ip non-masquerade: 10.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16\n") {
+		t.Fatalf("tables:\n%s", dump(t, b))
 	}
 }
 
@@ -237,39 +313,166 @@ func TestRunConfigMapUpdate(t *testing.T) {
 	start := time.Now()
 	version("..2026_01_01_00_01_00.2", "nonMasqueradeCIDRs: [192.168.0.0/16]\n")
 	waitApplied(t, applied, errs, start)
-	if !strings.Contains(b.dump(), "ip non-masquerade: 169.254.0.0/16, 192.168.0.0/16\n") {
-		t.Fatalf("tables:\n%s", b.dump())
+	if !strings.Contains(dump(t, b), "ip non-masquerade: 169.254.0.0/16, 192.168.0.0/16\n") {
+		t.Fatalf("tables:\n%s", dump(t, b))
 	}
+}
+
+// eventually polls cond until it holds, or fails the test after a
+// deadline.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+// waitTimers waits until Run has n timers set on the clock: the resync's,
+// and one for a change of the file it has seen.
+func waitTimers(t *testing.T, clk *clocktesting.FakeClock, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d timers set", n), func() bool { return clk.Waiters() == n })
 }
 
 func TestRunResyncRepairsTheTables(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ip-masq-agent")
-	writeAtomically(t, path, "resyncInterval: 50ms\n")
-	b, applied, errs := runFake(t, path)
+	writeAtomically(t, path, "resyncInterval: 1m\n")
+	clk := clocktesting.NewFakeClock(time.Now())
+	b, applied, errs := runFakeWith(t, path, clk)
 	waitApplied(t, applied, errs, time.Now())
-	want := b.dump()
-	b.tamper(func(t *[2]*fakeTable) { t[ipv6] = nil })
-	deadline := time.Now().Add(10 * time.Second)
-	for b.dump() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("a deleted table was not rebuilt by resyncs:\n%s", b.dump())
-		}
-		time.Sleep(10 * time.Millisecond) // polling the fake, with a deadline
-	}
+	waitTimers(t, clk, 1)
+	want := dump(t, b)
+	tamper(t, b, func(tx *nft.Transaction) { tx.DeleteTable(table(nft.IPv6)) })
+	clk.Step(time.Minute)
+	eventually(t, "a deleted table rebuilt by the resync", func() bool { return dump(t, b) == want })
 
 	// A bad file does not stop repairs: what is in force stays in force.
-	writeAtomically(t, path, "resyncInterval: 50ms\nfoo: bar\n")
+	writeAtomically(t, path, "resyncInterval: 1m\nfoo: bar\n")
+	waitTimers(t, clk, 2)
+	clk.Step(burstDelay)
 	waitError(t, applied, errs)
-	b.tamper(func(t *[2]*fakeTable) { t[ipv4].intact = false })
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		o, _ := b.observe(ipv4)
-		if o.intact && b.dump() == want {
-			break
+	tamper(t, b, func(tx *nft.Transaction) { tx.FlushChain(table(nft.IPv4), ChainName) })
+	clk.Step(time.Minute - burstDelay)
+	eventually(t, "a broken chain repaired while the file is bad", func() bool {
+		o, _ := (&Programmer{nft: b}).observe(nft.IPv4)
+		return o.intact && dump(t, b) == want
+	})
+}
+
+// A resync that comes while the file is being written in place checks
+// the rules in force and leaves the file until it is still.
+func TestRunResyncLeavesAFileBeingWritten(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ip-masq-agent")
+	writeAtomically(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
+	clk := clocktesting.NewFakeClock(time.Now())
+	b, applied, errs := runFakeWith(t, path, clk)
+	waitApplied(t, applied, errs, time.Now())
+	waitTimers(t, clk, 1)
+
+	clk.Step(DefaultResyncInterval - settleDelay/2)
+	if err := os.WriteFile(path, []byte("nonMasqueradeCIDRs:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitTimers(t, clk, 2)
+	lists := b.Lists()
+	clk.Step(settleDelay / 2) // the resync, before the file is still
+	eventually(t, "the resync's check of the tables", func() bool { return b.Lists() >= lists+len(nft.Families) })
+	if err := os.WriteFile(path, []byte("nonMasqueradeCIDRs:\n  - 192.168.0.0/16\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Whichever of the second write and the first write's due time Run
+	// sees first, the file it reads is whole; stepping until it does.
+	var c Config
+	eventually(t, "the whole file applied", func() bool {
+		clk.Step(settleDelay)
+		select {
+		case c = <-applied:
+			return true
+		case err := <-errs:
+			t.Fatalf("Run reported %v", err)
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a broken chain was not repaired while the file is bad:\n%s", b.dump())
+		return false
+	})
+	if len(c.NonMasqueradeCIDRs) != 1 || c.NonMasqueradeCIDRs[0] != netip.MustParsePrefix("192.168.0.0/16") {
+		t.Fatalf("applied %v, want the whole file and nothing before it", c.NonMasqueradeCIDRs)
+	}
+}
+
+func TestPendingChange(t *testing.T) {
+	start := time.Now()
+	clk := clocktesting.NewFakeClock(start)
+	p := &pending{clock: clk}
+	fired := func() bool {
+		select {
+		case <-p.C():
+			return p.ready()
+		default:
+			return false
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	if p.C() != nil || p.waiting() {
+		t.Fatal("a new pending change is waiting")
+	}
+
+	// Writes in place push the read back until the file is still.
+	p.after(settleDelay)
+	clk.Step(settleDelay / 2)
+	p.after(settleDelay)
+	clk.Step(settleDelay / 2)
+	if fired() {
+		t.Fatal("read half a settleDelay after the last write")
+	}
+	clk.Step(settleDelay / 2)
+	if !fired() || p.waiting() {
+		t.Fatal("not read a settleDelay after the last write")
+	}
+
+	// A replacement while writes settle is read at once.
+	p.after(settleDelay)
+	clk.Step(burstDelay / 2)
+	p.after(burstDelay)
+	clk.Step(burstDelay)
+	if !fired() {
+		t.Fatal("a replaced file waited for the writes before it to settle")
+	}
+
+	// A timer that fired for an earlier due time is armed again.
+	p.after(burstDelay)
+	clk.Step(burstDelay)
+	p.after(settleDelay) // the timer's value is stale now
+	if fired() {
+		t.Fatal("read at a stale due time")
+	}
+	clk.Step(settleDelay)
+	if !fired() {
+		t.Fatal("not read at the new due time")
+	}
+}
+
+func TestClassify(t *testing.T) {
+	dir := t.TempDir()
+	r := &runner{o: Options{ConfigPath: filepath.Join(dir, "config")}}
+	for _, tt := range []struct {
+		name string
+		ev   fsnotify.Event
+		want changeKind
+	}{
+		{"a write in place", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Write}, written},
+		{"a rename into place", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Create}, replaced},
+		{"a ConfigMap's swap", fsnotify.Event{Name: filepath.Join(dir, "..data"), Op: fsnotify.Create}, replaced},
+		{"the file removed", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Remove}, touched},
+		{"the file renamed away", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Rename}, touched},
+		{"its mode changed", fsnotify.Event{Name: filepath.Join(dir, "config"), Op: fsnotify.Chmod}, touched},
+		{"an editor's temporary file", fsnotify.Event{Name: filepath.Join(dir, ".config.swp"), Op: fsnotify.Write}, unrelated},
+		{"another file", fsnotify.Event{Name: filepath.Join(dir, "other"), Op: fsnotify.Create}, unrelated},
+	} {
+		if got := r.classify(tt.ev); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }

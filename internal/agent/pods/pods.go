@@ -22,7 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	cnitypes "github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,15 +29,18 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
-	"github.com/duet-net/duet/internal/cni/ipam"
+	"github.com/duet-net/duet/internal/alloc"
+	"github.com/duet-net/duet/internal/alloc/boltstore"
 )
 
 const (
 	// Bridge is the node's pod bridge.
 	Bridge = "duet0"
 	ifName = "eth0"
-	// network names the node's duet-ipam store.
+	// network names the node's pod-IP store, kept in duet-ipam's format.
 	network = "duet"
+	// storeLockTimeout bounds the wait for the store's lock.
+	storeLockTimeout = 30 * time.Second
 )
 
 // Manager runs the pods of one node.
@@ -53,10 +55,10 @@ type Manager struct {
 	// OnChange is called when a pod's status should be reported again.
 	OnChange func(namespace, name string)
 
-	mu       sync.Mutex
-	podCIDRs []netip.Prefix
-	ipamConf *ipam.Config
-	running  map[types.UID]*podRun
+	mu        sync.Mutex
+	podCIDRs  []netip.Prefix
+	podRanges []alloc.PodRangeSet // one per pod CIDR, in order; nil until known
+	running   map[types.UID]*podRun
 }
 
 type podRun struct {
@@ -87,22 +89,15 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	if len(m.podCIDRs) == len(cidrs) {
 		return nil
 	}
+	// Check the CIDRs before the bridge gets their gateways.
+	ranges, err := alloc.NodePodRanges(cidrs)
+	if err != nil {
+		return fmt.Errorf("pod address ranges for %v: %w", cidrs, err)
+	}
 	if err := sandbox.EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
 		return fmt.Errorf("preparing the node's bridge: %w", err)
 	}
-	var list []string
-	for _, c := range cidrs {
-		list = append(list, c.String())
-	}
-	conf, _ := json.Marshal(map[string]any{
-		"cniVersion": "1.1.0", "name": network,
-		"ipam": map[string]any{"type": "duet-ipam", "podCIDRs": list, "dataDir": filepath.Join(m.StateDir, "ipam")},
-	})
-	cfg, err := ipam.Parse(conf, "")
-	if err != nil {
-		return fmt.Errorf("IPAM configuration for %v: %w", list, err)
-	}
-	m.podCIDRs, m.ipamConf = cidrs, cfg
+	m.podCIDRs, m.podRanges = cidrs, ranges
 	if m.running == nil {
 		m.running = map[types.UID]*podRun{}
 	}
@@ -113,11 +108,25 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 func (m *Manager) Ready() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.ipamConf != nil
+	return m.podRanges != nil
 }
 
-func (m *Manager) store() (*ipam.Store, error) {
-	return ipam.Open(m.ipamConf.DataDir, network, 30*time.Second)
+// withPodIPs runs fn with the pod-IP policy over the node's store, open
+// (and locked) for the call only, as duet-ipam opens it.
+func (m *Manager) withPodIPs(fn func(*alloc.PodIPs) error) error {
+	m.mu.Lock()
+	ranges := m.podRanges
+	m.mu.Unlock()
+	st, err := boltstore.Open(filepath.Join(m.StateDir, "ipam"), network, storeLockTimeout)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	p, err := alloc.NewPodIPs(st, ranges, alloc.PodIPOptions{Cooldown: alloc.DefaultPodIPCooldown})
+	if err != nil {
+		return err
+	}
+	return fn(p)
 }
 
 // Sync brings one pod to its desired state: running when it is bound here
@@ -147,14 +156,14 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 // start reserves addresses, wires the sandbox and starts the containers;
 // on failure it leaves nothing behind.
 func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err error) {
-	owner := ipam.Owner{ContainerID: string(pod.UID), IfName: ifName}
+	owner := alloc.Attachment{ContainerID: string(pod.UID), IfName: ifName}
 	begin := time.Now()
-	st, err := m.store()
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := st.Reserve(owner, m.ipamConf.RangeSets, nil, time.Now(), m.ipamConf.Cooldown)
-	st.Close()
+	var addrs []netip.Addr
+	err = m.withPodIPs(func(p *alloc.PodIPs) error {
+		var err error
+		addrs, err = p.Reserve(owner, nil)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("reserving addresses for %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
@@ -399,21 +408,19 @@ func (m *Manager) stop(uid types.UID) error {
 	if err := sandbox.Teardown(m.NodeNS, string(uid)); err != nil {
 		return err
 	}
-	m.release(ipam.Owner{ContainerID: string(uid), IfName: ifName})
+	m.release(alloc.Attachment{ContainerID: string(uid), IfName: ifName})
 	if ok {
 		m.Log.Info("pod stopped", "uid", uid)
 	}
 	return nil
 }
 
-func (m *Manager) release(owner ipam.Owner) {
-	st, err := m.store()
+func (m *Manager) release(owner alloc.Attachment) {
+	err := m.withPodIPs(func(p *alloc.PodIPs) error {
+		_, err := p.Release(owner)
+		return err
+	})
 	if err != nil {
-		m.Log.Error("opening the IPAM store", "err", err)
-		return
-	}
-	defer st.Close()
-	if _, err := st.Release(owner, time.Now(), m.ipamConf.Cooldown); err != nil {
 		m.Log.Error("releasing addresses", "owner", owner.String(), "err", err)
 	}
 }
@@ -439,17 +446,14 @@ func (m *Manager) Reconcile(keep map[types.UID]bool) error {
 	}
 	// Reservations without a sandbox (a crash between reserving and
 	// wiring) go too.
-	st, err := m.store()
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	var valid []cnitypes.GCAttachment
+	valid := make([]alloc.Attachment, 0, len(keep))
 	for uid := range keep {
-		valid = append(valid, cnitypes.GCAttachment{ContainerID: string(uid), IfName: ifName})
+		valid = append(valid, alloc.Attachment{ContainerID: string(uid), IfName: ifName})
 	}
-	_, err = st.GC(valid, time.Now(), m.ipamConf.Cooldown)
-	return err
+	return m.withPodIPs(func(p *alloc.PodIPs) error {
+		_, err := p.GC(valid)
+		return err
+	})
 }
 
 // reportStatus writes the pod's status: phase, IPs (primary family first,

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/duet-net/duet/internal/nft"
 )
 
 // benchServices is the scale of the benchmarks: services per family, each
@@ -305,7 +307,7 @@ func hash8(s string) uint32 {
 // BenchmarkDiff is the proxier's own share of a sync with 10,000 ports,
 // against the in-memory fake: nothing changed, and one endpoint less.
 func BenchmarkDiff(b *testing.B) {
-	f := newFakeKernel(IPv4)
+	f := nft.NewFake()
 	p := newProxier(IPv4, Options{NodeIPs: []netip.Addr{nodeIP4}, ClusterCIDRs: testClusterCIDRs}, f)
 	d := benchDesired(IPv4, benchServices)
 	if _, err := p.Sync(d); err != nil {

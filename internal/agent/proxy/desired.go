@@ -31,7 +31,7 @@ func ServicePorts(fam Family, svc *corev1.Service, slices []*discoveryv1.Endpoin
 		if s == corev1.ClusterIPNone {
 			return nil
 		}
-		if a, err := netip.ParseAddr(s); err == nil && fam.has(a) {
+		if a, err := netip.ParseAddr(s); err == nil && fam.Has(a) {
 			clusterIP = a
 			break
 		}
@@ -42,7 +42,7 @@ func ServicePorts(fam Family, svc *corev1.Service, slices []*discoveryv1.Endpoin
 
 	var external []netip.Addr
 	for _, s := range svc.Spec.ExternalIPs {
-		if a, err := netip.ParseAddr(s); err == nil && fam.has(a) {
+		if a, err := netip.ParseAddr(s); err == nil && fam.Has(a) {
 			external = append(external, a)
 		}
 	}
@@ -53,7 +53,7 @@ func ServicePorts(fam Family, svc *corev1.Service, slices []*discoveryv1.Endpoin
 			if in.IPMode != nil && *in.IPMode == corev1.LoadBalancerIPModeProxy {
 				continue
 			}
-			if a, err := netip.ParseAddr(in.IP); err == nil && fam.has(a) {
+			if a, err := netip.ParseAddr(in.IP); err == nil && fam.Has(a) {
 				external = append(external, a)
 			}
 		}
@@ -107,7 +107,7 @@ func ServicePorts(fam Family, svc *corev1.Service, slices []*discoveryv1.Endpoin
 					}
 					// The addresses of an endpoint are one backend; kube-proxy
 					// uses the first.
-					if a, err := netip.ParseAddr(e.Addresses[0]); err == nil && fam.has(a) {
+					if a, err := netip.ParseAddr(e.Addresses[0]); err == nil && fam.Has(a) {
 						sp.Endpoints = append(sp.Endpoints, Endpoint{Addr: a, Port: uint16(*ep.Port)})
 					}
 				}

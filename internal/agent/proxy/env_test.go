@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // testPrefix starts the name of every namespace these tests make; TestMain
@@ -305,4 +307,13 @@ func nftList(t *testing.T, ns string, fam Family) string {
 		return fmt.Sprintf("(nft list: %v: %s)", err, out)
 	}
 	return string(out)
+}
+
+// inNamespace runs fn on a thread in the namespace at path ("" for the
+// test's own).
+func inNamespace(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	return netns.Do(path, fn)
 }

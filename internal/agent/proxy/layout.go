@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/duet-net/duet/internal/nft"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -97,14 +98,6 @@ func endpointName(n ServicePortName, e Endpoint) string {
 	return n.String() + "__" + strings.ReplaceAll(e.Addr.String(), ":", "-") + "/" + strconv.Itoa(int(e.Port))
 }
 
-// Set flags, as the kernel spells them.
-const (
-	flagMap     = unix.NFT_SET_MAP
-	flagTimeout = unix.NFT_SET_TIMEOUT
-	flagDynamic = unix.NFT_SET_EVAL
-	flagConcat  = 0x80 // NFT_SET_CONCAT
-)
-
 // Kernel constants x/sys/unix does not name.
 const (
 	ipsDstNAT = 0x20 // IPS_DST_NAT: ct status dnat
@@ -130,36 +123,17 @@ type layout struct {
 }
 
 // al is the address length of the family, in bytes; ar, in registers.
-func (l *layout) al() uint32 {
-	if l.fam == IPv4 {
-		return 4
-	}
-	return 16
-}
+func (l *layout) al() uint32 { return uint32(l.fam.AddrLen()) }
 
 func (l *layout) ar() uint32 { return l.al() / 4 }
 
 // kw is the family's nft keyword: ip or ip6.
-func (l *layout) kw() string {
-	if l.fam == IPv4 {
-		return "ip"
-	}
-	return "ip6"
-}
+func (l *layout) kw() string { return l.fam.Keyword() }
 
-func (l *layout) tableFamily() nftables.TableFamily {
-	if l.fam == IPv4 {
-		return nftables.TableFamilyIPv4
-	}
-	return nftables.TableFamilyIPv6
-}
+func (l *layout) addrType() nftables.SetDatatype { return l.fam.AddrType() }
 
-func (l *layout) addrType() nftables.SetDatatype {
-	if l.fam == IPv4 {
-		return nftables.TypeIPAddr
-	}
-	return nftables.TypeIP6Addr
-}
+// table is the proxy's table of the family.
+func (l *layout) table() nft.Table { return nft.Table{Family: l.fam, Name: TableName} }
 
 // Element encodings: each field as it sits in registers.
 func addrKey(a netip.Addr) []byte { return a.AsSlice() }
@@ -191,19 +165,19 @@ func (l *layout) frontendType() nftables.SetDatatype {
 	return concat(l.addrType(), nftables.TypeInetProto, nftables.TypeInetService)
 }
 
-func (l *layout) frontendSet(name string) setObj {
-	return setObj{name, setSpec{flags: flagConcat, keyType: l.frontendType()}}
+func (l *layout) frontendSet(name string) nft.Set {
+	return nft.Set{Name: name, Flags: nft.SetConcat, KeyType: l.frontendType()}
 }
 
-func (l *layout) affinitySpec(timeout time.Duration) setSpec {
-	return setSpec{flags: flagDynamic | flagTimeout, keyType: l.addrType(), timeout: timeout, size: affinityClients}
+func (l *layout) clientsSet(name string, timeout time.Duration) nft.Set {
+	return nft.Set{Name: name, Flags: nft.SetDynamic | nft.SetTimeout, KeyType: l.addrType(), Timeout: timeout, Size: affinityClients}
 }
 
 // skeleton is everything that does not belong to one service port: the
 // chains, the shared sets, and a set and a rule per class present.
 func (l *layout) skeleton(classes []int) *fragment {
 	base := func(name string, typ nftables.ChainType, num *nftables.ChainHook, prio int32, rules ...rule) chainObj {
-		return chainObj{name: name, hook: &hook{typ, *num, nftables.ChainPriority(prio)}, rules: rules}
+		return chainObj{name: name, hook: &nft.Hook{Type: typ, Num: *num, Priority: nftables.ChainPriority(prio)}, rules: rules}
 	}
 	portUnreach := rule{text: "reject with icmp type port-unreachable",
 		exprs: []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3}}} // ICMP_PORT_UNREACH
@@ -213,17 +187,17 @@ func (l *layout) skeleton(classes []int) *fragment {
 	}
 	noEndpoints := l.rejectNoEndpoints()
 	f := &fragment{
-		sets: []setObj{
+		sets: []nft.Set{
 			l.frontendSet(setClusterFrontends),
 			l.frontendSet(setExternalFrontends),
 			l.frontendSet(setNoEndpoints),
-			{setEndpoints, setSpec{flags: flagMap | flagConcat,
-				keyType:  concat(l.addrType(), nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
-				dataType: concat(l.addrType(), nftables.TypeInetService)}},
-			{setAffinityServices, setSpec{flags: flagMap | flagConcat, keyType: l.frontendType(), dataType: nftables.TypeVerdict}},
-			{setAffinityEndpoints, setSpec{flags: flagMap | flagConcat,
-				keyType:  concat(l.addrType(), nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
-				dataType: nftables.TypeVerdict}},
+			{Name: setEndpoints, Flags: nft.SetMap | nft.SetConcat,
+				KeyType:  concat(l.addrType(), nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+				DataType: concat(l.addrType(), nftables.TypeInetService)},
+			{Name: setAffinityServices, Flags: nft.SetMap | nft.SetConcat, KeyType: l.frontendType(), DataType: nftables.TypeVerdict},
+			{Name: setAffinityEndpoints, Flags: nft.SetMap | nft.SetConcat,
+				KeyType:  concat(l.addrType(), nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+				DataType: nftables.TypeVerdict},
 		},
 		chains: []chainObj{
 			// Services without endpoints are rejected at priority
@@ -356,7 +330,7 @@ func (l *layout) affinity(sp *ServicePort, fs []frontend, f *fragment) {
 	var rules []rule
 	for i, e := range sp.Endpoints {
 		aff, ch := affinitySet(sp.Name, e), endpointChain(sp.Name, e)
-		f.sets = append(f.sets, setObj{aff, l.affinitySpec(sp.Affinity)})
+		f.sets = append(f.sets, l.clientsSet(aff, sp.Affinity))
 		for _, fe := range fs {
 			f.elems = append(f.elems, elemObj{setAffinityEndpoints, fe.key + string(indexKey(i)), elemVal{goTo: ch}})
 		}
@@ -393,7 +367,7 @@ func (l *layout) affinity(sp *ServicePort, fs []frontend, f *fragment) {
 
 // dnatFrom translates to the address . port in registers r onwards.
 func (l *layout) dnatFrom(r uint32) *expr.NAT {
-	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(l.tableFamily()), RegAddrMin: reg(r), RegProtoMin: reg(r + l.ar())}
+	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(l.fam.TableFamily()), RegAddrMin: reg(r), RegProtoMin: reg(r + l.ar())}
 }
 
 // markReflected marks for masquerading a connection that was DNATed back

@@ -20,39 +20,22 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/duet-net/duet/internal/nft"
 )
 
 // Family is an address family; each has a proxier and a table of its own.
-type Family uint8
+// It is the nftables layer's, shared with the masquerading.
+type Family = nft.Family
 
 // The families, numbered as their IP versions.
 const (
-	IPv4 Family = 4
-	IPv6 Family = 6
+	IPv4 = nft.IPv4
+	IPv6 = nft.IPv6
 )
 
-func (f Family) String() string {
-	switch f {
-	case IPv4:
-		return "IPv4"
-	case IPv6:
-		return "IPv6"
-	}
-	return fmt.Sprintf("Family(%d)", uint8(f))
-}
-
-// has reports whether a is an address of family f.
-func (f Family) has(a netip.Addr) bool {
-	return a.IsValid() && a.Zone() == "" && ((f == IPv4 && a.Is4()) || (f == IPv6 && a.Is6() && !a.Is4In6()))
-}
-
 // FamilyOf is the family of a.
-func FamilyOf(a netip.Addr) Family {
-	if a.Is4() || a.Is4In6() {
-		return IPv4
-	}
-	return IPv6
-}
+func FamilyOf(a netip.Addr) Family { return nft.FamilyOf(a) }
 
 // Protocol is an IP protocol number a service port can use.
 type Protocol uint8
@@ -175,7 +158,7 @@ func (p *ServicePort) clone() ServicePort {
 
 // validate rejects a port the proxier cannot program, naming what is wrong.
 func (p *ServicePort) validate(f Family) error {
-	if !f.has(p.ClusterIP) {
+	if !f.Has(p.ClusterIP) {
 		return fmt.Errorf("cluster IP %v is not an %s address", p.ClusterIP, f)
 	}
 	if p.Port == 0 {
@@ -187,12 +170,12 @@ func (p *ServicePort) validate(f Family) error {
 		return fmt.Errorf("protocol %v is not TCP, UDP or SCTP", p.Name.Protocol)
 	}
 	for _, a := range p.ExternalIPs {
-		if !f.has(a) {
+		if !f.Has(a) {
 			return fmt.Errorf("external IP %v is not an %s address", a, f)
 		}
 	}
 	for _, e := range p.Endpoints {
-		if !f.has(e.Addr) || e.Port == 0 {
+		if !f.Has(e.Addr) || e.Port == 0 {
 			return fmt.Errorf("endpoint %v is not an %s address with a port", e, f)
 		}
 	}

@@ -1,13 +1,10 @@
 package proxy
 
 import (
-	"fmt"
-	"hash/fnv"
 	"slices"
 	"strings"
-	"time"
 
-	"github.com/google/nftables"
+	"github.com/duet-net/duet/internal/nft"
 	"github.com/google/nftables/expr"
 )
 
@@ -16,7 +13,8 @@ import (
 // or the table's fixed skeleton) contributes; the table is the union of
 // the fragments. Sync renders only the fragments of ports that changed and
 // diffs each against its previous rendering; Repair diffs all of them
-// against what the kernel reports. Both emit a tx, sent as one batch.
+// against what the kernel reports. Both collect changes, sent as one
+// nft.Transaction.
 
 // rule is one rule: text is what it does in nft syntax (close enough to
 // read, and the rule's identity: rules are compared by text, and the
@@ -32,35 +30,16 @@ type rule struct {
 
 // fingerprint is what the kernel stores with the rule (as its comment), so
 // that a later listing shows whether the rule is still the one Duet wrote.
-// It covers the expressions too: a Duet that writes a rule differently
-// under the same text does not adopt the old one. It needs r.exprs.
-func (r *rule) fingerprint() string {
-	h := fnv.New64a()
-	h.Write([]byte(r.text))
-	for _, e := range r.exprs {
-		b, err := expr.Marshal(0, e)
-		if err != nil {
-			b = []byte(err.Error())
-		}
-		h.Write(b)
-	}
-	return fmt.Sprintf("duet:%016x", h.Sum64())
-}
-
-// hook makes a chain a base chain.
-type hook struct {
-	typ  nftables.ChainType
-	num  nftables.ChainHook
-	prio nftables.ChainPriority
-}
+// It needs r.exprs.
+func (r *rule) fingerprint() string { return nft.Fingerprint(r.text, r.exprs) }
 
 type chainObj struct {
 	name  string
-	hook  *hook // nil for a regular chain
+	hook  *nft.Hook // nil for a regular chain
 	rules []rule
 }
 
-func sameHook(a, b *hook) bool {
+func sameHook(a, b *nft.Hook) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
@@ -71,31 +50,9 @@ func sameRules(a, b []rule) bool {
 	return slices.EqualFunc(a, b, func(x, y rule) bool { return x.text == y.text })
 }
 
-// setSpec is a set's definition as the kernel reports it back.
-type setSpec struct {
-	flags    uint32
-	keyType  nftables.SetDatatype
-	dataType nftables.SetDatatype // zero for a plain set
-	timeout  time.Duration
-	size     uint32 // 0: unbounded
-}
-
-// same compares what the kernel keeps of two specs (it keeps type numbers
-// and lengths, not the names nftables.SetDatatype carries).
-func (s setSpec) same(o setSpec) bool {
-	return s.flags == o.flags && s.timeout == o.timeout && s.size == o.size &&
-		s.keyType.Bytes == o.keyType.Bytes && s.keyType.GetNFTMagic() == o.keyType.GetNFTMagic() &&
-		s.dataType.Bytes == o.dataType.Bytes && s.dataType.GetNFTMagic() == o.dataType.GetNFTMagic()
-}
-
 // dynamic sets are filled by the datapath (affinity); their elements are
 // never compared nor written by the proxier.
-func (s setSpec) dynamic() bool { return s.flags&flagDynamic != 0 }
-
-type setObj struct {
-	name string
-	spec setSpec
-}
+func dynamic(s nft.Set) bool { return s.Flags&nft.SetDynamic != 0 }
 
 // elemVal is an element's data: a value for a map, a chain to go to for a
 // verdict map, neither for a set.
@@ -112,7 +69,7 @@ type elemObj struct {
 
 type fragment struct {
 	chains []chainObj
-	sets   []setObj
+	sets   []nft.Set
 	elems  []elemObj
 }
 
@@ -185,7 +142,7 @@ func (s *state) unclaim(owner string, e elemObj) {
 
 // replace makes owner's fragment nf (nil removes the owner), adding to t
 // what the kernel must do for it.
-func (s *state) replace(owner string, nf *fragment, t *tx) {
+func (s *state) replace(owner string, nf *fragment, t *changes) {
 	old := s.frags[owner]
 	if old == nil {
 		old = &fragment{}
@@ -194,22 +151,22 @@ func (s *state) replace(owner string, nf *fragment, t *tx) {
 		nf = &fragment{}
 	}
 
-	oldSets := map[string]setObj{}
+	oldSets := map[string]nft.Set{}
 	for _, o := range old.sets {
-		oldSets[o.name] = o
+		oldSets[o.Name] = o
 	}
 	recreated := map[string]bool{}
 	for _, n := range nf.sets {
-		o, ok := oldSets[n.name]
+		o, ok := oldSets[n.Name]
 		switch {
 		case !ok:
 			t.addSet(n)
-		case !o.spec.same(n.spec):
-			t.delSet(o.name)
+		case !o.Same(n):
+			t.delSet(o.Name)
 			t.addSet(n)
-			recreated[n.name] = true
+			recreated[n.Name] = true
 		}
-		delete(oldSets, n.name)
+		delete(oldSets, n.Name)
 	}
 
 	oldChains := map[string]chainObj{}
@@ -324,31 +281,31 @@ func usesAny(c chainObj, sets map[string]bool) bool {
 type observed struct {
 	table  bool
 	chains map[string]*observedChain
-	sets   map[string]setSpec
+	sets   map[string]nft.Set
 	// elems of every set that is not dynamic
 	elems map[string]map[string]elemVal
 }
 
 type observedChain struct {
-	hook  *hook
+	hook  *nft.Hook
 	rules []string // fingerprints, in order
 }
 
 // diffObserved adds to t what turns the kernel's table have into the
 // model s: the repair path, and the first sync of a proxier.
-func (s *state) diffObserved(have *observed, t *tx) {
+func (s *state) diffObserved(have *observed, t *changes) {
 	if !have.table {
 		t.addTable = true
 		have = &observed{}
 	}
 	var chains []*chainObj
-	sets := map[string]setObj{}
+	sets := map[string]nft.Set{}
 	for _, f := range s.frags {
 		for i := range f.chains {
 			chains = append(chains, &f.chains[i])
 		}
 		for _, st := range f.sets {
-			sets[st.name] = st
+			sets[st.Name] = st
 		}
 	}
 
@@ -359,7 +316,7 @@ func (s *state) diffObserved(have *observed, t *tx) {
 		case !ok:
 			t.addSet(st)
 			recreated[name] = true
-		case !spec.same(st.spec):
+		case !spec.Same(st):
 			t.delSet(name)
 			t.addSet(st)
 			recreated[name] = true
@@ -413,7 +370,7 @@ func (s *state) diffObserved(have *observed, t *tx) {
 	}
 	for set, elems := range have.elems {
 		st, ok := sets[set]
-		if !ok || recreated[set] || st.spec.dynamic() {
+		if !ok || recreated[set] || dynamic(st) {
 			continue
 		}
 		for key, v := range elems {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/duet-net/duet/internal/nft"
 )
 
 // Proxier programs one family's table. It keeps a model of what it
@@ -17,7 +19,9 @@ type Proxier struct {
 	fam    Family
 	log    *slog.Logger
 	layout layout
-	be     backend
+	nft    nft.Interface
+	// deleteFlows deletes the conntrack entries of UDP flows.
+	deleteFlows func(map[flow]bool) error
 
 	mu    sync.Mutex
 	ports map[ServicePortName]ServicePort // as last given to Sync
@@ -52,22 +56,29 @@ func NewProxier(fam Family, o Options) (*Proxier, error) {
 	if fam != IPv4 && fam != IPv6 {
 		return nil, fmt.Errorf("unknown address family %v", fam)
 	}
-	k, err := newKernel(fam, o.NetNS)
+	c, err := nft.NewAt(o.NetNS)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s proxy: %w", fam, err)
 	}
-	return newProxier(fam, o, k), nil
+	p := newProxier(fam, o, c)
+	p.deleteFlows = func(flows map[flow]bool) error {
+		_, err := deleteFlows(o.NetNS, fam, flows)
+		return err
+	}
+	return p, nil
 }
 
-func newProxier(fam Family, o Options, be backend) *Proxier {
+// newProxier returns a proxier that programs n, and leaves conntrack
+// alone.
+func newProxier(fam Family, o Options, n nft.Interface) *Proxier {
 	l := layout{fam: fam}
 	for _, a := range o.NodeIPs {
-		if fam.has(a) && !slices.Contains(l.nodeIPs, a) {
+		if fam.Has(a) && !slices.Contains(l.nodeIPs, a) {
 			l.nodeIPs = append(l.nodeIPs, a)
 		}
 	}
 	for _, p := range o.ClusterCIDRs {
-		if fam.has(p.Addr()) {
+		if fam.Has(p.Addr()) {
 			l.clusterCIDRs = append(l.clusterCIDRs, p.Masked())
 		}
 	}
@@ -76,8 +87,9 @@ func newProxier(fam Family, o Options, be backend) *Proxier {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Proxier{fam: fam, log: log.With("family", fam.String()), layout: l, be: be,
-		ports: map[ServicePortName]ServicePort{}, classes: map[int]int{}, owners: map[string][]ServicePortName{},
+	return &Proxier{fam: fam, log: log.With("family", fam.String()), layout: l, nft: n,
+		deleteFlows: func(map[flow]bool) error { return nil },
+		ports:       map[ServicePortName]ServicePort{}, classes: map[int]int{}, owners: map[string][]ServicePortName{},
 		staleFlows: map[flow]bool{}}
 }
 
@@ -85,7 +97,7 @@ func newProxier(fam Family, o Options, be backend) *Proxier {
 func (p *Proxier) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.be.close()
+	return p.nft.Close()
 }
 
 // Sync makes the table serve desired (keyed by the ports' names), in one
@@ -111,7 +123,7 @@ func (p *Proxier) Sync(desired map[ServicePortName]ServicePort) (int, error) {
 		return n, err
 	}
 
-	t := &tx{}
+	t := &changes{}
 	affected := map[ServicePortName]bool{}
 	classesBefore := len(p.classOrder)
 	before, kept := len(p.ports), 0 // kept: ports of p.ports still desired
@@ -168,8 +180,7 @@ func (p *Proxier) Sync(desired map[ServicePortName]ServicePort) (int, error) {
 		p.st.replace("", sk, t)
 	}
 	if !t.empty() {
-		t.sort()
-		if err := p.be.apply(t); err != nil {
+		if err := p.apply(t); err != nil {
 			p.synced = false
 			observeSync(p.fam, "incremental", start, err)
 			return 0, fmt.Errorf("%s proxy: %w", p.fam, err)
@@ -178,16 +189,16 @@ func (p *Proxier) Sync(desired map[ServicePortName]ServicePort) (int, error) {
 			f.stripExprs()
 		}
 		observeSync(p.fam, "incremental", start, nil)
-		p.log.Debug("proxy rules synced", "changes", t.changes(), "took", time.Since(start))
+		p.log.Debug("proxy rules synced", "changes", t.count(), "took", time.Since(start))
 	}
 	// Only now that no new flow can reach them.
 	if len(p.staleFlows) > 0 {
-		if err := p.be.deleteFlows(p.staleFlows); err != nil {
-			return t.changes(), fmt.Errorf("%s proxy: %w", p.fam, err)
+		if err := p.deleteFlows(p.staleFlows); err != nil {
+			return t.count(), fmt.Errorf("%s proxy: %w", p.fam, err)
 		}
 		clear(p.staleFlows)
 	}
-	return t.changes(), nil
+	return t.count(), nil
 }
 
 // index counts a port in its class and claims its frontends; ports whose
@@ -285,7 +296,7 @@ func (p *Proxier) Repair() (int, error) {
 func (p *Proxier) full(why string) (int, error) {
 	start := time.Now()
 	st := newState()
-	scratch := &tx{}
+	scratch := &changes{}
 	p.classes, p.classOrder, p.owners = map[int]int{}, nil, map[string][]ServicePortName{}
 	for _, sp := range p.ports {
 		p.index(&sp, map[ServicePortName]bool{})
@@ -297,16 +308,15 @@ func (p *Proxier) full(why string) (int, error) {
 		}
 	}
 	st.replace("", p.layout.skeleton(p.classOrder), scratch)
-	have, err := p.be.observe()
+	have, err := p.observe()
 	if err != nil {
 		p.synced = false
 		return 0, fmt.Errorf("%s proxy: reading table %s: %w", p.fam, TableName, err)
 	}
-	t := &tx{}
+	t := &changes{}
 	st.diffObserved(have, t)
 	if !t.empty() {
-		t.sort()
-		if err := p.be.apply(t); err != nil {
+		if err := p.apply(t); err != nil {
 			p.synced = false
 			return 0, fmt.Errorf("%s proxy (%s): %w", p.fam, why, err)
 		}
@@ -315,7 +325,7 @@ func (p *Proxier) full(why string) (int, error) {
 		f.stripExprs()
 	}
 	p.st, p.synced = st, true
-	n := t.changes()
+	n := t.count()
 	switch {
 	case why == "repair" && n > 0:
 		p.log.Warn("proxy rules changed behind Duet's back, repaired", "changes", n, "took", time.Since(start))
@@ -330,8 +340,48 @@ func (p *Proxier) Remove() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.synced = false
-	if err := p.be.deleteTable(); err != nil {
+	// Adding the table first makes deleting it work whether it exists or
+	// not.
+	var tx nft.Transaction
+	tx.AddTable(p.layout.table())
+	tx.DeleteTable(p.layout.table())
+	if err := p.nft.Run(&tx); err != nil {
 		return fmt.Errorf("%s proxy: deleting table %s: %w", p.fam, TableName, err)
 	}
 	return nil
+}
+
+// apply commits t as one transaction.
+func (p *Proxier) apply(t *changes) error {
+	t.sort()
+	return p.nft.Run(t.transaction(p.layout.table()))
+}
+
+// observe lists the table: what a repair compares with the model. The
+// elements of dynamic sets are the datapath's and are left out.
+func (p *Proxier) observe() (*observed, error) {
+	o := &observed{chains: map[string]*observedChain{}, sets: map[string]nft.Set{}, elems: map[string]map[string]elemVal{}}
+	l, err := p.nft.List(p.layout.table())
+	if err != nil || l == nil {
+		return o, err
+	}
+	o.table = true
+	for n, c := range l.Chains {
+		o.chains[n] = &observedChain{hook: c.Hook, rules: c.Rules}
+	}
+	for n, s := range l.Sets {
+		o.sets[n] = s
+		if dynamic(s) {
+			continue
+		}
+		elems := map[string]elemVal{}
+		err := p.nft.ListElements(p.layout.table(), n, func(e nft.Element) {
+			elems[e.Key] = elemVal{data: e.Data, goTo: e.Goto}
+		})
+		if err != nil {
+			return nil, err
+		}
+		o.elems[n] = elems
+	}
+	return o, nil
 }

@@ -10,12 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duet-net/duet/internal/nft"
+	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 )
 
-func fakeProxier(t *testing.T, fam Family) (*Proxier, *fakeKernel) {
+func fakeProxier(t *testing.T, fam Family) (*Proxier, *nft.Fake) {
 	t.Helper()
-	f := newFakeKernel(fam)
+	f := nft.NewFake()
 	o := Options{
 		NodeIPs:      []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")},
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")},
@@ -61,121 +63,85 @@ func TestSyncLayout(t *testing.T) {
 	empty.NodePort = 30080
 	mustSync(t, p, desired(web, np, sticky, empty))
 
-	want := `set aff-ns/sticky/tcp/p__10.244.1.11/8080 timeout 1m0s
-set affinity-endpoints
-  10.96.0.12 . tcp . 80 . #0 : goto ep-ns/sticky/tcp/p__10.244.1.11/8080
-set affinity-services
-  10.96.0.12 . tcp . 80 : goto svc-ns/sticky/tcp/p
-set cluster-frontends
-  10.96.0.10 . tcp . 80
-  10.96.0.11 . udp . 53
-  10.96.0.12 . tcp . 80
-set endpoints
-  10.96.0.10 . tcp . 80 . #0 : 10.244.1.11:8080
-  10.96.0.10 . tcp . 80 . #1 : 10.244.1.12:8080
-  10.96.0.11 . udp . 53 . #0 : 10.244.2.5:8080
-  192.0.2.1 . udp . 30053 . #0 : 10.244.2.5:8080
-  203.0.113.5 . udp . 53 . #0 : 10.244.2.5:8080
-set external-frontends
-  192.0.2.1 . udp . 30053
-  203.0.113.5 . udp . 53
-set no-endpoint-frontends
-  10.96.0.13 . tcp . 80
-  192.0.2.1 . tcp . 30080
-set random-1
-  10.96.0.11 . udp . 53
-  192.0.2.1 . udp . 30053
-  203.0.113.5 . udp . 53
-set random-2
-  10.96.0.10 . tcp . 80
-chain ep-ns/sticky/tcp/p__10.244.1.11/8080
-  update @aff-ns/sticky/tcp/p__10.244.1.11/8080 { ip saddr } (timeout 1m0s) dnat ip to 10.244.1.11:8080
-chain filter-forward (filter hook 2 priority -110)
-  ct state new ip daddr . meta l4proto . th dport @no-endpoint-frontends goto reject-chain
-  ct state new ct status dnat fib daddr . iif oif != 0 meta mark set meta mark | 0x00004000
-chain filter-input (filter hook 1 priority -110)
-  ct state new ip daddr . meta l4proto . th dport @no-endpoint-frontends goto reject-chain
-chain filter-output (filter hook 3 priority -110)
-  ct state new ip daddr . meta l4proto . th dport @no-endpoint-frontends goto reject-chain
-chain masquerading
-  meta mark & 0x00004000 == 0 return
-  meta mark set meta mark ^ 0x00004000
-  masquerade fully-random
-chain nat-output (nat hook 3 priority -100)
-  jump services
-chain nat-postrouting (nat hook 4 priority 100)
-  jump masquerading
-chain nat-prerouting (nat hook 0 priority -100)
-  jump services
-chain reject-chain
-  meta l4proto tcp reject with tcp reset
-  reject with icmp type port-unreachable
-chain services
-  ip daddr . meta l4proto . th dport @cluster-frontends ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000
-  ip daddr . meta l4proto . th dport @external-frontends meta mark set meta mark | 0x00004000
-  ip daddr . meta l4proto . th dport vmap @affinity-services
-  ip daddr . meta l4proto . th dport @random-1 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints
-  ip daddr . meta l4proto . th dport @random-2 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints
-chain svc-ns/sticky/tcp/p
-  ip saddr @aff-ns/sticky/tcp/p__10.244.1.11/8080 goto ep-ns/sticky/tcp/p__10.244.1.11/8080
-  ip daddr . meta l4proto . th dport . numgen random mod 1 vmap @affinity-endpoints
+	want := `table ip duet-proxy
+  set aff-ns/sticky/tcp/p__10.244.1.11/8080 { type ipv4_addr; flags dynamic,timeout; timeout 1m0s; size 65535 }
+  set affinity-endpoints { type ipv4_addr . inet_proto . inet_service . mark : verdict }
+    10.96.0.12 . tcp . 80 . 0x00000000 : goto ep-ns/sticky/tcp/p__10.244.1.11/8080
+  set affinity-services { type ipv4_addr . inet_proto . inet_service : verdict }
+    10.96.0.12 . tcp . 80 : goto svc-ns/sticky/tcp/p
+  set cluster-frontends { type ipv4_addr . inet_proto . inet_service }
+    10.96.0.10 . tcp . 80
+    10.96.0.11 . udp . 53
+    10.96.0.12 . tcp . 80
+  set endpoints { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service }
+    10.96.0.10 . tcp . 80 . 0x00000000 : 10.244.1.11 . 8080
+    10.96.0.10 . tcp . 80 . 0x00000001 : 10.244.1.12 . 8080
+    10.96.0.11 . udp . 53 . 0x00000000 : 10.244.2.5 . 8080
+    192.0.2.1 . udp . 30053 . 0x00000000 : 10.244.2.5 . 8080
+    203.0.113.5 . udp . 53 . 0x00000000 : 10.244.2.5 . 8080
+  set external-frontends { type ipv4_addr . inet_proto . inet_service }
+    192.0.2.1 . udp . 30053
+    203.0.113.5 . udp . 53
+  set no-endpoint-frontends { type ipv4_addr . inet_proto . inet_service }
+    10.96.0.13 . tcp . 80
+    192.0.2.1 . tcp . 30080
+  set random-1 { type ipv4_addr . inet_proto . inet_service }
+    10.96.0.11 . udp . 53
+    192.0.2.1 . udp . 30053
+    203.0.113.5 . udp . 53
+  set random-2 { type ipv4_addr . inet_proto . inet_service }
+    10.96.0.10 . tcp . 80
+  chain ep-ns/sticky/tcp/p__10.244.1.11/8080
+    update @aff-ns/sticky/tcp/p__10.244.1.11/8080 { ip saddr } (timeout 1m0s) dnat ip to 10.244.1.11:8080
+  chain filter-forward { type filter hook forward priority -110 }
+    ct state new ip daddr . meta l4proto . th dport @no-endpoint-frontends goto reject-chain
+    ct state new ct status dnat fib daddr . iif oif != 0 meta mark set meta mark | 0x00004000
+  chain filter-input { type filter hook input priority -110 }
+    ct state new ip daddr . meta l4proto . th dport @no-endpoint-frontends goto reject-chain
+  chain filter-output { type filter hook output priority -110 }
+    ct state new ip daddr . meta l4proto . th dport @no-endpoint-frontends goto reject-chain
+  chain masquerading
+    meta mark & 0x00004000 == 0 return
+    meta mark set meta mark ^ 0x00004000
+    masquerade fully-random
+  chain nat-output { type nat hook output priority -100 }
+    jump services
+  chain nat-postrouting { type nat hook postrouting priority 100 }
+    jump masquerading
+  chain nat-prerouting { type nat hook prerouting priority -100 }
+    jump services
+  chain reject-chain
+    meta l4proto tcp reject with tcp reset
+    reject with icmp type port-unreachable
+  chain services
+    ip daddr . meta l4proto . th dport @cluster-frontends ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000
+    ip daddr . meta l4proto . th dport @external-frontends meta mark set meta mark | 0x00004000
+    ip daddr . meta l4proto . th dport vmap @affinity-services
+    ip daddr . meta l4proto . th dport @random-1 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints
+    ip daddr . meta l4proto . th dport @random-2 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints
+  chain svc-ns/sticky/tcp/p
+    ip saddr @aff-ns/sticky/tcp/p__10.244.1.11/8080 goto ep-ns/sticky/tcp/p__10.244.1.11/8080
+    ip daddr . meta l4proto . th dport . numgen random mod 1 vmap @affinity-endpoints
 `
-	if got := f.dump(); got != want {
+	if got := f.Dump(); got != want {
 		t.Errorf("table:\n%s\nwant:\n%s", got, want)
 	}
 	if n := mustSync(t, p, desired(web, np, sticky, empty)); n != 0 {
 		t.Errorf("a second Sync of the same ports changed %d objects", n)
 	}
-	if f.nobs != 1 {
-		t.Errorf("the table was listed %d times; only the first sync should read it", f.nobs)
+	if f.Lists() != 1 {
+		t.Errorf("the table was listed %d times; only the first sync should read it", f.Lists())
 	}
 }
 
-// describe prints a tx the way the fake would apply it.
-func describe(f *fakeKernel, t *tx) string {
-	var b strings.Builder
-	for _, e := range t.delElems {
-		fmt.Fprintf(&b, "delete element %s { %s }\n", e.set, f.decodeKey(e.set, e.key))
-	}
-	for _, c := range t.flushes {
-		fmt.Fprintf(&b, "flush chain %s\n", c)
-	}
-	for _, c := range t.delChains {
-		fmt.Fprintf(&b, "delete chain %s\n", c)
-	}
-	for _, s := range t.delSets {
-		fmt.Fprintf(&b, "delete set %s\n", s)
-	}
-	for _, s := range t.addSets {
-		fmt.Fprintf(&b, "add set %s\n", s.name)
-	}
-	for _, c := range t.addChains {
-		fmt.Fprintf(&b, "add chain %s\n", c.name)
-	}
-	for _, c := range t.rules {
-		for _, r := range c.rules {
-			fmt.Fprintf(&b, "add rule %s %s\n", c.name, r.text)
-		}
-	}
-	for _, e := range t.addElems {
-		v := ""
-		switch {
-		case e.val.goTo != "":
-			v = " : goto " + e.val.goTo
-		case e.val.data != "":
-			v = " : " + f.decodeEndpoint(e.val.data)
-		}
-		fmt.Fprintf(&b, "add element %s { %s%s }\n", e.set, f.decodeKey(e.set, e.key), v)
-	}
-	return b.String()
-}
-
-func lastTx(t *testing.T, f *fakeKernel) string {
+// lastTx is the last transaction the fake applied, without the table
+// named on every line.
+func lastTx(t *testing.T, f *nft.Fake) string {
 	t.Helper()
-	if len(f.txs) == 0 {
+	if f.Transactions() == 0 {
 		t.Fatal("no transaction applied")
 	}
-	return describe(f, f.txs[len(f.txs)-1])
+	return strings.NewReplacer(" ip "+TableName+" ", " ", " ip6 "+TableName+" ", " ").Replace(f.LastTransaction())
 }
 
 func manyPorts(n int) map[ServicePortName]ServicePort {
@@ -203,10 +169,10 @@ func TestIncrementalSyncSendsOnlyTheDifference(t *testing.T) {
 	sp.Endpoints = []Endpoint{sp.Endpoints[0], sp.Endpoints[2]}
 	d[name] = sp
 	mustSync(t, p, d)
-	want := `delete element endpoints { 10.96.1.244 . tcp . 80 . #1 }
-delete element endpoints { 10.96.1.244 . tcp . 80 . #2 }
+	want := `delete element endpoints { 10.96.1.244 . tcp . 80 . 0x00000001 }
+delete element endpoints { 10.96.1.244 . tcp . 80 . 0x00000002 }
 delete element random-3 { 10.96.1.244 . tcp . 80 }
-add element endpoints { 10.96.1.244 . tcp . 80 . #1 : 10.244.1.13:8080 }
+add element endpoints { 10.96.1.244 . tcp . 80 . 0x00000001 : 10.244.1.13 . 8080 }
 add element random-2 { 10.96.1.244 . tcp . 80 }
 `
 	if got := lastTx(t, f); got != want {
@@ -216,8 +182,8 @@ add element random-2 { 10.96.1.244 . tcp . 80 }
 	sp.NodePort = 30001
 	d[name] = sp
 	mustSync(t, p, d)
-	want = `add element endpoints { 192.0.2.1 . tcp . 30001 . #0 : 10.244.1.11:8080 }
-add element endpoints { 192.0.2.1 . tcp . 30001 . #1 : 10.244.1.13:8080 }
+	want = `add element endpoints { 192.0.2.1 . tcp . 30001 . 0x00000000 : 10.244.1.11 . 8080 }
+add element endpoints { 192.0.2.1 . tcp . 30001 . 0x00000001 : 10.244.1.13 . 8080 }
 add element external-frontends { 192.0.2.1 . tcp . 30001 }
 add element random-2 { 192.0.2.1 . tcp . 30001 }
 `
@@ -229,10 +195,10 @@ add element random-2 { 192.0.2.1 . tcp . 30001 }
 	d[name] = sp
 	mustSync(t, p, d)
 	want = `delete element cluster-frontends { 10.96.1.244 . tcp . 80 }
-delete element endpoints { 10.96.1.244 . tcp . 80 . #0 }
-delete element endpoints { 10.96.1.244 . tcp . 80 . #1 }
-delete element endpoints { 192.0.2.1 . tcp . 30001 . #0 }
-delete element endpoints { 192.0.2.1 . tcp . 30001 . #1 }
+delete element endpoints { 10.96.1.244 . tcp . 80 . 0x00000000 }
+delete element endpoints { 10.96.1.244 . tcp . 80 . 0x00000001 }
+delete element endpoints { 192.0.2.1 . tcp . 30001 . 0x00000000 }
+delete element endpoints { 192.0.2.1 . tcp . 30001 . 0x00000001 }
 delete element external-frontends { 192.0.2.1 . tcp . 30001 }
 delete element random-2 { 10.96.1.244 . tcp . 80 }
 delete element random-2 { 192.0.2.1 . tcp . 30001 }
@@ -258,13 +224,13 @@ delete element no-endpoint-frontends { 192.0.2.1 . tcp . 30001 }
 	four := port("ns", "four", TCP, "10.96.200.4", 80, "10.244.1.11", "10.244.1.12", "10.244.1.13", "10.244.1.14")
 	d[four.Name] = four
 	mustSync(t, p, d)
-	want = `add set random-4
+	want = `add set random-4 { type ipv4_addr . inet_proto . inet_service }
 add rule services ip daddr . meta l4proto . th dport @random-4 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 4 map @endpoints
 add element cluster-frontends { 10.96.200.4 . tcp . 80 }
-add element endpoints { 10.96.200.4 . tcp . 80 . #0 : 10.244.1.11:8080 }
-add element endpoints { 10.96.200.4 . tcp . 80 . #1 : 10.244.1.12:8080 }
-add element endpoints { 10.96.200.4 . tcp . 80 . #2 : 10.244.1.13:8080 }
-add element endpoints { 10.96.200.4 . tcp . 80 . #3 : 10.244.1.14:8080 }
+add element endpoints { 10.96.200.4 . tcp . 80 . 0x00000000 : 10.244.1.11 . 8080 }
+add element endpoints { 10.96.200.4 . tcp . 80 . 0x00000001 : 10.244.1.12 . 8080 }
+add element endpoints { 10.96.200.4 . tcp . 80 . 0x00000002 : 10.244.1.13 . 8080 }
+add element endpoints { 10.96.200.4 . tcp . 80 . 0x00000003 : 10.244.1.14 . 8080 }
 add element random-4 { 10.96.200.4 . tcp . 80 }
 `
 	if got := lastTx(t, f); got != want {
@@ -281,8 +247,8 @@ add element random-4 { 10.96.200.4 . tcp . 80 }
 	if got := lastTx(t, f); !strings.Contains(got, "delete set random-4\n") || !strings.Contains(got, "flush chain services\n") {
 		t.Errorf("the periodic check should take the empty class away; it sent:\n%s", got)
 	}
-	if f.nobs != 2 {
-		t.Errorf("the table was listed %d times; only the first sync and the repair should read it", f.nobs)
+	if f.Lists() != 2 {
+		t.Errorf("the table was listed %d times; only the first sync and the repair should read it", f.Lists())
 	}
 }
 
@@ -355,12 +321,12 @@ func TestIncrementalSyncMatchesFullSync(t *testing.T) {
 				mustSync(t, p, d)
 				fresh, ff := fakeProxier(t, fam)
 				mustSync(t, fresh, d)
-				if got, want := canonical(f.dump()), ff.dump(); got != want {
+				if got, want := canonical(f.Dump()), ff.Dump(); got != want {
 					t.Fatalf("step %d: incremental table differs from a full sync.\nincremental:\n%s\nfull:\n%s", step, got, want)
 				}
 			}
-			if f.nobs != 1 {
-				t.Errorf("the table was listed %d times in 400 syncs; only the first should read it", f.nobs)
+			if f.Lists() != 1 {
+				t.Errorf("the table was listed %d times in 400 syncs; only the first should read it", f.Lists())
 			}
 		})
 	}
@@ -373,21 +339,22 @@ func canonical(dump string) string {
 	lines := strings.Split(dump, "\n")
 	empty := map[string]bool{}
 	for i, l := range lines {
-		if name, ok := strings.CutPrefix(l, "set random-"); ok && (i+1 == len(lines) || !strings.HasPrefix(lines[i+1], "  ")) {
-			empty["@random-"+name+" "] = true
+		if rest, ok := strings.CutPrefix(l, "  set random-"); ok && (i+1 == len(lines) || !strings.HasPrefix(lines[i+1], "    ")) {
+			name, _, _ := strings.Cut(rest, " ")
+			empty["random-"+name] = true
 		}
 	}
 	var out, classRules []string
 	for _, l := range lines {
 		drop := false
 		for e := range empty {
-			if strings.Contains(l, e) || l == "set "+strings.TrimSpace(e[1:]) {
+			if strings.Contains(l, "@"+e+" ") || strings.HasPrefix(l, "  set "+e+" ") {
 				drop = true
 			}
 		}
 		switch {
 		case drop:
-		case strings.HasPrefix(l, "  ") && strings.Contains(l, " @random-"):
+		case strings.HasPrefix(l, "    ") && strings.Contains(l, " @random-"):
 			classRules = append(classRules, l)
 		default:
 			if len(classRules) > 0 {
@@ -415,39 +382,47 @@ func TestRepairFixesWhatChangedBehindItsBack(t *testing.T) {
 	sticky := port("ns", "sticky", TCP, "10.96.0.12", 80, "10.244.1.11")
 	sticky.Affinity = time.Minute
 	mustSync(t, p, desired(web, sticky))
-	good := f.dump()
+	good := f.Dump()
 	if n, err := p.Repair(); err != nil || n != 0 {
 		t.Fatalf("Repair of an untouched table = %d changes, %v; want 0", n, err)
 	}
 
-	tab := f.t
+	// Another program changes the table, in a transaction of its own.
+	tbl := nft.Table{Family: IPv4, Name: TableName}
 	webFE := frontendKey(web.ClusterIP, TCP, 80)
-	delete(tab.sets[setClusterFrontends].elems, webFE)
-	flushFake(tab, chainServices)
-	flushFake(tab, chainNATPrerouting)
-	tab.chains["intruder"] = &fakeChain{rules: []rule{{text: "drop"}}}
-	tab.sets[setNoEndpoints].elems["forged"] = elemVal{}
-	tab.sets[setEndpoints].elems[webFE+string(indexKey(1))] = elemVal{data: endpointVal(Endpoint{netip.MustParseAddr("10.9.9.9"), 1})}
-	flushFake(tab, "svc-ns/sticky/tcp/p")
-	flushFake(tab, "ep-ns/sticky/tcp/p__10.244.1.11/8080")
-	delete(tab.sets, "aff-ns/sticky/tcp/p__10.244.1.11/8080")
+	forged := frontendKey(netip.MustParseAddr("10.96.9.9"), TCP, 9)
+	var tamper nft.Transaction
+	tamper.DeleteElements(tbl, setClusterFrontends, []nft.Element{{Key: webFE}})
+	tamper.FlushChain(tbl, chainServices)
+	tamper.FlushChain(tbl, chainNATPrerouting)
+	tamper.AddChain(tbl, nft.Chain{Name: "intruder"})
+	tamper.AddRule(tbl, nft.Rule{Chain: "intruder", Text: "drop", Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}})
+	tamper.AddElements(tbl, setNoEndpoints, []nft.Element{{Key: forged}})
+	tamper.DeleteElements(tbl, setEndpoints, []nft.Element{{Key: webFE + string(indexKey(1))}})
+	tamper.AddElements(tbl, setEndpoints, []nft.Element{{Key: webFE + string(indexKey(1)), Data: endpointVal(Endpoint{netip.MustParseAddr("10.9.9.9"), 1})}})
+	tamper.FlushChain(tbl, "svc-ns/sticky/tcp/p")
+	tamper.FlushChain(tbl, "ep-ns/sticky/tcp/p__10.244.1.11/8080")
+	tamper.DeleteSet(tbl, "aff-ns/sticky/tcp/p__10.244.1.11/8080")
+	if err := f.Run(&tamper); err != nil {
+		t.Fatal(err)
+	}
 
 	n, err := p.Repair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := f.dump(); got != good {
+	if got := f.Dump(); got != good {
 		t.Errorf("after repair:\n%s\nwant:\n%s", got, good)
 	}
-	want := `delete element endpoints { 10.96.0.10 . tcp . 80 . #1 }
-delete element no-endpoint-frontends { 666f72676564 }
+	want := `delete element endpoints { 10.96.0.10 . tcp . 80 . 0x00000001 }
+delete element no-endpoint-frontends { 10.96.9.9 . tcp . 9 }
 flush chain ep-ns/sticky/tcp/p__10.244.1.11/8080
 flush chain intruder
 flush chain nat-prerouting
 flush chain services
 flush chain svc-ns/sticky/tcp/p
 delete chain intruder
-add set aff-ns/sticky/tcp/p__10.244.1.11/8080
+add set aff-ns/sticky/tcp/p__10.244.1.11/8080 { type ipv4_addr; flags dynamic,timeout; timeout 1m0s; size 65535 }
 add rule ep-ns/sticky/tcp/p__10.244.1.11/8080 update @aff-ns/sticky/tcp/p__10.244.1.11/8080 { ip saddr } (timeout 1m0s) dnat ip to 10.244.1.11:8080
 add rule nat-prerouting jump services
 add rule services ip daddr . meta l4proto . th dport @cluster-frontends ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000
@@ -457,7 +432,7 @@ add rule services ip daddr . meta l4proto . th dport @random-2 dnat ip to ip dad
 add rule svc-ns/sticky/tcp/p ip saddr @aff-ns/sticky/tcp/p__10.244.1.11/8080 goto ep-ns/sticky/tcp/p__10.244.1.11/8080
 add rule svc-ns/sticky/tcp/p ip daddr . meta l4proto . th dport . numgen random mod 1 vmap @affinity-endpoints
 add element cluster-frontends { 10.96.0.10 . tcp . 80 }
-add element endpoints { 10.96.0.10 . tcp . 80 . #1 : 10.244.1.12:8080 }
+add element endpoints { 10.96.0.10 . tcp . 80 . 0x00000001 : 10.244.1.12 . 8080 }
 `
 	if got := lastTx(t, f); got != want {
 		t.Errorf("repair sent:\n%s\nwant:\n%s", got, want)
@@ -470,11 +445,15 @@ add element endpoints { 10.96.0.10 . tcp . 80 . #1 : 10.244.1.12:8080 }
 	}
 
 	// The whole table gone: rebuilt in one go.
-	f.t = nil
+	var del nft.Transaction
+	del.DeleteTable(tbl)
+	if err := f.Run(&del); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := p.Repair(); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.dump(); got != good {
+	if got := f.Dump(); got != good {
 		t.Errorf("after the table was deleted and repaired:\n%s\nwant:\n%s", got, good)
 	}
 }
@@ -486,17 +465,17 @@ func TestFailedSyncRereadsTheTable(t *testing.T) {
 	web := port("ns", "web", TCP, "10.96.0.10", 80, "10.244.1.11")
 	mustSync(t, p, desired(web))
 	web.Endpoints = append(web.Endpoints, Endpoint{netip.MustParseAddr("10.244.1.12"), 8080})
-	f.fail = unix.ENOMEM
+	f.FailNext(unix.ENOMEM)
 	if _, err := p.Sync(desired(web)); !errors.Is(err, unix.ENOMEM) {
 		t.Fatalf("Sync with a failing kernel = %v, want ENOMEM", err)
 	}
 	mustSync(t, p, desired(web))
-	if f.nobs != 2 {
-		t.Errorf("table listed %d times, want 2 (first sync, and the one after the failure)", f.nobs)
+	if f.Lists() != 2 {
+		t.Errorf("table listed %d times, want 2 (first sync, and the one after the failure)", f.Lists())
 	}
 	fresh, ff := fakeProxier(t, IPv4)
 	mustSync(t, fresh, desired(web))
-	if got, want := f.dump(), ff.dump(); got != want {
+	if got, want := f.Dump(), ff.Dump(); got != want {
 		t.Errorf("after recovery:\n%s\nwant:\n%s", got, want)
 	}
 }
@@ -524,19 +503,19 @@ func TestConflictingFrontends(t *testing.T) {
 	a.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.5")}
 	b.ExternalIPs = a.ExternalIPs
 	mustSync(t, p, desired(b, a))
-	if d := f.dump(); !strings.Contains(d, "203.0.113.5 . tcp . 80 . #0 : 10.244.1.11:8080") || strings.Contains(d, "203.0.113.5 . tcp . 80 . #0 : 10.244.1.12") {
+	if d := f.Dump(); !strings.Contains(d, "203.0.113.5 . tcp . 80 . 0x00000000 : 10.244.1.11 . 8080") || strings.Contains(d, "203.0.113.5 . tcp . 80 . 0x00000000 : 10.244.1.12") {
 		t.Errorf("ns/a should own the shared external IP:\n%s", d)
 	}
 	mustSync(t, p, desired(b, a))
 	mustSync(t, p, desired(b))
-	if d := f.dump(); !strings.Contains(d, "203.0.113.5 . tcp . 80 . #0 : 10.244.1.12:8080") {
+	if d := f.Dump(); !strings.Contains(d, "203.0.113.5 . tcp . 80 . 0x00000000 : 10.244.1.12 . 8080") {
 		t.Errorf("ns/b should own the shared external IP once ns/a is gone:\n%s", d)
 	}
 	// The conflict resolved incrementally ends where a full sync would.
 	mustSync(t, p, desired(a, b))
 	fresh, ff := fakeProxier(t, IPv4)
 	mustSync(t, fresh, desired(a, b))
-	if got, want := f.dump(), ff.dump(); got != want {
+	if got, want := f.Dump(), ff.Dump(); got != want {
 		t.Errorf("after the conflict came back:\n%s\nwant:\n%s", got, want)
 	}
 }
@@ -547,7 +526,7 @@ func TestPortsOfTheWrongFamilyAreLeftOut(t *testing.T) {
 	good := port("ns", "good", TCP, "fd00:96::10", 80, "fd00:10:244:1::11")
 	bad := port("ns", "bad", TCP, "10.96.0.10", 80, "10.244.1.11")
 	mustSync(t, p, desired(good, bad))
-	if d := f.dump(); strings.Contains(d, "10.96.0.10") || !strings.Contains(d, "fd00:96::10 . tcp . 80") {
+	if d := f.Dump(); strings.Contains(d, "10.96.0.10") || !strings.Contains(d, "fd00:96::10 . tcp . 80") {
 		t.Errorf("table:\n%s", d)
 	}
 }

@@ -47,7 +47,7 @@ func (e *e2e) sync(t *testing.T, ports ...ServicePort) {
 	for f, p := range e.proxiers {
 		d := map[ServicePortName]ServicePort{}
 		for _, sp := range ports {
-			if f.has(sp.ClusterIP) {
+			if f.Has(sp.ClusterIP) {
 				d[sp.Name] = sp
 			}
 		}
@@ -297,7 +297,7 @@ func TestTrafficNoEndpointsRejects(t *testing.T) {
 	}
 }
 
-func nft(t *testing.T, ns string, args ...string) {
+func nftCmd(t *testing.T, ns string, args ...string) {
 	t.Helper()
 	run(t, "ip", append([]string{"netns", "exec", ns, "nft"}, args...)...)
 }
@@ -323,7 +323,7 @@ func TestTrafficRepair(t *testing.T) {
 		}
 		d := map[ServicePortName]ServicePort{}
 		for _, sp := range []ServicePort{web, sticky, np} {
-			if f.has(sp.ClusterIP) {
+			if f.Has(sp.ClusterIP) {
 				d[sp.Name] = sp
 			}
 		}
@@ -342,7 +342,7 @@ func TestTrafficRepair(t *testing.T) {
 		{"delete", "table", "ip", TableName},
 	} {
 		t.Run(strings.Join(tamper[:2], " "), func(t *testing.T) {
-			nft(t, e.node, tamper...)
+			nftCmd(t, e.node, tamper...)
 			if a, err := ask(e.pods["client"].ns, "tcp", to); err == nil {
 				t.Fatalf("after nft %s, the service still answers (%s): the test tampers with nothing", strings.Join(tamper, " "), a)
 			}
@@ -359,9 +359,9 @@ func TestTrafficRepair(t *testing.T) {
 
 	// The IPv6 side, tampered with in ways that do not break traffic at
 	// once, is repaired too.
-	nft(t, e.node, "add", "rule", "ip6", TableName, chainServices, "counter")
-	nft(t, e.node, "delete", "element", "ip6", TableName, setExternalFrontends, "{ 2001:db8::1 . udp . 30053 }")
-	nft(t, e.node, "add", "chain", "ip6", TableName, "intruder")
+	nftCmd(t, e.node, "add", "rule", "ip6", TableName, chainServices, "counter")
+	nftCmd(t, e.node, "delete", "element", "ip6", TableName, setExternalFrontends, "{ 2001:db8::1 . udp . 30053 }")
+	nftCmd(t, e.node, "add", "chain", "ip6", TableName, "intruder")
 	if n, err := e.proxiers[IPv6].Repair(); err != nil || n == 0 {
 		t.Fatalf("IPv6 Repair = %d changes, %v; want some", n, err)
 	}
@@ -377,7 +377,7 @@ func TestTrafficRepair(t *testing.T) {
 // Remove deletes the table, and only the proxier's.
 func TestRemove(t *testing.T) {
 	e := newE2E(t)
-	nft(t, e.node, "add", "table", "ip", "someone-else")
+	nftCmd(t, e.node, "add", "table", "ip", "someone-else")
 	e.sync(t)
 	for f, p := range e.proxiers {
 		if err := p.Remove(); err != nil {

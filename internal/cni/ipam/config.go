@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
@@ -21,9 +22,8 @@ import (
 const DefaultDataDir = "/var/lib/cni/networks"
 
 // DefaultCooldown is how long a released address rests before it is handed
-// out again (unless nothing else is free): long enough for conntrack entries
-// and stale endpoints of a deleted pod to go, short against a node's churn.
-const DefaultCooldown = 60 * time.Second
+// out again (unless nothing else is free): the pod-IP policy's default.
+const DefaultCooldown = alloc.DefaultPodIPCooldown
 
 // Config is a parsed, validated network configuration as duet-ipam sees it.
 type Config struct {
@@ -31,7 +31,7 @@ type Config struct {
 	// Name is the network's name; each network has its own store.
 	Name string
 	// RangeSets yield one address each, in order (primary family first).
-	RangeSets []RangeSet
+	RangeSets []alloc.PodRangeSet
 	// Routes are returned as given, for every attachment.
 	Routes []*types.Route
 	// DNS is read from ipam.resolvConf, as host-local does.
@@ -42,76 +42,11 @@ type Config struct {
 	// Requested are specific addresses asked for through CNI_ARGS IP=,
 	// args.cni.ips or runtimeConfig.ips, as host-local accepts them.
 	Requested []netip.Addr
-	// ValidAttachments is the GC argument cni.dev/valid-attachments.
+	// ValidAttachments is the GC argument cni.dev/valid-attachments: nil
+	// when the key is absent (or null), empty when the runtime lists none.
 	ValidAttachments []types.GCAttachment
 	// PrevResult is the prevResult of a CHECK, if any.
 	PrevResult json.RawMessage
-}
-
-// RangeSet is host-local's range set: ranges of one family, tried in order,
-// of which an attachment gets one address.
-type RangeSet []Range
-
-// Range is one subnet, the part of it handed out and its gateway. All
-// fields are set after parsing.
-type Range struct {
-	Subnet  netip.Prefix
-	Start   netip.Addr // first address handed out, inclusive
-	End     netip.Addr // last address handed out, inclusive
-	Gateway netip.Addr // never handed out
-}
-
-// Contains reports whether a lies within [Start, End].
-func (r Range) Contains(a netip.Addr) bool {
-	return a.BitLen() == r.Start.BitLen() && r.Start.Compare(a) <= 0 && a.Compare(r.End) <= 0
-}
-
-// usable reports whether a may be handed out from r: inside [Start, End],
-// neither the gateway nor the network address nor the IPv4 broadcast.
-func (r Range) usable(a netip.Addr) bool {
-	if !r.Contains(a) || a == r.Gateway || a == r.Subnet.Addr() {
-		return false
-	}
-	return !(a.Is4() && a == lastAddr(r.Subnet))
-}
-
-// Family is the range's address family.
-func (r Range) Family() netaddr.Family { return netaddr.FamilyOf(r.Subnet.Addr()) }
-
-func (r Range) String() string {
-	return fmt.Sprintf("%s[%s-%s]", r.Subnet, r.Start, r.End)
-}
-
-// Family is the range set's address family.
-func (s RangeSet) Family() netaddr.Family { return s[0].Family() }
-
-// Contains reports whether a lies within one of the set's ranges.
-func (s RangeSet) Contains(a netip.Addr) bool {
-	for _, r := range s {
-		if r.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// rangeOf returns the range that a may be handed out from.
-func (s RangeSet) rangeOf(a netip.Addr) (Range, bool) {
-	for _, r := range s {
-		if r.usable(a) {
-			return r, true
-		}
-	}
-	return Range{}, false
-}
-
-// String names the set stably; the store keys its round-robin cursor by it.
-func (s RangeSet) String() string {
-	parts := make([]string, len(s))
-	for i, r := range s {
-		parts[i] = r.String()
-	}
-	return strings.Join(parts, ",")
 }
 
 // The JSON forms, kept as strings so that every error can name its field.
@@ -315,15 +250,15 @@ func Parse(stdin []byte, cniArgs string) (*Config, error) {
 	return c, nil
 }
 
-func parseRangeSet(field string, raw []rawRange, podCIDR bool) (RangeSet, error) {
+func parseRangeSet(field string, raw []rawRange, podCIDR bool) (alloc.PodRangeSet, error) {
 	if len(raw) == 0 {
 		return nil, fieldErr(field, "empty range set: give at least one range, e.g. [{\"subnet\":\"10.244.1.0/24\"}]")
 	}
-	set := make(RangeSet, 0, len(raw))
+	set := make(alloc.PodRangeSet, 0, len(raw))
 	for j, rr := range raw {
 		f := fmt.Sprintf("%s[%d]", field, j)
-		if podCIDR {
-			f = field
+		if podCIDR || field == "ipam" {
+			f = field // a pod CIDR, or the old single range: ipam.subnet
 		}
 		r, err := parseRange(f, rr, podCIDR)
 		if err != nil {
@@ -342,26 +277,23 @@ func parseRangeSet(field string, raw []rawRange, podCIDR bool) (RangeSet, error)
 	return set, nil
 }
 
-func parseRange(field string, rr rawRange, podCIDR bool) (Range, error) {
+func parseRange(field string, rr rawRange, podCIDR bool) (alloc.PodRange, error) {
 	subField := field + ".subnet"
 	if podCIDR {
 		subField = field
 	}
 	if rr.Subnet == "" {
-		return Range{}, fieldErr(subField, "missing subnet")
+		return alloc.PodRange{}, fieldErr(subField, "missing subnet")
 	}
 	subnet, err := netaddr.ParseCIDR(rr.Subnet)
 	if err != nil {
-		return Range{}, fieldErr(subField, "%v", err)
+		return alloc.PodRange{}, fieldErr(subField, "%v", err)
 	}
-	if netaddr.HostBits(subnet) < 2 {
-		return Range{}, fieldErr(subField, "network %s too small to allocate from: it must hold a gateway and an address (at most /30 for IPv4, /126 for IPv6)", subnet)
-	}
-	r := Range{Subnet: subnet}
-	first := subnet.Addr().Next()
-	last := lastAddr(subnet)
-	if subnet.Addr().Is4() {
-		last = last.Prev()
+	// The whole subnet with its first address as the gateway, unless the
+	// fields below say otherwise.
+	r, err := alloc.NewPodRange(subnet)
+	if err != nil {
+		return alloc.PodRange{}, fieldErr(subField, "%v", err)
 	}
 	addr := func(name, value string, def netip.Addr) (netip.Addr, error) {
 		if value == "" {
@@ -377,38 +309,22 @@ func parseRange(field string, rr rawRange, podCIDR bool) (Range, error) {
 		}
 		return a, nil
 	}
-	if r.Gateway, err = addr("gateway", rr.Gateway, first); err != nil {
-		return Range{}, err
+	if r.Gateway, err = addr("gateway", rr.Gateway, r.Gateway); err != nil {
+		return alloc.PodRange{}, err
 	}
-	if r.Start, err = addr("rangeStart", rr.RangeStart, first); err != nil {
-		return Range{}, err
+	if r.Start, err = addr("rangeStart", rr.RangeStart, r.Start); err != nil {
+		return alloc.PodRange{}, err
 	}
-	if r.End, err = addr("rangeEnd", rr.RangeEnd, last); err != nil {
-		return Range{}, err
+	if r.End, err = addr("rangeEnd", rr.RangeEnd, r.End); err != nil {
+		return alloc.PodRange{}, err
 	}
 	if r.Start.Compare(r.End) > 0 {
-		return Range{}, fieldErr(field+".rangeEnd", "%s is before rangeStart %s", r.End, r.Start)
+		return alloc.PodRange{}, fieldErr(field+".rangeEnd", "%s is before rangeStart %s", r.End, r.Start)
 	}
-	if _, ok := r.firstFrom(r.Start); !ok {
-		return Range{}, fieldErr(field, "%s has no address to hand out: its only addresses are the gateway %s or reserved ones", r, r.Gateway)
+	if _, ok := r.FirstUsable(r.Start); !ok {
+		return alloc.PodRange{}, fieldErr(field, "%s has no address to hand out: its only addresses are the gateway %s or reserved ones", r, r.Gateway)
 	}
 	return r, nil
-}
-
-// firstFrom returns the first address at or after a that the range hands
-// out. Only the network address, the gateway and the IPv4 broadcast are
-// ever skipped, so the loop is short.
-func (r Range) firstFrom(a netip.Addr) (netip.Addr, bool) {
-	if a.Compare(r.Start) < 0 {
-		a = r.Start
-	}
-	for a.IsValid() && a.Compare(r.End) <= 0 {
-		if r.usable(a) {
-			return a, true
-		}
-		a = a.Next()
-	}
-	return netip.Addr{}, false
 }
 
 func parseRoute(field string, raw json.RawMessage) (*types.Route, error) {
@@ -450,16 +366,11 @@ func parseAddrOrCIDR(s string) (netip.Addr, error) {
 	return a.Unmap(), nil
 }
 
-// lastAddr is the last address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	return netaddr.AddrAt(p, netaddr.LastOffset(p))
-}
-
-func rangesOverlap(a, b Range) bool {
+func rangesOverlap(a, b alloc.PodRange) bool {
 	return a.Family() == b.Family() && a.Start.Compare(b.End) <= 0 && b.Start.Compare(a.End) <= 0
 }
 
-func overlap(a, b RangeSet) (Range, Range, bool) {
+func overlap(a, b alloc.PodRangeSet) (alloc.PodRange, alloc.PodRange, bool) {
 	for _, x := range a {
 		for _, y := range b {
 			if rangesOverlap(x, y) {
@@ -467,5 +378,5 @@ func overlap(a, b RangeSet) (Range, Range, bool) {
 			}
 		}
 	}
-	return Range{}, Range{}, false
+	return alloc.PodRange{}, alloc.PodRange{}, false
 }

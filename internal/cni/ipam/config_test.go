@@ -62,6 +62,14 @@ func TestParseAcceptsHostLocalConfigs(t *testing.T) {
 			},
 		},
 		{
+			name:  "a /8 is the largest pod subnet, in both families",
+			stdin: conf(`{"ranges":[[{"subnet":"10.0.0.0/8"}],[{"subnet":"fd00::/8"}]]}`),
+			sets: [][]rng{
+				{{"10.0.0.0/8", "10.0.0.1", "10.255.255.254", "10.0.0.1"}},
+				{{"fd00::/8", "fd00::1", "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fd00::1"}},
+			},
+		},
+		{
 			name:  "a /30 holds the gateway and one address",
 			stdin: conf(`{"ranges":[[{"subnet":"10.0.0.0/30"}]]}`),
 			sets:  [][]rng{{{"10.0.0.0/30", "10.0.0.1", "10.0.0.2", "10.0.0.1"}}},
@@ -154,6 +162,23 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"a requested IP outside every range", `{"name":"pods","runtimeConfig":{"ips":["10.9.9.9"]},"ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]}}`, "runtimeConfig.ips[0]: requested IP 10.9.9.9 is in none of the configured ranges"},
 		{"a requested IP that is not one", `{"name":"pods","args":{"cni":{"ips":["x"]}},"ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]}}`, `args.cni.ips[0]: "x" is not an IP address`},
 		{"two IPv4 sets on CNI 0.2.0", `{"cniVersion":"0.2.0","name":"pods","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"10.0.1.0/24"}]]}}`, "cniVersion: CNI version 0.2.0 does not support more than 1 address per family"},
+		{"the whole IPv4 space", conf(`{"ranges":[[{"subnet":"0.0.0.0/0"}]]}`), "ipam.ranges[0][0].subnet: 0.0.0.0/0 is too large for a pod subnet: the prefix must be /8 or longer"},
+		{"the whole IPv6 space", conf(`{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"::/0"}]]}`), "ipam.ranges[1][0].subnet: ::/0 is too large for a pod subnet"},
+		{"an IPv4 /7", conf(`{"ranges":[[{"subnet":"10.0.0.0/7"}]]}`), "ipam.ranges[0][0].subnet: 10.0.0.0/7 is too large for a pod subnet"},
+		{"an IPv6 /7", conf(`{"ranges":[[{"subnet":"fc00::/7"}]]}`), "ipam.ranges[0][0].subnet: fc00::/7 is too large for a pod subnet"},
+		{"a pod CIDR of the whole space", conf(`{"podCIDRs":["0.0.0.0/0"]}`), "ipam.podCIDRs[0]: 0.0.0.0/0 is too large for a pod subnet"},
+		{"the old single range of the whole space", conf(`{"subnet":"::/0"}`), "ipam.subnet: ::/0 is too large"},
+		{"a runtime range of the whole space", `{"cniVersion":"1.1.0","name":"pods","runtimeConfig":{"ipRanges":[[{"subnet":"0.0.0.0/0"}]]},"ipam":{}}`, "runtimeConfig.ipRanges[0][0].subnet: 0.0.0.0/0 is too large"},
+		{"IPv4 unspecified", conf(`{"ranges":[[{"subnet":"0.0.0.0/24"}]]}`), "ipam.ranges[0][0].subnet: 0.0.0.0/24 cannot be a pod subnet: it overlaps 0.0.0.0/8, the unspecified (\"this network\") range"},
+		{"IPv4 loopback", conf(`{"ranges":[[{"subnet":"127.0.0.0/8"}]]}`), "ipam.ranges[0][0].subnet: 127.0.0.0/8 cannot be a pod subnet: it overlaps 127.0.0.0/8, the loopback range"},
+		{"IPv4 link-local", conf(`{"podCIDRs":["169.254.0.0/24"]}`), "ipam.podCIDRs[0]: 169.254.0.0/24 cannot be a pod subnet: it overlaps 169.254.0.0/16, the link-local range"},
+		{"IPv4 multicast", conf(`{"ranges":[[{"subnet":"224.0.0.0/8"}]]}`), "it overlaps 224.0.0.0/4, the multicast range"},
+		{"a range holding the limited broadcast", conf(`{"ranges":[[{"subnet":"255.255.255.0/24"}]]}`), "it overlaps 255.255.255.255/32, the limited broadcast range"},
+		{"IPv6 unspecified and loopback", conf(`{"ranges":[[{"subnet":"::/120"}]]}`), "ipam.ranges[0][0].subnet: ::/120 cannot be a pod subnet: it overlaps ::/128, the unspecified range"},
+		{"IPv6 loopback", conf(`{"ranges":[[{"subnet":"::/127"}]]}`), "ipam.ranges[0][0].subnet: network ::/127 too small"},
+		{"IPv6 link-local", conf(`{"ranges":[[{"subnet":"fe80::/64"}]]}`), "ipam.ranges[0][0].subnet: fe80::/64 cannot be a pod subnet: it overlaps fe80::/10, the link-local range"},
+		{"IPv6 multicast", conf(`{"podCIDRs":["ff05::/64"]}`), "ipam.podCIDRs[0]: ff05::/64 cannot be a pod subnet: it overlaps ff00::/8, the multicast range"},
+		{"IPv4-mapped IPv6", conf(`{"ranges":[[{"subnet":"::ffff:0:0/96"}]]}`), "IPv4-mapped IPv6 prefixes are not allowed"},
 		{"a missing resolv.conf", conf(`{"ranges":[[{"subnet":"10.0.0.0/24"}]],"resolvConf":"/nonexistent/resolv.conf"}`), "ipam.resolvConf: open /nonexistent/resolv.conf"},
 	}
 	for _, tc := range tests {
@@ -210,13 +235,13 @@ func TestRangeSkipsNetworkGatewayAndBroadcast(t *testing.T) {
 	}
 	r := c.RangeSets[0][0]
 	var got []string
-	for a, ok := r.firstFrom(r.Start); ok; a, ok = r.firstFrom(a.Next()) {
+	for a, ok := r.FirstUsable(r.Start); ok; a, ok = r.FirstUsable(a.Next()) {
 		got = append(got, a.String())
 	}
 	if want := "10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6"; strings.Join(got, ",") != want {
 		t.Fatalf("usable = %v, want %s", got, want)
 	}
-	if r.usable(netip.MustParseAddr("10.0.0.1")) {
+	if r.Usable(netip.MustParseAddr("10.0.0.1")) {
 		t.Fatal("the gateway is usable")
 	}
 }

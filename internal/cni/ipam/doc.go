@@ -30,14 +30,25 @@
 // IP=..., args.cni.ips, runtimeConfig.ips; runtimeConfig.ipRanges is
 // honoured too.
 //
-// # Store
+// # Policy and store
 //
-// DataDir/<network>/duet-ipam.db holds, per address, its holder (container
-// ID and interface) or the time it was released; an index by holder, so
-// DEL and CHECK look up one key; the last address reserved per range set
-// (the round-robin cursor); and the cool-down queue. Each call locks the
-// network's directory (as host-local does), opens the file, changes it in
-// one transaction that is on disk before the call returns, and closes it.
-// On first use it takes over host-local's reservations found in the same
-// directory, so a live node can switch without handing out a held address.
+// Which address an attachment gets is Duet's one pod-IP policy,
+// alloc.PodIPs, which the Duet agent uses too; the reservations are kept by
+// internal/alloc/boltstore in DataDir/<network>/duet-ipam.db: per address,
+// its holder (container ID and interface) or the time it was released; an
+// index by holder, so DEL and CHECK look up one key; the last address
+// reserved per range set (the round-robin cursor); and the cool-down queue.
+// Each call locks the network's directory (as host-local does), opens the
+// file, changes it in one transaction that is on disk before the call
+// returns, and closes it. On first use it takes over host-local's
+// reservations found in the same directory, so a live node can switch
+// without handing out a held address.
+//
+// # Errors
+//
+// Configuration errors (including a range that cannot be a pod subnet, and
+// GC without cni.dev/valid-attachments) are code 7 and name the field; a
+// failure to read or write the store (a full disk, say) is code 5; waiting
+// too long for another invocation's lock is code 11; STATUS on an
+// exhausted range is code 50; CHECK of an unknown attachment is code 3.
 package ipam

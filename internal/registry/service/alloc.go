@@ -7,10 +7,12 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/klog/v2"
 
@@ -39,6 +41,8 @@ type Txn interface {
 	Commit()
 	// Revert is called when the Service was not persisted: it releases
 	// what the call allocated, and keeps what it would have given up.
+	// When the write failed because its request ended, it may have been
+	// persisted all the same: see SetStoredReader.
 	Revert()
 }
 
@@ -49,7 +53,38 @@ type Allocators struct {
 	cfg    Config
 	ranges map[corev1.IPFamily]*alloc.ServiceRange
 	ports  *alloc.PortRange
+	stored StoredReader
+	// settleLater runs f once a write whose outcome was unknown has
+	// surely settled; tests replace it to run f at once.
+	settleLater func(f func())
 }
+
+// StoredReader reads a Service as it is stored now.
+type StoredReader func(ctx context.Context, namespace, name string) (*core.Service, error)
+
+// SetStoredReader lets Revert find out what was stored when a write's
+// outcome is unknown. A write reported as failed because the request's
+// context ended (the client went away, the request timed out) may have
+// been applied all the same: etcd can commit a transaction the API server
+// stopped waiting for, even after the server gave up on it. Giving back the
+// addresses of a Service that was stored would leave them held without a
+// record, free to be handed out twice. So such a Revert waits until the
+// write has surely settled, reads the Service, and gives back only what
+// the stored Service (the same object, by UID) does not hold. Without a
+// reader, Revert trusts the report.
+func (a *Allocators) SetStoredReader(fn StoredReader) { a.stored = fn }
+
+const (
+	// unknownOutcomeWait is how long a Revert whose write's outcome is
+	// unknown waits before reading what was stored: far longer than etcd
+	// takes to apply or drop a request (its own request timeout is 7s by
+	// default), and shorter than the repair loop's grace period for
+	// records without a Service, so that the allocator, not the repair
+	// loop, gives back what was not stored.
+	unknownOutcomeWait = 30 * time.Second
+	// storedReadTimeout bounds that read.
+	storedReadTimeout = 10 * time.Second
+)
 
 // NewAllocators checks that ranges holds exactly one ServiceRange per
 // family of cfg, each for the configured range, the primary one reserving
@@ -129,6 +164,7 @@ func (a *Allocators) AllocateUpdate(ctx context.Context, newSvc, oldSvc *core.Se
 		return nil, apierrors.NewInvalid(serviceKind, newSvc.Name, errs)
 	}
 	t := a.newTxn(ctx, newSvc)
+	t.uid = oldSvc.UID // the client's copy may carry none
 	if err := a.allocNodePorts(t, newSvc, oldSvc, dryRun); err != nil {
 		return nil, err
 	}
@@ -336,9 +372,13 @@ func (a *Allocators) release(ctx context.Context, ips []netip.Addr) []error {
 
 // txn is the Txn of one allocation call.
 type txn struct {
-	a    *Allocators
-	ctx  context.Context
-	name string // namespace/name, for logs
+	a         *Allocators
+	ctx       context.Context
+	reqCtx    context.Context // the request's own, to tell why a write failed
+	name      string          // namespace/name, for logs
+	namespace string
+	svcName   string
+	uid       types.UID // of the object being written, for Revert's check
 
 	allocated []netip.Addr // given back by Revert
 	release   []netip.Addr // given back by Commit
@@ -351,7 +391,10 @@ type txn struct {
 func (a *Allocators) newTxn(ctx context.Context, svc *core.Service) *txn {
 	// Settling must happen even when the request's context is done, or
 	// addresses would leak.
-	return &txn{a: a, ctx: context.WithoutCancel(withOwner(ctx, svc)), name: svc.Namespace + "/" + svc.Name}
+	return &txn{
+		a: a, ctx: context.WithoutCancel(withOwner(ctx, svc)), reqCtx: ctx, name: svc.Namespace + "/" + svc.Name,
+		namespace: svc.Namespace, svcName: svc.Name, uid: svc.UID,
+	}
 }
 
 func (t *txn) Commit() {
@@ -366,11 +409,65 @@ func (t *txn) Commit() {
 
 func (t *txn) Revert() {
 	t.once.Do(func() {
-		for _, err := range t.a.release(t.ctx, t.allocated) {
-			klog.ErrorS(err, "Failed to release a cluster IP allocated for a Service that was not stored", "service", t.name)
+		if t.a.stored != nil && t.reqCtx.Err() != nil && len(t.allocated)+len(t.allocatedPorts) > 0 {
+			klog.V(2).InfoS("A Service write ended with its request: giving back its addresses once the write has settled, unless it was stored", "service", t.name)
+			settle := t.a.settleLater
+			if settle == nil {
+				settle = func(f func()) { time.AfterFunc(unknownOutcomeWait, f) }
+			}
+			settle(func() { t.giveBack(t.notStored()) })
+			return
 		}
-		t.a.releasePorts(t.ctx, t.allocatedPorts)
+		t.giveBack(t.allocated, t.allocatedPorts)
 	})
+}
+
+func (t *txn) giveBack(ips []netip.Addr, ports []int) {
+	for _, err := range t.a.release(t.ctx, ips) {
+		klog.ErrorS(err, "Failed to release a cluster IP allocated for a Service that was not stored", "service", t.name)
+	}
+	t.a.releasePorts(t.ctx, ports)
+}
+
+// notStored returns what Revert may give back: what the call allocated,
+// less what the Service as stored holds (see SetStoredReader). When the
+// stored Service cannot be read, nothing is given back: a leaked cluster
+// IP is reclaimed by the repair loop, an address handed out twice would
+// not be.
+func (t *txn) notStored() ([]netip.Addr, []int) {
+	ctx, cancel := context.WithTimeout(t.ctx, storedReadTimeout)
+	defer cancel()
+	cur, err := t.a.stored(ctx, t.namespace, t.svcName)
+	switch {
+	case apierrors.IsNotFound(err):
+		return t.allocated, t.allocatedPorts
+	case err != nil:
+		klog.ErrorS(err, "Keeping the addresses of a Service whose write failed: cannot tell whether it was stored", "service", t.name)
+		return nil, nil
+	case t.uid == "" || cur.UID != t.uid:
+		return t.allocated, t.allocatedPorts
+	}
+	held := map[netip.Addr]bool{}
+	for _, ip := range parseIPs(cur.Spec.ClusterIPs) {
+		held[ip] = true
+	}
+	heldPorts := nodePortsOf(cur)
+	var ips []netip.Addr
+	for _, ip := range t.allocated {
+		if !held[ip] {
+			ips = append(ips, ip)
+		}
+	}
+	var ports []int
+	for _, p := range t.allocatedPorts {
+		if !heldPorts[p] {
+			ports = append(ports, p)
+		}
+	}
+	if len(ips) < len(t.allocated) || len(ports) < len(t.allocatedPorts) {
+		klog.InfoS("A Service write reported as failed was stored: keeping the addresses it holds", "service", t.name)
+	}
+	return ips, ports
 }
 
 func withOwner(ctx context.Context, svc *core.Service) context.Context {

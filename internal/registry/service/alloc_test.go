@@ -365,6 +365,106 @@ func TestTxn(t *testing.T) {
 	}
 }
 
+// A write that failed because its request ended may have been stored all
+// the same (etcd committed it after the server stopped waiting): Revert
+// then waits until the write has settled, and keeps what the stored
+// Service holds. A write that failed for any other reason gives everything
+// back at once.
+func TestRevertKeepsWhatWasStored(t *testing.T) {
+	notFound := apierrors.NewNotFound(corev1.Resource("services"), "web")
+	for _, tc := range []struct {
+		name string
+		// requestEnded: the request's context is done when Revert runs.
+		requestEnded bool
+		// stored answers the read of the Service, given what the
+		// allocation produced; nil: it must not be read.
+		stored func(allocated *core.Service) (*core.Service, error)
+		kept   bool
+	}{
+		{"refused write, request still running", false, nil, false},
+		{"request ended, not stored", true, func(*core.Service) (*core.Service, error) { return nil, notFound }, false},
+		{"request ended, stored after all", true, func(s *core.Service) (*core.Service, error) { return s.DeepCopy(), nil }, true},
+		{"request ended, another object of that name stored", true, func(s *core.Service) (*core.Service, error) {
+			o := s.DeepCopy()
+			o.UID = "someone-else"
+			return o, nil
+		}, false},
+		{"request ended, stored without these addresses", true, func(s *core.Service) (*core.Service, error) {
+			o := s.DeepCopy()
+			o.Spec.ClusterIPs, o.Spec.ClusterIP = nil, ""
+			return o, nil
+		}, false},
+		{"request ended, cannot tell", true, func(*core.Service) (*core.Service, error) { return nil, errors.New("etcd unreachable") }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, ranges := newAllocators(t, shapeByName(t, v4v6))
+			settled := false
+			a.settleLater = func(f func()) { settled = true; f() }
+			before := used(ranges)
+			svc := newService(policy(prefer))
+			svc.UID = "web-uid"
+			a.SetStoredReader(func(_ context.Context, ns, name string) (*core.Service, error) {
+				if tc.stored == nil {
+					t.Errorf("the stored Service was read after a write that surely failed")
+					return nil, notFound
+				}
+				if ns != svc.Namespace || name != svc.Name {
+					t.Errorf("read %s/%s, want %s/%s", ns, name, svc.Namespace, svc.Name)
+				}
+				return tc.stored(svc)
+			})
+			reqCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			txn, err := a.AllocateCreate(reqCtx, svc, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.requestEnded {
+				cancel()
+			}
+			txn.Revert()
+			if settled != tc.requestEnded {
+				t.Errorf("waited for the write to settle: %v, want %v", settled, tc.requestEnded)
+			}
+			if tc.kept {
+				checkAllocated(t, svc, ranges)
+			} else if after := used(ranges); fmt.Sprint(after) != fmt.Sprint(before) {
+				t.Errorf("Revert kept addresses of a Service that was not stored: %v then %v", before, after)
+			}
+		})
+	}
+
+	// An upgrade whose update was stored although its request ended keeps
+	// its new secondary IP.
+	a, ranges := newAllocators(t, shapeByName(t, v4v6))
+	a.settleLater = func(f func()) { f() }
+	old := newService()
+	old.UID = "web-uid"
+	txn, err := a.AllocateCreate(ctx, old, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn.Commit()
+	up := old.DeepCopy()
+	up.UID = "" // a client's update need not carry it
+	policy(prefer)(up)
+	var stored *core.Service
+	a.SetStoredReader(func(context.Context, string, string) (*core.Service, error) { return stored, nil })
+	reqCtx, cancel := context.WithCancel(ctx)
+	txn, err = a.AllocateUpdate(reqCtx, up, old, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(up.Spec.ClusterIPs) != 2 {
+		t.Fatalf("upgrade gave clusterIPs %v, want two", up.Spec.ClusterIPs)
+	}
+	stored = up.DeepCopy()
+	stored.UID = old.UID
+	cancel()
+	txn.Revert()
+	checkAllocated(t, up, ranges)
+}
+
 func TestRelease(t *testing.T) {
 	tests := []struct {
 		name  string

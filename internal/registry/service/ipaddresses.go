@@ -208,7 +208,7 @@ func (s *IPAddressStore) Delete(ctx context.Context, key netip.Prefix) error {
 
 // List reads only the keys: an IPAddress is named by its IP.
 func (s *IPAddressStore) List(ctx context.Context, within netip.Prefix, fn func(netip.Prefix) error) error {
-	return s.scan(ctx, true, func(key string, _ []byte) error {
+	return s.scan(ctx, 0, true, func(key string, _ []byte) error {
 		a, err := netip.ParseAddr(strings.TrimPrefix(key, s.prefix))
 		if err != nil || !within.Contains(a) {
 			return nil
@@ -217,11 +217,13 @@ func (s *IPAddressStore) List(ctx context.Context, within netip.Prefix, fn func(
 	})
 }
 
-// ListAll returns every IPAddress object, read from etcd at one revision,
-// for the repair loop: the API would decode, encode and decode them again.
-func (s *IPAddressStore) ListAll(ctx context.Context) ([]networkingv1.IPAddress, error) {
+// ListAll returns every IPAddress object as it was at etcd revision rev
+// (the current one when rev is 0), for the repair loop, which compares
+// them with the Services of a list of that resourceVersion: the API would
+// decode, encode and decode them again.
+func (s *IPAddressStore) ListAll(ctx context.Context, rev int64) ([]networkingv1.IPAddress, error) {
 	var out []networkingv1.IPAddress
-	err := s.scan(ctx, false, func(key string, value []byte) error {
+	err := s.scan(ctx, rev, false, func(key string, value []byte) error {
 		obj, _, err := s.codec.Decode(value, nil, &networkingv1.IPAddress{})
 		if err != nil {
 			return fmt.Errorf("decoding %s: %w", key, err)
@@ -236,13 +238,14 @@ func (s *IPAddressStore) ListAll(ctx context.Context) ([]networkingv1.IPAddress,
 	return out, err
 }
 
-// scan calls fn for every record, read at one revision.
-func (s *IPAddressStore) scan(ctx context.Context, keysOnly bool, fn func(key string, value []byte) error) error {
-	err := etcdstore.Scan(ctx, s.kv, s.prefix, clientv3.GetPrefixRangeEnd(s.prefix), keysOnly, func(key, value []byte) error {
+// scan calls fn for every record, read at revision rev (0: the current
+// one).
+func (s *IPAddressStore) scan(ctx context.Context, rev int64, keysOnly bool, fn func(key string, value []byte) error) error {
+	err := etcdstore.ScanAt(ctx, s.kv, rev, s.prefix, clientv3.GetPrefixRangeEnd(s.prefix), keysOnly, func(key, value []byte) error {
 		return fn(string(key), value)
 	})
 	if err != nil {
-		return fmt.Errorf("listing IPAddresses: %w", err)
+		return fmt.Errorf("listing IPAddresses at revision %d: %w", rev, err)
 	}
 	return nil
 }

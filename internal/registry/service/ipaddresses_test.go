@@ -123,7 +123,11 @@ func TestIPAddressStoreListDelete(t *testing.T) {
 	if got := list("fd00::/64"); !slices.Equal(got, []string{"fd00::5"}) {
 		t.Errorf("List(fd00::/64) = %v", got)
 	}
-	all, err := s.ListAll(context.Background())
+	all, err := s.ListAll(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.kv.Get(context.Background(), testIPPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +149,14 @@ func TestIPAddressStoreListDelete(t *testing.T) {
 	}
 	if got := list("10.96.0.0/16"); !slices.Equal(got, []string{"10.96.3.1"}) {
 		t.Errorf("after Delete, List = %v", got)
+	}
+	// At the revision before the delete, the record is still there.
+	then, err := s.ListAll(context.Background(), before.Header.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(then) != 4 || !slices.ContainsFunc(then, func(ip networkingv1.IPAddress) bool { return ip.Name == "10.96.0.5" }) {
+		t.Errorf("ListAll at the revision before the delete: %v, want the 4 records, 10.96.0.5 among them", then)
 	}
 	if err := s.Create(ctx, netip.MustParsePrefix("10.96.0.5/32")); err != nil {
 		t.Errorf("re-creating a deleted record: %v", err)

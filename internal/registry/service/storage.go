@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
 	"k8s.io/apiserver/pkg/registry/rest"
@@ -62,6 +63,18 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter,
 		return nil, err
 	}
 	s := main.Store
+	allocs.SetStoredReader(func(ctx context.Context, namespace, name string) (*core.Service, error) {
+		// An unset resourceVersion reads etcd itself, not the watch cache.
+		obj, err := s.Get(genericapirequest.WithNamespace(ctx, namespace), name, &metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		svc, ok := obj.(*core.Service)
+		if !ok {
+			return nil, fmt.Errorf("reading Service %s/%s: got %T", namespace, name, obj)
+		}
+		return svc, nil
+	})
 	s.BeginCreate = func(ctx context.Context, obj runtime.Object, options *metav1.CreateOptions) (genericregistry.FinishFunc, error) {
 		svc := obj.(*core.Service)
 		SetDefaults(svc)

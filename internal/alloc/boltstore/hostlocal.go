@@ -1,4 +1,4 @@
-package ipam
+package boltstore
 
 import (
 	"net/netip"
@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/duet-net/duet/internal/alloc"
 )
 
 // importHostLocal takes over the reservations host-local left in the
@@ -14,14 +14,13 @@ import (
 // holding "containerID\r\nifname"), so that switching a live node from
 // host-local to duet-ipam never hands out an address a running pod holds.
 // It runs once, when the store is created; the files stay, untouched.
-func importHostLocal(tx *bolt.Tx, dir string) error {
+func importHostLocal(t *txn, dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
-	t := newTxn(tx)
-	byOwner := map[Owner][]netip.Addr{}
-	var order []Owner
+	byOwner := map[alloc.Attachment][]netip.Addr{}
+	var order []alloc.Attachment
 	for _, e := range entries {
 		if !e.Type().IsRegular() {
 			continue
@@ -35,12 +34,12 @@ func importHostLocal(tx *bolt.Tx, dir string) error {
 			return err
 		}
 		id, ifname, _ := strings.Cut(strings.TrimSpace(string(data)), "\r\n")
-		o := Owner{ContainerID: strings.TrimSpace(id), IfName: strings.TrimSpace(ifname)}
+		o := alloc.Attachment{ContainerID: strings.TrimSpace(id), IfName: strings.TrimSpace(ifname)}
 		if o.ContainerID == "" {
 			continue // host-local's empty files after a failed write
 		}
 		a = a.Unmap()
-		if err := t.putRecord(a, addrRecord{ContainerID: o.ContainerID, IfName: o.IfName}); err != nil {
+		if err := t.PutRecord(a, alloc.PodIPRecord{Holder: o}); err != nil {
 			return err
 		}
 		if _, ok := byOwner[o]; !ok {
@@ -49,7 +48,7 @@ func importHostLocal(tx *bolt.Tx, dir string) error {
 		byOwner[o] = append(byOwner[o], a)
 	}
 	for _, o := range order {
-		if err := t.putOwner(o, byOwner[o]); err != nil {
+		if err := t.PutHoldings(o, byOwner[o]); err != nil {
 			return err
 		}
 	}
