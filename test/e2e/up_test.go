@@ -22,11 +22,23 @@ import (
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/alloc/boltstore"
 	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/internal/testutil/roottest"
 )
 
 var duetBin string
 
 func TestMain(m *testing.M) {
+	// Every test here runs duet up or makes namespaces: as roottest.Require
+	// has it, without root the package is skipped with a message, unless
+	// the run requires root tests (make test).
+	if os.Geteuid() != 0 {
+		if os.Getenv(roottest.RequireEnv) != "" {
+			fmt.Fprintf(os.Stderr, "e2e: needs root (%s is set)\n", roottest.RequireEnv)
+			os.Exit(1)
+		}
+		fmt.Println("e2e: skipped: every test here needs root (duet up, network namespaces); run as root (make test)")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "duet-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
