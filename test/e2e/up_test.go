@@ -47,14 +47,6 @@ func up(t testing.TB, args ...string) (dataDir, kubeconfig string) {
 	return harness.Up(t, args...)
 }
 
-func tail(path string) string {
-	data, _ := os.ReadFile(path)
-	if len(data) > 4000 {
-		data = data[len(data)-4000:]
-	}
-	return string(data)
-}
-
 func kubectl(t *testing.T, kubeconfig string, args ...string) []byte {
 	t.Helper()
 	out, err := exec.Command("kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
