@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -52,6 +53,7 @@ const BinEnv = "DUET_TEST_BIN"
 // Main builds bin/duet into a temporary directory (unless BinEnv is set),
 // runs the tests, removes the directory and returns the exit code.
 func Main(m *testing.M, who string) int {
+	flag.Parse()
 	dir, err := os.MkdirTemp("", "duet-"+who+"-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, who+":", err)
