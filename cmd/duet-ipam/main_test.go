@@ -15,6 +15,8 @@ import (
 	"testing"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/duet-net/duet/internal/testutil/roottest"
 )
 
 // pluginBin is duet-ipam built by TestMain, as a runtime would find it.
@@ -44,6 +46,7 @@ var netnsSeq atomic.Int64
 // netns creates a network namespace for the test and deletes it after.
 func netns(t testing.TB) (name, path string) {
 	t.Helper()
+	roottest.Require(t, "ip")
 	name = fmt.Sprintf("duet-ipam-%d-%d", os.Getpid(), netnsSeq.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s (these tests need root and iproute2)", name, err, out)
@@ -230,6 +233,7 @@ func TestNoKubernetesInTheImportGraph(t *testing.T) {
 // never change.
 func mountNS(t *testing.T, dir string, size string) int {
 	t.Helper()
+	roottest.Require(t, "unshare")
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
 		`mount -t tmpfs -o size="$2" duet-ipam-test "$1" && echo ready && exec sleep 600`, "sh", dir, size)
 	stdout, err := cmd.StdoutPipe()

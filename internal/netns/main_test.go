@@ -42,8 +42,13 @@ func TestMain(m *testing.M) {
 
 func requireRoot(t testing.TB) {
 	t.Helper()
+	// The policy of roottest.Require, which cannot be imported here: it
+	// makes its namespaces through this package.
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and mounts")
+		if os.Getenv("DUET_TEST_REQUIRE_ROOT") != "" {
+			t.Fatal("needs root: creates network namespaces and mounts (DUET_TEST_REQUIRE_ROOT is set)")
+		}
+		t.Skip("needs root: creates network namespaces and mounts; run as root (make test) to include it")
 	}
 }
 

@@ -5,12 +5,13 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/testutil/roottest"
 )
 
 // Tests here need root: each makes a network namespace of its own, named
@@ -18,9 +19,7 @@ import (
 
 func kernelConn(t *testing.T) *Conn {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: it makes a network namespace and programs nftables in it")
-	}
+	roottest.Require(t, "ip")
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	name := "duetnfttest-" + hex.EncodeToString(b)

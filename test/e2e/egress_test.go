@@ -21,6 +21,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/cluster"
 	"github.com/duet-net/duet/internal/netns"
+	"github.com/duet-net/duet/test/harness"
 )
 
 // podClient returns an HTTP client whose connections are made from inside
@@ -88,7 +89,7 @@ func TestEgressMasquerading(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", topo.External, "addr", "add", "169.254.169.254/32", "dev", "lo").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	server := exec.Command("ip", "netns", "exec", topo.External, duetBin, "netexec", "--http-port", "8080", "--udp-port", "8081")
+	server := exec.Command("ip", "netns", "exec", topo.External, harness.Bin, "netexec", "--http-port", "8080", "--udp-port", "8081")
 	if err := server.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/test/harness"
 )
 
 // freshMachine is a mount namespace of the test's own with a new tmpfs on
@@ -151,7 +152,7 @@ func (m *freshMachine) processes() []int {
 // ready; the caller stops it.
 func (m *freshMachine) startUp(t *testing.T, dataDir string) *exec.Cmd {
 	t.Helper()
-	cmd := m.command(duetBin, "up", "--data-dir", dataDir)
+	cmd := m.command(harness.Bin, "up", "--data-dir", dataDir)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +313,7 @@ func TestFreshMachineKill9ThenDown(t *testing.T) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	_ = up.Wait()
-	out, err := m.command(duetBin, "down", "--data-dir", dataDir).CombinedOutput()
+	out, err := m.command(harness.Bin, "down", "--data-dir", dataDir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("duet down: %v\n%s", err, out)
 	}
@@ -361,7 +362,7 @@ func TestDownRepairsHiddenNamespaces(t *testing.T) {
 			t.Fatalf("rm %s under the second mount: %v %s; want busy (the state to repair)", p, err, out)
 		}
 	}
-	out, err := m.command(duetBin, "down", "--data-dir", dataDir).CombinedOutput()
+	out, err := m.command(harness.Bin, "down", "--data-dir", dataDir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("duet down: %v\n%s", err, out)
 	}

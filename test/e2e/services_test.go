@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/test/harness"
 )
 
 // servicesManifest follows Kubernetes' dual-stack e2e suite: three
@@ -162,7 +163,7 @@ func (c *servicesCluster) run(t *testing.T, where, script string) string {
 	default:
 		args = append(args, where)
 	}
-	out, err := exec.Command(duetBin, append(args, "--", "bash", "-c", script)...).CombinedOutput()
+	out, err := exec.Command(harness.Bin, append(args, "--", "bash", "-c", script)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("in %s: %s: %v\n%s", where, script, err, out)
 	}

@@ -22,104 +22,29 @@ import (
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/alloc/boltstore"
 	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/internal/testutil/roottest"
+	"github.com/duet-net/duet/test/harness"
 )
 
-var duetBin string
-
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "duet-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+	// Every test here runs duet up or makes namespaces: as roottest.Require
+	// has it, without root the package is skipped with a message, unless
+	// the run requires root tests (make test).
+	if os.Geteuid() != 0 {
+		if os.Getenv(roottest.RequireEnv) != "" {
+			fmt.Fprintf(os.Stderr, "e2e: needs root (%s is set)\n", roottest.RequireEnv)
+			os.Exit(1)
+		}
+		fmt.Println("e2e: skipped: every test here needs root (duet up, network namespaces); run as root (make test)")
+		os.Exit(0)
 	}
-	duetBin = filepath.Join(dir, "duet")
-	build := exec.Command("go", "build", "-o", duetBin, "./cmd/duet")
-	build.Dir = "../.."
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	// DUET_E2E_BIN runs the tests against another build, such as an older
-	// version, to see a regression test fail.
-	if bin := os.Getenv("DUET_E2E_BIN"); bin != "" {
-		duetBin, build = bin, exec.Command("true")
-	}
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building duet:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(harness.Main(m, "e2e"))
 }
 
-// up starts `duet up` and returns once it printed the ready line; the
-// cluster is stopped with SIGINT in t.Cleanup, which must exit 0 and leave
-// no namespace behind.
+// up starts `duet up`; see harness.Up.
 func up(t testing.TB, args ...string) (dataDir, kubeconfig string) {
 	t.Helper()
-	dataDir = t.TempDir()
-	cmd := exec.Command(duetBin, append([]string{"up", "--data-dir", dataDir}, args...)...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 100)
-	go func() {
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			lines <- s.Text()
-		}
-		close(lines)
-	}()
-	var out []string
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("duet up exited with %v after SIGINT; output:\n%s", err, strings.Join(out, "\n"))
-			}
-		case <-time.After(60 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Errorf("duet up did not stop within 60s of SIGINT")
-		}
-		topo, _ := cluster.Plan(dataDir, 2)
-		if left, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(left), "duet-"+topo.ID) {
-			t.Errorf("namespaces left after duet up stopped:\n%s", left)
-		}
-		for _, n := range topo.Nodes {
-			if left, _ := sandbox.List(cluster.NetNSPath(n.NetNS)); len(left) > 0 {
-				t.Errorf("pod namespaces of %s left after duet up stopped: %v", n.Name, left)
-			}
-		}
-	})
-	deadline := time.After(3 * time.Minute)
-	for {
-		select {
-		case line, ok := <-lines:
-			if !ok {
-				t.Fatalf("duet up exited before it was ready:\n%s\nserver log:\n%s", strings.Join(out, "\n"), tail(filepath.Join(dataDir, "logs", "server.log")))
-			}
-			out = append(out, line)
-			if k, ok := strings.CutPrefix(line, "Cluster ready. kubeconfig: "); ok {
-				return dataDir, k
-			}
-		case <-deadline:
-			t.Fatalf("duet up not ready after 3 minutes:\n%s", strings.Join(out, "\n"))
-		}
-	}
-}
-
-func tail(path string) string {
-	data, _ := os.ReadFile(path)
-	if len(data) > 4000 {
-		data = data[len(data)-4000:]
-	}
-	return string(data)
+	return harness.Up(t, args...)
 }
 
 func kubectl(t *testing.T, kubeconfig string, args ...string) []byte {
@@ -254,7 +179,7 @@ func TestPodsTalkOverBothFamilies(t *testing.T) {
 			for from, to := range map[string]string{"a": "b", "b": "a"} {
 				for _, ip := range ips[to] {
 					url := "http://" + net.JoinHostPort(ip, "8080") + "/hostname"
-					out, err := exec.Command(duetBin, "exec", "--data-dir", dataDir, from, "--", "curl", "-sS", "--max-time", "5", url).CombinedOutput()
+					out, err := exec.Command(harness.Bin, "exec", "--data-dir", dataDir, from, "--", "curl", "-sS", "--max-time", "5", url).CombinedOutput()
 					if err != nil || strings.TrimSpace(string(out)) != to {
 						t.Errorf("from pod %s, GET %s = %q, %v; want %q", from, url, out, err, to)
 					}
@@ -286,7 +211,7 @@ func TestPodsTalkOverBothFamilies(t *testing.T) {
 
 func TestDownCleansUpAfterACrash(t *testing.T) {
 	dataDir := t.TempDir()
-	cmd := exec.Command(duetBin, "up", "--data-dir", dataDir, "--nodes", "1")
+	cmd := exec.Command(harness.Bin, "up", "--data-dir", dataDir, "--nodes", "1")
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -305,7 +230,7 @@ func TestDownCleansUpAfterACrash(t *testing.T) {
 	_ = cmd.Process.Kill() // a crash: no teardown
 	_ = cmd.Wait()
 	topo, _ := cluster.Plan(dataDir, 1)
-	out, err := exec.Command(duetBin, "down", "--data-dir", dataDir).CombinedOutput()
+	out, err := exec.Command(harness.Bin, "down", "--data-dir", dataDir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("duet down: %v\n%s", err, out)
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/test/harness"
 )
 
 // promptly bounds how long a server may take to give up: a failure to
@@ -33,7 +35,7 @@ func TestDataDirInUse(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
-	out, err := exec.CommandContext(ctx, duetBin, "server", "--data-dir", srv.DataDir, "--secure-port", "0",
+	out, err := exec.CommandContext(ctx, harness.Bin, "server", "--data-dir", srv.DataDir, "--secure-port", "0",
 		"--service-cluster-ip-range", v4Range).CombinedOutput()
 	elapsed := time.Since(start)
 	var exit *exec.ExitError
@@ -118,8 +120,8 @@ func TestSignalWhileStarting(t *testing.T) {
 				p, err := startProcess(args, log)
 				fatalIf(t, err)
 				t.Cleanup(func() {
-					_ = p.cmd.Process.Kill()
-					<-p.done
+					_ = p.Signal(syscall.SIGKILL)
+					_ = p.Wait()
 				})
 				// The process is at the step once it says so.
 				eventually(t, startTimeout, "the server reaches: "+step.logged, func() error {
@@ -130,18 +132,18 @@ func TestSignalWhileStarting(t *testing.T) {
 					return nil
 				})
 				signalled := time.Now()
-				fatalIf(t, p.cmd.Process.Signal(sig))
+				fatalIf(t, p.Signal(sig))
 				select {
-				case <-p.done:
+				case <-p.Done():
 				case <-time.After(promptly):
 					data, _ := os.ReadFile(logPath)
 					t.Fatalf("still running %v after %s while starting:\n%s", promptly, sig, data)
 				}
-				<-p.logDone
+				perr := p.Wait()
 				data, _ := os.ReadFile(logPath)
-				t.Logf("exited %v after %s: %v", time.Since(signalled).Round(time.Millisecond), sig, exitStatus(p.err))
-				if p.err != nil || !strings.Contains(string(data), "stopped while starting") {
-					t.Errorf("after %s while starting: %v, want exit status 0 and \"stopped while starting\" in the output:\n%s", sig, exitStatus(p.err), data)
+				t.Logf("exited %v after %s: %v", time.Since(signalled).Round(time.Millisecond), sig, exitStatus(perr))
+				if perr != nil || !strings.Contains(string(data), "stopped while starting") {
+					t.Errorf("after %s while starting: %v, want exit status 0 and \"stopped while starting\" in the output:\n%s", sig, exitStatus(perr), data)
 				}
 			})
 		}

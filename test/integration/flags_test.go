@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/duet-net/duet/test/harness"
 )
 
 // TestServerFlagErrors: bad cluster configuration makes `duet server` exit
@@ -64,7 +66,7 @@ func TestServerFlagErrors(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			args := append([]string{"server", "--data-dir", dir, "--secure-port", "0"}, tc.args...)
-			out, err := exec.CommandContext(ctx, duetBin, args...).CombinedOutput()
+			out, err := exec.CommandContext(ctx, harness.Bin, args...).CombinedOutput()
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() == 0 {
 				t.Fatalf("duet %s: %v, want a non-zero exit\n%s", strings.Join(args, " "), err, out)

@@ -12,6 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/duet-net/duet/test/harness"
 )
 
 // repairWait bounds how long the repair loop may take to delete IPAddress
@@ -275,7 +277,7 @@ func TestKill9DuringCreateBurst(t *testing.T) {
 	eventually(t, repairWait, "repair loop leaves no IPAddress without its Service", func() error {
 		return checkAllocations(ctx2, srv.Client, srv.Dynamic, allocationCheck{ranges: sh.ranges, noOrphans: true})
 	})
-	t.Logf("no orphan IPAddress %v later (--repair-interval available: %v)", time.Since(repairStart).Round(time.Millisecond), hasRepairInterval)
+	t.Logf("no orphan IPAddress %v later (--repair-interval available: %v)", time.Since(repairStart).Round(time.Millisecond), harness.HasRepairInterval)
 
 	// Every record is written before its Service is stored, so the kill
 	// lost none that a stored Service holds: the repair loop must report

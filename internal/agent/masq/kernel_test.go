@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/duet-net/duet/internal/nft"
+	"github.com/duet-net/duet/internal/testutil/roottest"
 )
 
 // Tests here need root: they make network namespaces named
@@ -20,12 +21,7 @@ import (
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces and nftables")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip")
-	}
+	roottest.Require(t, "ip")
 }
 
 func testNS(t testing.TB, role string) string {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/duet-net/duet/internal/netns"
+	"github.com/duet-net/duet/internal/testutil/roottest"
 )
 
 // testPrefix starts the name of every namespace these tests make; TestMain
@@ -48,9 +49,7 @@ var runTag = func() string {
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: it makes network namespaces and programs nftables in them")
-	}
+	roottest.Require(t, "ip")
 }
 
 func run(t testing.TB, name string, args ...string) string {

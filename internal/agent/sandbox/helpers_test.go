@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/duet-net/duet/internal/netns"
+	"github.com/duet-net/duet/internal/testutil/roottest"
 )
 
 // testNSPrefix names the node namespaces tests make; TestMain checks that none
@@ -62,9 +63,7 @@ func leftovers() []string {
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("these tests wire real network namespaces: run them as root (make test does)")
-	}
+	roottest.Require(t, "ip")
 }
 
 var nodeSeq atomic.Int64
