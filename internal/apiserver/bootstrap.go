@@ -3,18 +3,14 @@ package apiserver
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/duet-net/duet/internal/netaddr"
-	"github.com/duet-net/duet/internal/pki"
 )
 
 // systemNamespaces exist in every cluster.
@@ -45,25 +41,3 @@ func (s *Server) ensureKubernetesService(ctx context.Context, client kubernetes.
 	return k.createService(ctx, s.port)
 }
 
-// WriteNodeKubeconfig writes a kubeconfig for node name's agent, signed by
-// the cluster CA in dataDir and pointing at the server that wrote
-// dataDir/admin.kubeconfig.
-func WriteNodeKubeconfig(dataDir, name, path string) error {
-	admin, err := clientcmd.LoadFromFile(filepath.Join(dataDir, "admin.kubeconfig"))
-	if err != nil {
-		return fmt.Errorf("reading the admin kubeconfig: %w", err)
-	}
-	cluster, ok := admin.Clusters[admin.Contexts[admin.CurrentContext].Cluster]
-	if !ok {
-		return fmt.Errorf("the admin kubeconfig in %s names no cluster", dataDir)
-	}
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dataDir, "pki"), "duet-ca")
-	if err != nil {
-		return err
-	}
-	cred, err := ca.Issue(nodeUserPrefix+name, []string{user.NodesGroup}, nil, false)
-	if err != nil {
-		return err
-	}
-	return pki.WriteKubeconfig(path, cluster.Server, ca.CertFile, "duet", nodeUserPrefix+name, cred)
-}
