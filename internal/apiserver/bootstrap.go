@@ -40,4 +40,3 @@ func (s *Server) ensureKubernetesService(ctx context.Context, client kubernetes.
 	k := &kubernetesService{client: client, ip: s.serviceRanges[primary].KubernetesServiceIP(), families: []corev1.IPFamily{corev1.IPFamily(primary)}}
 	return k.createService(ctx, s.port)
 }
-
