@@ -48,9 +48,17 @@ clean:
 # go.mod never requires k8s.io/kubernetes). About 18 minutes cold on 2 cores.
 UPSTREAM_DIR := test/upstream
 
-.PHONY: agnhost e2e.test
+.PHONY: agnhost e2e.test ginkgo e2e-upstream
 agnhost:
 	cd $(UPSTREAM_DIR) && $(GO) build -o $(CURDIR)/bin/agnhost k8s.io/kubernetes/test/images/agnhost
 
 e2e.test:
 	cd $(UPSTREAM_DIR) && $(GO) test -c -o $(CURDIR)/bin/e2e.test k8s.io/kubernetes/test/e2e
+
+ginkgo:
+	cd $(UPSTREAM_DIR) && $(GO) build -o $(CURDIR)/bin/ginkgo github.com/onsi/ginkgo/v2/ginkgo
+
+# Upstream's dual-stack e2e tests against a fresh `duet up` (root). The Go
+# build cache makes the upstream binaries a few minutes warm.
+e2e-upstream: build agnhost e2e.test ginkgo
+	./hack/e2e-upstream.sh

@@ -8,6 +8,11 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+# Tools that the image table's shell and agnhost images lend to pods, as
+# upstream's test images have them (nc -u -w, socat, dig).
+command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 
 if [ ${#need[@]} -gt 0 ]; then
