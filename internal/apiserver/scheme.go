@@ -38,6 +38,9 @@ func servedTypes() map[schema.GroupVersion][]runtime.Object {
 			&core.Service{}, &core.ServiceList{},
 			&corev1.Endpoints{}, &corev1.EndpointsList{},
 			&corev1.Event{}, &corev1.EventList{},
+			&corev1.ConfigMap{}, &corev1.ConfigMapList{},
+			&corev1.Secret{}, &corev1.SecretList{},
+			&corev1.ServiceAccount{}, &corev1.ServiceAccountList{},
 		},
 		discoveryv1.SchemeGroupVersion:    {&discoveryv1.EndpointSlice{}, &discoveryv1.EndpointSliceList{}},
 		coordinationv1.SchemeGroupVersion: {&coordinationv1.Lease{}, &coordinationv1.LeaseList{}},
@@ -77,6 +80,7 @@ var selectableFields = map[schema.GroupVersionKind][]string{
 	corev1.SchemeGroupVersion.WithKind("Event"): {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
 		"involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"},
 	corev1.SchemeGroupVersion.WithKind("Namespace"):       {"status.phase"},
+	corev1.SchemeGroupVersion.WithKind("Secret"):          {"type"},
 	networkingv1.SchemeGroupVersion.WithKind("IPAddress"): {"spec.parentRef.resource", "spec.parentRef.namespace", "spec.parentRef.name"},
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -49,6 +50,7 @@ import (
 	registrycore "github.com/duet-net/duet/internal/registry/core"
 	"github.com/duet-net/duet/internal/registry/discovery"
 	"github.com/duet-net/duet/internal/registry/networking"
+	"github.com/duet-net/duet/internal/registry/podconfig"
 	"github.com/duet-net/duet/internal/registry/service"
 )
 
@@ -384,6 +386,11 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 	for k, v := range svcStorage {
 		coreStorage[k] = v
 	}
+	podConfig, err := podconfig.NewStorage(Scheme, optsGetter)
+	if err != nil {
+		return err
+	}
+	maps.Copy(coreStorage, podConfig)
 	s.coreStorage = coreStorage
 	legacy := genericapiserver.NewDefaultAPIGroupInfo("", Scheme, metav1.ParameterCodec, Codecs)
 	legacy.VersionedResourcesStorageMap["v1"] = coreStorage
