@@ -24,6 +24,7 @@ func newAgentCommand() *cobra.Command {
 	var nodeIPs []string
 	var noProxy, noMasq bool
 	var metricsAddr string
+	var stream streamingFlags
 	cmd := &cobra.Command{
 		Use:   "agent --kubeconfig FILE --node-name NAME --node-ip A[,B] [--netns PATH]",
 		Short: "Run a node agent: register the Node and program its network",
@@ -86,6 +87,9 @@ namespace (as duet up's nodes are) instead of its own.`,
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", nodeName)
+			if err := stream.apply(&cfg, rest, log); err != nil {
+				return err
+			}
 			return agent.Run(ctx, client, cfg, log)
 		},
 	}
@@ -100,6 +104,7 @@ namespace (as duet up's nodes are) instead of its own.`,
 	fs.StringVar(&metricsAddr, "metrics-bind-address", "", "host:port to serve Prometheus metrics on (/metrics), e.g. 127.0.0.1:10249; empty for none")
 	fs.BoolVar(&noProxy, "no-proxy", false, "do not run the service proxy")
 	fs.BoolVar(&noMasq, "no-masq", false, "do not masquerade egress traffic")
+	stream.register(fs)
 	fs.StringVar(&stateDir, "state-dir", "", "where the node's IPAM store and container logs live (default /var/lib/duet/agent/NODE)")
 	return cmd
 }

@@ -29,11 +29,13 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/component-base/metrics/legacyregistry"
 
+	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/masq"
 	"github.com/duet-net/duet/internal/agent/nodestatus"
 	"github.com/duet-net/duet/internal/agent/pods"
 	"github.com/duet-net/duet/internal/agent/proxy"
 	"github.com/duet-net/duet/internal/agent/routes"
+	"github.com/duet-net/duet/internal/agent/streaming"
 	"github.com/duet-net/duet/internal/controller/events"
 	"github.com/duet-net/duet/internal/controller/worker"
 )
@@ -66,6 +68,13 @@ type Config struct {
 	// NoProxy and NoMasq leave the service proxy or egress masquerading
 	// to something else.
 	NoProxy, NoMasq bool
+	// Streaming serves exec, attach, port-forward and container logs to
+	// the API server (nil: not served); StreamingAddress is the address
+	// the API server dials for it ("" : the node's first InternalIP).
+	Streaming        *streaming.Config
+	StreamingAddress string
+	// ContainerLogs size and rotate container logs.
+	ContainerLogs crilog.Options
 }
 
 // Event reasons the agent records on its Node.
@@ -101,6 +110,16 @@ func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) error {
 	reporter := &nodestatus.Reporter{Client: client, NodeName: cfg.NodeName, InternalIPs: cfg.InternalIPs, Version: cfg.Version}
 	var err error
+	var stream *streaming.Server
+	if cfg.Streaming != nil {
+		if stream, err = streaming.Listen(*cfg.Streaming); err != nil {
+			return err
+		}
+		reporter.DaemonPort = int32(stream.Addr().Port)
+		if cfg.StreamingAddress != "" {
+			reporter.Annotations = map[string]string{streaming.AddressAnnotation: cfg.StreamingAddress}
+		}
+	}
 	// The API may still be starting: retry registration with backoff.
 	backoff := wait.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Cap: 10 * time.Second, Steps: 1 << 30}
 	if werr := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
@@ -187,7 +206,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	}
 	go wait.UntilWithContext(ctx, func(context.Context) { queue.Add("routes") }, resync)
 
-	if err := runPods(ctx, client, cfg, log); err != nil {
+	if err := runPods(ctx, client, cfg, log, stream); err != nil {
 		return err
 	}
 
@@ -209,12 +228,16 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 // runPods starts the pod loop: it waits for the node's pod CIDRs, removes
 // what a previous run left for pods no longer here, then keeps every pod
 // bound to the node running.
-func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) error {
+func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger, stream *streaming.Server) error {
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	mgr := &pods.Manager{
 		Client: client, NodeName: cfg.NodeName, NodeNS: cfg.NetNS, HostIPs: cfg.InternalIPs,
 		Binary: cfg.Binary, StateDir: cfg.StateDir, Log: log,
-		OnChange: func(ns, name string) { queue.Add(ns + "/" + name) },
+		OnChange:   func(ns, name string) { queue.Add(ns + "/" + name) },
+		LogOptions: cfg.ContainerLogs,
+	}
+	if stream != nil {
+		stream.Serve(ctx, mgr)
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {

@@ -41,6 +41,11 @@ type Reporter struct {
 	InternalIPs []netip.Addr // one per family, primary first
 	Labels      map[string]string
 	Version     string // reported as the kubelet version
+	// DaemonPort is where the agent serves the API server (exec, logs),
+	// reported as status.daemonEndpoints.kubeletEndpoint.Port (0: not
+	// served); Annotations are set on the Node (where it is reachable).
+	DaemonPort  int32
+	Annotations map[string]string
 	Now         func() time.Time
 }
 
@@ -66,13 +71,25 @@ func (r *Reporter) Register(ctx context.Context) (*corev1.Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registering node %s: %w", r.NodeName, err)
 	}
-	if want := r.labels(node.Labels); !maps.Equal(want, node.Labels) {
-		node.Labels = want
+	if want, ann := r.labels(node.Labels), r.annotations(node.Annotations); !maps.Equal(want, node.Labels) || !maps.Equal(ann, node.Annotations) {
+		node.Labels, node.Annotations = want, ann
 		if node, err = nodes.Update(ctx, node, metav1.UpdateOptions{}); err != nil {
 			return nil, fmt.Errorf("labelling node %s: %w", r.NodeName, err)
 		}
 	}
 	return r.UpdateStatus(ctx, node)
+}
+
+func (r *Reporter) annotations(have map[string]string) map[string]string {
+	if len(r.Annotations) == 0 {
+		return have
+	}
+	out := maps.Clone(have)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, r.Annotations)
+	return out
 }
 
 func (r *Reporter) labels(have map[string]string) map[string]string {
@@ -118,6 +135,7 @@ func (r *Reporter) UpdateStatus(ctx context.Context, node *corev1.Node) (*corev1
 	pods := *resource.NewQuantity(MaxPods, resource.DecimalSI)
 	n.Status.Capacity = corev1.ResourceList{corev1.ResourcePods: pods}
 	n.Status.Allocatable = corev1.ResourceList{corev1.ResourcePods: pods}
+	n.Status.DaemonEndpoints.KubeletEndpoint.Port = r.DaemonPort
 	n.Status.NodeInfo.KubeletVersion = r.Version
 	n.Status.NodeInfo.OperatingSystem = runtime.GOOS
 	n.Status.NodeInfo.Architecture = runtime.GOARCH

@@ -28,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/alloc/boltstore"
@@ -55,6 +56,9 @@ type Manager struct {
 	// OnChange is called when a pod's status should be reported again.
 	OnChange func(namespace, name string)
 
+	// LogOptions size and rotate container logs (crilog's defaults if zero).
+	LogOptions crilog.Options
+
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix
 	podRanges []alloc.PodRangeSet // one per pod CIDR, in order; nil until known
@@ -62,6 +66,7 @@ type Manager struct {
 }
 
 type podRun struct {
+	pod        *corev1.Pod // as it was started
 	sandbox    *sandbox.Sandbox
 	containers map[string]*containerRun
 	cancel     context.CancelFunc
@@ -78,6 +83,7 @@ type containerRun struct {
 	done     chan struct{}
 	mu       sync.Mutex
 	cmd      *exec.Cmd
+	io       *containerIO // the current instance's streams
 	restarts int32
 	state    corev1.ContainerState
 }
@@ -187,7 +193,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	observeStage("sandbox", stage)
 	stage = time.Now()
 	runCtx, cancel := context.WithCancel(context.Background())
-	run := &podRun{sandbox: sb, containers: map[string]*containerRun{}, cancel: cancel, started: metav1.Now()}
+	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, containers: map[string]*containerRun{}, cancel: cancel, started: metav1.Now()}
 	logDir := filepath.Join(m.StateDir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID))
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		cancel()
@@ -197,7 +203,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	for _, c := range pod.Spec.Containers {
 		cr := &containerRun{started: make(chan struct{}), done: make(chan struct{}), state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
 		run.containers[c.Name] = cr
-		go m.supervise(runCtx, pod.DeepCopy(), c, cr, sb.NetNS, filepath.Join(logDir, c.Name+".log"))
+		go m.supervise(runCtx, pod.DeepCopy(), c, cr, sb.NetNS, m.containerLogDir(pod, c.Name))
 	}
 	for _, cr := range run.containers {
 		select {
@@ -218,7 +224,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 var nsenter, _ = exec.LookPath("nsenter")
 
 // supervise runs a container's command and restarts it per restartPolicy.
-func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Container, cr *containerRun, netns, logFile string) {
+func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Container, cr *containerRun, netns, logDir string) {
 	backoff := time.Second
 	first := true
 	startedOnce := func() {
@@ -235,38 +241,26 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "NoCommand", Message: "Duet runs a container's command and args; this container has none"}})
 			return
 		}
-		log, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		cio, err := m.openContainerIO(c, cr, logDir)
 		if err != nil {
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
 			return
 		}
-		if argv[0] == "duet" {
-			argv[0] = m.Binary // pods may run duet itself (duet netexec) wherever it is installed
-		}
-		cmd := exec.Command(m.Binary, append([]string{"ns-exec", netns, "--"}, argv...)...)
-		if nsenter != "" {
-			// util-linux's nsenter enters the namespace and execs in about a
-			// millisecond; duet's own ns-exec pays ~100 ms of Go and
-			// client-go start-up per container, which dominates a burst.
-			cmd = exec.Command(nsenter, append([]string{"--net=" + netns, "--"}, argv...)...)
-		}
-		cmd.Stdout, cmd.Stderr = log, log
+		// util-linux's nsenter enters the namespace and execs in about a
+		// millisecond; duet's own ns-exec pays ~100 ms of Go and client-go
+		// start-up per container, which dominates a burst.
+		cmd := m.commandIn(netns, argv)
 		cmd.Dir = c.WorkingDir
-		cmd.Env = append(os.Environ(), "HOSTNAME="+pod.Name, "POD_NAME="+pod.Name, "POD_NAMESPACE="+pod.Namespace)
-		for _, e := range c.Env {
-			if e.ValueFrom == nil {
-				cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
-			}
-		}
+		cmd.Env = containerEnv(pod, c)
 		// Containers die with the agent; a restarted agent starts them again.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			log.Close()
+		if err := cio.start(cmd); err != nil {
+			cio.finish()
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
 			return
 		}
 		cr.mu.Lock()
-		cr.cmd = cmd
+		cr.cmd, cr.io = cmd, cio
 		cr.state = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
 		cr.mu.Unlock()
 		if first {
@@ -275,12 +269,8 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 			m.poke(pod)
 		}
 		err = cmd.Wait()
-		log.Close()
-		code := 0
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			code = exit.ExitCode()
-		}
+		cio.finish()
+		code, _ := exitCode(err)
 		reason := "Completed"
 		if code != 0 {
 			reason = "Error"
@@ -409,6 +399,7 @@ func (m *Manager) stop(uid types.UID) error {
 		return err
 	}
 	m.release(alloc.Attachment{ContainerID: string(uid), IfName: ifName})
+	m.removeLogs(uid)
 	if ok {
 		m.Log.Info("pod stopped", "uid", uid)
 	}
