@@ -28,6 +28,7 @@ import (
 	"github.com/duet-net/duet/internal/controller/lbipam"
 	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
+	"github.com/duet-net/duet/internal/controller/nsdefaults"
 	"github.com/duet-net/duet/internal/controller/scheduler"
 	"github.com/duet-net/duet/internal/controller/trim"
 	"github.com/duet-net/duet/internal/etcdstore"
@@ -174,6 +175,12 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 	var wg sync.WaitGroup
 	ns := namespace.New(client, factory.Core().V1().Namespaces(), recorder(namespace.ControllerName))
 	wg.Go(func() { ns.Run(ctx, 2) })
+	if caPEM, err := os.ReadFile(s.ca.CertFile); err != nil {
+		klog.ErrorS(err, "reading the cluster CA: no default ServiceAccounts or kube-root-ca.crt ConfigMaps")
+	} else {
+		defaults := nsdefaults.New(client, factory.Core().V1().Namespaces(), caPEM)
+		wg.Go(func() { defaults.Run(ctx, 2) })
+	}
 	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), recorder(scheduler.Name))
 	wg.Go(func() { sched.Run(ctx, 8) })
 	if len(allocators) > 0 {

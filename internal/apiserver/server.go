@@ -139,6 +139,10 @@ type Server struct {
 	controllersDone chan struct{}
 	// lock is the flock on --data-dir/lock, held until the process ends.
 	lock *os.File
+	// ca is the cluster CA, shared by every replica.
+	ca *pki.CA
+	// agents is how pods' exec, attach, port-forward and logs reach agents.
+	agents registrycore.AgentConnection
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API. It
@@ -195,6 +199,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	if err != nil {
 		return nil, err
 	}
+	s.ca = ca
 
 	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress.String(), strconv.Itoa(cfg.SecurePort)))
 	if err != nil {
@@ -217,6 +222,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	serving, err := ca.Issue("duet-apiserver", nil, hosts, true)
 	if err != nil {
+		return nil, err
+	}
+	if s.agents, err = agentConnection(ca); err != nil {
 		return nil, err
 	}
 	servingCert, servingKey := filepath.Join(pkiDir, "apiserver.crt"), filepath.Join(pkiDir, "apiserver.key")
@@ -391,8 +399,11 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 		return err
 	}
 	maps.Copy(coreStorage, podConfig)
+	if err := registrycore.AddPodStreams(coreStorage, s.agents); err != nil {
+		return err
+	}
 	s.coreStorage = coreStorage
-	legacy := genericapiserver.NewDefaultAPIGroupInfo("", Scheme, metav1.ParameterCodec, Codecs)
+	legacy := genericapiserver.NewDefaultAPIGroupInfo("", Scheme, ParameterCodec, Codecs)
 	legacy.VersionedResourcesStorageMap["v1"] = coreStorage
 	if err := s.generic.InstallLegacyAPIGroup(genericapiserver.DefaultLegacyAPIPrefix, &legacy); err != nil {
 		return fmt.Errorf("installing core/v1: %w", err)

@@ -169,6 +169,11 @@ func Up(ctx context.Context, o Options) (err error) {
 		if o.MasqConfig != "" {
 			args = append(args, "--masq-config", o.MasqConfig)
 		}
+		stream, serr := agentStreamingArgs(o.DataDir, n.Name)
+		if serr != nil {
+			return serr
+		}
+		args = append(args, stream...)
 		if mport, err := freeLoopbackPort(); err == nil {
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mport))
 			args = append(args, "--metrics-bind-address", addr)

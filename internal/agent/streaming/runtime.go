@@ -104,5 +104,10 @@ func writeError(w http.ResponseWriter, err error) {
 	if errors.As(err, &e) {
 		code = e.Code
 	}
-	http.Error(w, err.Error(), code)
+	// No trailing newline: the API server passes the body on as the
+	// Status's message.
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = io.WriteString(w, err.Error())
 }

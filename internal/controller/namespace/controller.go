@@ -454,6 +454,18 @@ var contents = []content{
 		x := c.CoordinationV1().Leases(ns)
 		return typed[*coordinationv1.LeaseList]{c: x, all: x}
 	}},
+	{schema.GroupResource{Resource: "configmaps"}, func(c kubernetes.Interface, ns string) collection {
+		x := c.CoreV1().ConfigMaps(ns)
+		return typed[*corev1.ConfigMapList]{c: x, all: x}
+	}},
+	{schema.GroupResource{Resource: "secrets"}, func(c kubernetes.Interface, ns string) collection {
+		x := c.CoreV1().Secrets(ns)
+		return typed[*corev1.SecretList]{c: x, all: x}
+	}},
+	{schema.GroupResource{Resource: "serviceaccounts"}, func(c kubernetes.Interface, ns string) collection {
+		x := c.CoreV1().ServiceAccounts(ns)
+		return typed[*corev1.ServiceAccountList]{c: x, all: x}
+	}},
 	{schema.GroupResource{Resource: "events"}, func(c kubernetes.Interface, ns string) collection {
 		x := c.CoreV1().Events(ns)
 		return typed[*corev1.EventList]{c: x, all: x}

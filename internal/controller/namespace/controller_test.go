@@ -42,6 +42,9 @@ var kinds = map[schema.GroupVersionResource]schema.GroupVersionKind{
 	corev1.SchemeGroupVersion.WithResource("events"):              corev1.SchemeGroupVersion.WithKind("Event"),
 	discoveryv1.SchemeGroupVersion.WithResource("endpointslices"): discoveryv1.SchemeGroupVersion.WithKind("EndpointSlice"),
 	coordinationv1.SchemeGroupVersion.WithResource("leases"):      coordinationv1.SchemeGroupVersion.WithKind("Lease"),
+	corev1.SchemeGroupVersion.WithResource("configmaps"):          corev1.SchemeGroupVersion.WithKind("ConfigMap"),
+	corev1.SchemeGroupVersion.WithResource("secrets"):             corev1.SchemeGroupVersion.WithKind("Secret"),
+	corev1.SchemeGroupVersion.WithResource("serviceaccounts"):     corev1.SchemeGroupVersion.WithKind("ServiceAccount"),
 }
 
 // deletedNamespace is a Namespace as the server holds it after
@@ -79,6 +82,9 @@ func contentOf(ns string) []runtime.Object {
 		&discoveryv1.EndpointSlice{ObjectMeta: om("web-ipv4"), AddressType: discoveryv1.AddressTypeIPv4},
 		&discoveryv1.EndpointSlice{ObjectMeta: om("web-ipv6"), AddressType: discoveryv1.AddressTypeIPv6},
 		&coordinationv1.Lease{ObjectMeta: om("leader")},
+		&corev1.ConfigMap{ObjectMeta: om("kube-root-ca.crt")},
+		&corev1.Secret{ObjectMeta: om("token")},
+		&corev1.ServiceAccount{ObjectMeta: om("default")},
 		&corev1.Event{ObjectMeta: om("web.1")},
 	}
 }
