@@ -120,34 +120,32 @@ func (m *Manager) openContainerIO(c corev1.Container, cr *containerRun, dir stri
 	return cio, nil
 }
 
-// start starts cmd on the streams and begins copying its output.
-func (cio *containerIO) start(cmd *exec.Cmd) error {
+// start starts the instance's process on its streams through runner and
+// begins copying its output.
+func (cio *containerIO) start(runner Runner, spec ProcessSpec) (Process, error) {
 	if cio.tty != nil {
 		t := cio.childEnds[0]
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = t, t, t
-		// A session of its own with the terminal as its controlling one;
-		// its process group is then its PID, as with Setpgid.
-		cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = false, true, true, 0
+		spec.Stdin, spec.Stdout, spec.Stderr, spec.TTY = t, t, t, true
 	} else {
-		cmd.Stdout, cmd.Stderr = cio.childEnds[0], cio.childEnds[1]
+		spec.Stdout, spec.Stderr = cio.childEnds[0], cio.childEnds[1]
 		if cio.stdin != nil {
-			cmd.Stdin = cio.childEnds[2]
+			spec.Stdin = cio.childEnds[2]
 		}
 	}
-	err := cmd.Start()
+	proc, err := runner.Start(spec)
 	for _, f := range cio.childEnds {
 		f.Close()
 	}
 	cio.childEnds = nil
 	if err != nil {
-		return err
+		return nil, err
 	}
 	streams := []crilog.Stream{crilog.Stdout, crilog.Stderr}
 	for i, r := range cio.readers {
 		cio.pumps.Add(1)
 		go cio.pump(r, streams[i])
 	}
-	return nil
+	return proc, nil
 }
 
 // pump copies one output stream to the log and to attached clients until

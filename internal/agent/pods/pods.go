@@ -16,8 +16,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -27,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
 
 	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/sandbox"
@@ -58,6 +59,17 @@ type Manager struct {
 
 	// LogOptions size and rotate container logs (crilog's defaults if zero).
 	LogOptions crilog.Options
+	// The node's edges, each nil for the real one: tests give fakes.
+
+	// Network wires pod sandboxes; nil is SandboxNetwork.
+	Network Network
+	// Runner runs container processes; nil is NSEnterRunner{Binary}.
+	Runner Runner
+	// PodIPStore keeps the pod-address reservations; nil opens duet-ipam's
+	// bbolt store under StateDir for each call.
+	PodIPStore alloc.PodIPStore
+	// Clock times restarts and grace periods; nil is the real clock.
+	Clock clock.Clock
 
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix
@@ -82,17 +94,42 @@ type containerRun struct {
 	// done is closed when the container will not run again.
 	done     chan struct{}
 	mu       sync.Mutex
-	cmd      *exec.Cmd
+	proc     Process
 	io       *containerIO // the current instance's streams
 	restarts int32
 	state    corev1.ContainerState
 }
 
-// SetPodCIDRs prepares the node's bridge once its pod CIDRs are known.
+func (m *Manager) network() Network {
+	if m.Network != nil {
+		return m.Network
+	}
+	return SandboxNetwork{}
+}
+
+func (m *Manager) runner() Runner {
+	if m.Runner != nil {
+		return m.Runner
+	}
+	return NSEnterRunner{Binary: m.Binary}
+}
+
+func (m *Manager) clock() clock.Clock {
+	if m.Clock != nil {
+		return m.Clock
+	}
+	return clock.RealClock{}
+}
+
+func (m *Manager) now() metav1.Time { return metav1.NewTime(m.clock().Now()) }
+
+// SetPodCIDRs prepares the node's bridge once its pod CIDRs are known,
+// and again when they change (the Node was deleted and registered anew):
+// pods started from then on get addresses of the new CIDRs.
 func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(m.podCIDRs) == len(cidrs) {
+	if m.podRanges != nil && slices.Equal(m.podCIDRs, cidrs) {
 		return nil
 	}
 	// Check the CIDRs before the bridge gets their gateways.
@@ -100,10 +137,13 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("pod address ranges for %v: %w", cidrs, err)
 	}
-	if err := sandbox.EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
+	if err := m.network().EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
 		return fmt.Errorf("preparing the node's bridge: %w", err)
 	}
-	m.podCIDRs, m.podRanges = cidrs, ranges
+	if m.podCIDRs != nil {
+		m.Log.Warn("the node's pod CIDRs changed; running pods keep their addresses", "old", m.podCIDRs, "new", cidrs)
+	}
+	m.podCIDRs, m.podRanges = slices.Clone(cidrs), ranges
 	if m.running == nil {
 		m.running = map[types.UID]*podRun{}
 	}
@@ -123,12 +163,16 @@ func (m *Manager) withPodIPs(fn func(*alloc.PodIPs) error) error {
 	m.mu.Lock()
 	ranges := m.podRanges
 	m.mu.Unlock()
-	st, err := boltstore.Open(filepath.Join(m.StateDir, "ipam"), network, storeLockTimeout)
-	if err != nil {
-		return err
+	st := m.PodIPStore
+	if st == nil {
+		bolt, err := boltstore.Open(filepath.Join(m.StateDir, "ipam"), network, storeLockTimeout)
+		if err != nil {
+			return err
+		}
+		defer bolt.Close()
+		st = bolt
 	}
-	defer st.Close()
-	p, err := alloc.NewPodIPs(st, ranges, alloc.PodIPOptions{Cooldown: alloc.DefaultPodIPCooldown})
+	p, err := alloc.NewPodIPs(st, ranges, alloc.PodIPOptions{Cooldown: alloc.DefaultPodIPCooldown, Now: m.clock().Now})
 	if err != nil {
 		return err
 	}
@@ -162,7 +206,7 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 // start reserves addresses, wires the sandbox and starts the containers;
 // on failure it leaves nothing behind.
 func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err error) {
-	owner := alloc.Attachment{ContainerID: string(pod.UID), IfName: ifName}
+	owner := podAttachment(pod.UID)
 	begin := time.Now()
 	var addrs []netip.Addr
 	err = m.withPodIPs(func(p *alloc.PodIPs) error {
@@ -180,24 +224,27 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	}()
 	observeStage("ipam", begin)
 	stage := time.Now()
+	m.mu.Lock()
+	cidrs := m.podCIDRs
+	m.mu.Unlock()
 	req := sandbox.Request{ID: string(pod.UID), Bridge: Bridge, IfName: ifName}
 	for i, a := range addrs {
-		cidr := m.podCIDRs[i]
+		cidr := cidrs[i]
 		req.Addrs = append(req.Addrs, netip.PrefixFrom(a, cidr.Bits()))
 		req.Gateways = append(req.Gateways, sandbox.Gateway(cidr).Addr())
 	}
-	sb, err := sandbox.Setup(ctx, m.NodeNS, req)
+	sb, err := m.network().Setup(ctx, m.NodeNS, req)
 	if err != nil {
 		return nil, fmt.Errorf("wiring %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	observeStage("sandbox", stage)
 	stage = time.Now()
 	runCtx, cancel := context.WithCancel(context.Background())
-	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, containers: map[string]*containerRun{}, cancel: cancel, started: metav1.Now()}
+	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, containers: map[string]*containerRun{}, cancel: cancel, started: m.now()}
 	logDir := filepath.Join(m.StateDir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID))
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		cancel()
-		_ = sandbox.Teardown(m.NodeNS, string(pod.UID))
+		_ = m.network().Teardown(m.NodeNS, string(pod.UID))
 		return nil, err
 	}
 	for _, c := range pod.Spec.Containers {
@@ -205,11 +252,16 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		run.containers[c.Name] = cr
 		go m.supervise(runCtx, pod.DeepCopy(), c, cr, sb.NetNS, m.containerLogDir(pod, c.Name))
 	}
+	// A bound on the wait, not a timing of the pod's: the real clock.
+	wait := time.NewTimer(5 * time.Second)
+	defer wait.Stop()
 	for _, cr := range run.containers {
 		select {
 		case <-cr.started:
-		case <-time.After(5 * time.Second):
+			continue
+		case <-wait.C:
 		}
+		break
 	}
 	observeStage("containers", stage)
 	observeStage("total", begin)
@@ -220,11 +272,26 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	return run, nil
 }
 
-// nsenter is util-linux's nsenter, when the node has it.
-var nsenter, _ = exec.LookPath("nsenter")
+// containerProcess returns the argv and environment of a container's
+// process: its command and args as they are, and the pod's identity and
+// the container's literal env added to the agent's environment.
+func (m *Manager) containerProcess(pod *corev1.Pod, c corev1.Container) (argv, env []string) {
+	argv = append(append([]string{}, c.Command...), c.Args...)
+	if len(argv) > 0 && argv[0] == "duet" {
+		argv[0] = m.Binary // pods may run duet itself (duet netexec) wherever it is installed
+	}
+	env = append(os.Environ(), "HOSTNAME="+pod.Name, "POD_NAME="+pod.Name, "POD_NAMESPACE="+pod.Namespace)
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			env = append(env, e.Name+"="+e.Value)
+		}
+	}
+	return argv, env
+}
 
 // supervise runs a container's command and restarts it per restartPolicy.
 func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Container, cr *containerRun, netns, logDir string) {
+	clk := m.clock()
 	backoff := time.Second
 	first := true
 	startedOnce := func() {
@@ -236,7 +303,7 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 	defer startedOnce()
 	defer close(cr.done)
 	for ctx.Err() == nil {
-		argv := append(append([]string{}, c.Command...), c.Args...)
+		argv, env := m.containerProcess(pod, c)
 		if len(argv) == 0 {
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "NoCommand", Message: "Duet runs a container's command and args; this container has none"}})
 			return
@@ -246,36 +313,28 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
 			return
 		}
-		// util-linux's nsenter enters the namespace and execs in about a
-		// millisecond; duet's own ns-exec pays ~100 ms of Go and client-go
-		// start-up per container, which dominates a burst.
-		cmd := m.commandIn(netns, argv)
-		cmd.Dir = c.WorkingDir
-		cmd.Env = containerEnv(pod, c)
-		// Containers die with the agent; a restarted agent starts them again.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cio.start(cmd); err != nil {
+		proc, err := cio.start(m.runner(), ProcessSpec{Argv: argv, Env: env, Dir: c.WorkingDir, NetNS: netns, NSArgs: m.podNSArgs(pod)})
+		if err != nil {
 			cio.finish()
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
 			return
 		}
 		cr.mu.Lock()
-		cr.cmd, cr.io = cmd, cio
-		cr.state = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
+		cr.proc, cr.io = proc, cio
+		cr.state = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: m.now()}}
 		cr.mu.Unlock()
 		if first {
 			startedOnce() // the pod's first status report follows
 		} else {
 			m.poke(pod)
 		}
-		err = cmd.Wait()
+		code, _ := proc.Wait()
 		cio.finish()
-		code, _ := exitCode(err)
 		reason := "Completed"
 		if code != 0 {
 			reason = "Error"
 		}
-		cr.set(corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, FinishedAt: metav1.Now()}})
+		cr.set(corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, FinishedAt: m.now()}})
 		if ctx.Err() != nil {
 			return
 		}
@@ -287,7 +346,7 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-clk.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Minute)
 		cr.mu.Lock()
@@ -342,12 +401,16 @@ func (m *Manager) terminate(ctx context.Context, pod *corev1.Pod) error {
 	}
 	m.Log.Info("stopping pod", "pod", pod.Namespace+"/"+pod.Name, "gracePeriod", grace)
 	go func() {
-		wait, cancel := context.WithTimeout(context.Background(), grace)
-		defer cancel()
-		for _, cr := range run.containers {
-			select {
-			case <-cr.done:
-			case <-wait.Done():
+		if grace > 0 {
+			timer := m.clock().NewTimer(grace)
+			defer timer.Stop()
+			for _, cr := range run.containers {
+				select {
+				case <-cr.done:
+					continue
+				case <-timer.C():
+				}
+				break
 			}
 		}
 		// What still runs is killed by stop.
@@ -376,8 +439,8 @@ func (m *Manager) deletePod(ctx context.Context, pod *corev1.Pod) error {
 func (cr *containerRun) signal(sig syscall.Signal) {
 	cr.mu.Lock()
 	defer cr.mu.Unlock()
-	if cr.cmd != nil && cr.cmd.Process != nil {
-		_ = syscall.Kill(-cr.cmd.Process.Pid, sig)
+	if cr.proc != nil {
+		_ = cr.proc.Signal(sig)
 	}
 }
 
@@ -395,15 +458,20 @@ func (m *Manager) stop(uid types.UID) error {
 			cr.signal(syscall.SIGKILL)
 		}
 	}
-	if err := sandbox.Teardown(m.NodeNS, string(uid)); err != nil {
+	if err := m.network().Teardown(m.NodeNS, string(uid)); err != nil {
 		return err
 	}
-	m.release(alloc.Attachment{ContainerID: string(uid), IfName: ifName})
+	m.release(podAttachment(uid))
 	m.removeLogs(uid)
 	if ok {
 		m.Log.Info("pod stopped", "uid", uid)
 	}
 	return nil
+}
+
+// podAttachment is whom a pod's addresses are reserved for in the store.
+func podAttachment(uid types.UID) alloc.Attachment {
+	return alloc.Attachment{ContainerID: string(uid), IfName: ifName}
 }
 
 func (m *Manager) release(owner alloc.Attachment) {
@@ -420,13 +488,13 @@ func (m *Manager) release(owner alloc.Attachment) {
 // bound here, after a restart (the agent may have been killed at any
 // point). keep holds the UIDs of the pods bound to this node.
 func (m *Manager) Reconcile(keep map[types.UID]bool) error {
-	entries, err := sandbox.List(m.NodeNS)
+	entries, err := m.network().List(m.NodeNS)
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
 		if e.ID == "" {
-			_ = sandbox.TeardownNetNS(m.NodeNS, e.NetNS)
+			_ = m.network().TeardownNetNS(m.NodeNS, e.NetNS)
 			continue
 		}
 		if !keep[types.UID(e.ID)] {
@@ -439,7 +507,7 @@ func (m *Manager) Reconcile(keep map[types.UID]bool) error {
 	// wiring) go too.
 	valid := make([]alloc.Attachment, 0, len(keep))
 	for uid := range keep {
-		valid = append(valid, alloc.Attachment{ContainerID: string(uid), IfName: ifName})
+		valid = append(valid, podAttachment(uid))
 	}
 	return m.withPodIPs(func(p *alloc.PodIPs) error {
 		_, err := p.GC(valid)
@@ -475,8 +543,8 @@ func (m *Manager) reportStatus(ctx context.Context, pod *corev1.Pod, run *podRun
 		cr := run.containers[c.Name]
 		cr.mu.Lock()
 		st := corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: "", State: cr.state, RestartCount: cr.restarts}
-		if cr.cmd != nil && cr.cmd.Process != nil {
-			st.ContainerID = fmt.Sprintf("duet://%d", cr.cmd.Process.Pid)
+		if cr.proc != nil {
+			st.ContainerID = fmt.Sprintf("duet://%d", cr.proc.Pid())
 		}
 		cr.mu.Unlock()
 		st.Ready = st.State.Running != nil
@@ -502,7 +570,7 @@ func (m *Manager) reportStatus(ctx context.Context, pod *corev1.Pod, run *podRun
 	if pod.Spec.RestartPolicy == corev1.RestartPolicyAlways && allDone {
 		s.Phase = corev1.PodRunning // it will be restarted
 	}
-	now := metav1.Now()
+	now := m.now()
 	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
 		status := corev1.ConditionFalse
 		if ok {

@@ -29,6 +29,11 @@ func (m *Manager) nsenterArgs(podNetNS string) []string {
 	return []string{"--net=" + podNetNS}
 }
 
+// podNSArgs are the nsenter arguments for a pod's namespaces other than
+// the network one (none yet: containers share the node's UTS and mount
+// namespaces).
+func (m *Manager) podNSArgs(*corev1.Pod) []string { return nil }
+
 // commandIn is argv run inside a pod's namespaces, as the pod's containers
 // run: util-linux's nsenter where the node has it (it enters and execs in
 // about a millisecond), duet's own ns-exec otherwise.
@@ -40,18 +45,6 @@ func (m *Manager) commandIn(podNetNS string, argv []string) *exec.Cmd {
 		return exec.Command(nsenter, append(append(m.nsenterArgs(podNetNS), "--"), argv...)...)
 	}
 	return exec.Command(m.Binary, append([]string{"ns-exec", podNetNS, "--"}, argv...)...)
-}
-
-// containerEnv is a container's environment: the agent's, the pod's
-// identity, and the container's literal env entries.
-func containerEnv(pod *corev1.Pod, c corev1.Container) []string {
-	env := append(os.Environ(), "HOSTNAME="+pod.Name, "POD_NAME="+pod.Name, "POD_NAMESPACE="+pod.Namespace)
-	for _, e := range c.Env {
-		if e.ValueFrom == nil {
-			env = append(env, e.Name+"="+e.Value)
-		}
-	}
-	return env
 }
 
 // findPod returns the run of the pod called ref, preferring one that is
@@ -120,7 +113,7 @@ func (m *Manager) Exec(ctx context.Context, ref streaming.ContainerRef, argv []s
 		return streaming.BadRequest("container %q in pod %s is not running", ref.Container, ref.PodRef)
 	}
 	cmd := m.commandIn(run.sandbox.NetNS, argv)
-	cmd.Env = containerEnv(run.pod, *c)
+	_, cmd.Env = m.containerProcess(run.pod, *c)
 	cmd.Dir = c.WorkingDir
 	// The session's processes die with the agent, and all of them with
 	// the session when its client goes.
