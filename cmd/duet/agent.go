@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/duet-net/duet/internal/agent/images"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -25,6 +26,7 @@ func newAgentCommand() *cobra.Command {
 	var noProxy, noMasq bool
 	var metricsAddr string
 	var stream streamingFlags
+	var imagesFile string
 	cmd := &cobra.Command{
 		Use:   "agent --kubeconfig FILE --node-name NAME --node-ip A[,B] [--netns PATH]",
 		Short: "Run a node agent: register the Node and program its network",
@@ -87,6 +89,15 @@ namespace (as duet up's nodes are) instead of its own.`,
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", nodeName)
+			if imagesFile != "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				if cfg.Images, err = images.Load(imagesFile, exe); err != nil {
+					return fmt.Errorf("--images: %w", err)
+				}
+			}
 			if err := stream.apply(&cfg, rest, log); err != nil {
 				return err
 			}
@@ -105,6 +116,7 @@ namespace (as duet up's nodes are) instead of its own.`,
 	fs.BoolVar(&noProxy, "no-proxy", false, "do not run the service proxy")
 	fs.BoolVar(&noMasq, "no-masq", false, "do not masquerade egress traffic")
 	stream.register(fs)
+	fs.StringVar(&imagesFile, "images", "", "image table file (YAML) mapping images to entrypoints and files, added to the built-in table")
 	fs.StringVar(&stateDir, "state-dir", "", "where the node's IPAM store and container logs live (default /var/lib/duet/agent/NODE)")
 	return cmd
 }

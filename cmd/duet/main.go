@@ -3,8 +3,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -28,7 +31,7 @@ Kubernetes API that kubectl and client-go use unchanged.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newServerCommand(), newAgentCommand(), newUpCommand(), newDownCommand(), newExecCommand(), newNSExecCommand(), newNetexecCommand(), newMasqCommand())
+	root.AddCommand(newVersionCommand(), newServerCommand(), newAgentCommand(), newUpCommand(), newDownCommand(), newExecCommand(), newNSExecCommand(), newNetexecCommand(), newMasqCommand(), newPauseCommand())
 	return root
 }
 
@@ -39,6 +42,23 @@ func newVersionCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
 			fmt.Fprintln(cmd.OutOrStdout(), version.String())
+		},
+	}
+}
+
+// newPauseCommand is what the pause images run: a process that holds on
+// until it is told to stop.
+func newPauseCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:    "pause",
+		Short:  "Wait for SIGINT or SIGTERM, then exit 0 (the pause image's program)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			return nil
 		},
 	}
 }

@@ -42,6 +42,7 @@ everything down. After a crash, duet down --data-dir DIR cleans up.`,
 	fs.StringVar(&o.ServiceRange, "service-cluster-ip-range", cluster.DefaultServiceRange, "service ranges, one per family, primary first")
 	fs.BoolVar(&o.IPv6Primary, "ipv6-primary", false, "make IPv6 the primary family (puts the IPv6 entries first)")
 	fs.StringVar(&o.LBPools, "load-balancer-ip-pool", cluster.DefaultLBPools, "LoadBalancer IP pools, CIDRs of either family, routed from the external namespace to the nodes; empty for none")
+	fs.StringVar(&o.Images, "images", "", "image table file (YAML) every node's agent adds to its built-in table (see duet agent --images)")
 	fs.StringVar(&o.MasqConfig, "masq-config", "", "ip-masq-agent config file (YAML or JSON) every node's agent watches; without it the defaults apply")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd

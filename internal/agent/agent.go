@@ -7,6 +7,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/duet-net/duet/internal/agent/images"
 	"log/slog"
 	"net"
 	"net/http"
@@ -65,6 +66,8 @@ type Config struct {
 	MasqConfig string
 	// MetricsAddr serves Prometheus metrics on /metrics ("" for none).
 	MetricsAddr string
+	// Images is the image table pods' images map to (nil: the built-in).
+	Images *images.Table
 	// NoProxy and NoMasq leave the service proxy or egress masquerading
 	// to something else.
 	NoProxy, NoMasq bool
@@ -235,6 +238,7 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 		Binary: cfg.Binary, StateDir: cfg.StateDir, Log: log,
 		OnChange:   func(ns, name string) { queue.Add(ns + "/" + name) },
 		LogOptions: cfg.ContainerLogs,
+		Images:     cfg.Images,
 	}
 	if stream != nil {
 		stream.Serve(ctx, mgr)

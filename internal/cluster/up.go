@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duet-net/duet/internal/agent/podroot"
 	"io"
 	"net"
 	"net/netip"
@@ -48,6 +49,8 @@ type Options struct {
 	LBPools string
 	// MasqConfig is an ip-masq-agent config file every agent watches.
 	MasqConfig string
+	// Images is an image table file every agent loads.
+	Images string
 	// Binary is the duet executable the server and agents run as.
 	Binary string
 	Out    io.Writer
@@ -87,6 +90,11 @@ func Up(ctx context.Context, o Options) (err error) {
 			return err
 		}
 	}
+	if o.Images != "" {
+		if o.Images, err = filepath.Abs(o.Images); err != nil {
+			return err
+		}
+	}
 	if o.MasqConfig != "" {
 		if o.MasqConfig, err = filepath.Abs(o.MasqConfig); err != nil {
 			return err
@@ -113,7 +121,7 @@ func Up(ctx context.Context, o Options) (err error) {
 	defer func() {
 		say("Stopping…")
 		sup.stopAll()
-		if derr := topo.Destroy(); derr != nil && err == nil {
+		if derr := errors.Join(removeWorlds(o.DataDir), topo.Destroy()); derr != nil && err == nil {
 			err = derr
 		}
 		_ = os.Remove(filepath.Join(o.DataDir, "up.json"))
@@ -168,6 +176,9 @@ func Up(ctx context.Context, o Options) (err error) {
 			"--cluster-cidr", clusterCIDR, "--service-cluster-ip-range", serviceRange}
 		if o.MasqConfig != "" {
 			args = append(args, "--masq-config", o.MasqConfig)
+		}
+		if o.Images != "" {
+			args = append(args, "--images", o.Images)
 		}
 		stream, serr := agentStreamingArgs(o.DataDir, n.Name)
 		if serr != nil {
@@ -435,7 +446,7 @@ func Down(dataDir string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	errs := []error{topo.removeSandboxes()}
+	errs := []error{removeWorlds(dataDir), topo.removeSandboxes()}
 	// The list includes namespaces hidden under a second mount of
 	// /run/netns, which earlier versions left.
 	names, err := netns.List()
@@ -451,6 +462,22 @@ func Down(dataDir string, out io.Writer) error {
 		}
 	}
 	_ = os.Remove(filepath.Join(dataDir, "up.json"))
+	return errors.Join(errs...)
+}
+
+// removeWorlds removes the pods' worlds (UTS and mount namespaces pinned
+// under each node's state directory) that the agents left.
+func removeWorlds(dataDir string) error {
+	dirs, err := filepath.Glob(filepath.Join(dataDir, "nodes", "*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range dirs {
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			errs = append(errs, podroot.RemoveAll(d))
+		}
+	}
 	return errors.Join(errs...)
 }
 

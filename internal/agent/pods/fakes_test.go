@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/duet-net/duet/internal/agent/podroot"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -244,6 +245,7 @@ type testEnv struct {
 	run    *fakeRunner
 	store  *alloc.MemPodIPStore
 	clk    *testClock
+	worlds *fakeWorlds
 	cidrs  []netip.Prefix
 }
 
@@ -259,7 +261,7 @@ func newTestEnv(t *testing.T, cidrs ...netip.Prefix) *testEnv {
 	if len(cidrs) == 0 {
 		cidrs = []netip.Prefix{v4CIDR, v6CIDR}
 	}
-	e := &testEnv{client: fake.NewClientset(), net: newFakeNetwork(), run: newFakeRunner(), store: alloc.NewMemPodIPStore(), clk: newTestClock(), cidrs: cidrs}
+	e := &testEnv{client: fake.NewClientset(), net: newFakeNetwork(), run: newFakeRunner(), store: alloc.NewMemPodIPStore(), clk: newTestClock(), worlds: &fakeWorlds{}, cidrs: cidrs}
 	hostIPs := []netip.Addr{hostV4, hostV6}
 	if cidrs[0].Addr().Is6() {
 		hostIPs = []netip.Addr{hostV6, hostV4}
@@ -276,7 +278,7 @@ func newTestManager(t *testing.T, e *testEnv, hostIPs []netip.Addr) *Manager {
 	m := &Manager{
 		Client: e.client, NodeName: "n1", NodeNS: "/run/netns/node-n1", HostIPs: hostIPs,
 		Binary: "/usr/local/bin/duet", StateDir: t.TempDir(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Network: e.net, Runner: e.run, PodIPStore: e.store, Clock: e.clk,
+		Network: e.net, Runner: e.run, PodIPStore: e.store, Clock: e.clk, Worlds: e.worlds,
 	}
 	t.Cleanup(func() { stopAll(m) })
 	return m
@@ -357,4 +359,43 @@ func (e *testEnv) podAddrs(t *testing.T, uid string) []netip.Addr {
 		t.Fatal(err)
 	}
 	return addrs
+}
+
+// fakeWorlds keeps pods' worlds as a set of UIDs.
+type fakeWorlds struct {
+	mu   sync.Mutex
+	uids map[string]bool
+}
+
+type fakeWorld struct{ uid string }
+
+func (w fakeWorld) EnterArgs(container string) []string {
+	return []string{"--uts=/fake/" + w.uid, "--mount=/fake/" + w.uid + "/" + container}
+}
+
+func (f *fakeWorlds) Create(_ context.Context, s *podroot.Spec) (World, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.uids == nil {
+		f.uids = map[string]bool{}
+	}
+	f.uids[s.UID] = true
+	return fakeWorld{uid: s.UID}, nil
+}
+
+func (f *fakeWorlds) Remove(uid string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.uids, uid)
+	return nil
+}
+
+func (f *fakeWorlds) List() ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for uid := range f.uids {
+		out = append(out, uid)
+	}
+	return out, nil
 }

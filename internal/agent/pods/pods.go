@@ -30,6 +30,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/duet-net/duet/internal/agent/crilog"
+	"github.com/duet-net/duet/internal/agent/images"
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/alloc/boltstore"
@@ -70,6 +71,15 @@ type Manager struct {
 	PodIPStore alloc.PodIPStore
 	// Clock times restarts and grace periods; nil is the real clock.
 	Clock clock.Clock
+	// Worlds makes pods' UTS and mount namespaces; nil is PodRootWorlds
+	// under StateDir.
+	Worlds Worlds
+	// Images is the image table; nil is the built-in one.
+	Images     *images.Table
+	imagesOnce sync.Once
+	// ClusterDNS are the cluster DNS Service's IPs for pods' resolv.conf
+	// (primary family first); none means the node's resolvers.
+	ClusterDNS []netip.Addr
 
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix
@@ -80,6 +90,7 @@ type Manager struct {
 type podRun struct {
 	pod        *corev1.Pod // as it was started
 	sandbox    *sandbox.Sandbox
+	world      World
 	containers map[string]*containerRun
 	cancel     context.CancelFunc
 	started    metav1.Time
@@ -95,6 +106,7 @@ type containerRun struct {
 	done     chan struct{}
 	mu       sync.Mutex
 	proc     Process
+	env      []string     // the environment its process got
 	io       *containerIO // the current instance's streams
 	restarts int32
 	state    corev1.ContainerState
@@ -239,18 +251,26 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	}
 	observeStage("sandbox", stage)
 	stage = time.Now()
+	world, err := m.makeWorld(ctx, pod, addrs)
+	if err != nil {
+		_ = m.network().Teardown(m.NodeNS, string(pod.UID))
+		return nil, fmt.Errorf("making the world of %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	observeStage("world", stage)
+	stage = time.Now()
 	runCtx, cancel := context.WithCancel(context.Background())
-	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, containers: map[string]*containerRun{}, cancel: cancel, started: m.now()}
+	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, world: world, containers: map[string]*containerRun{}, cancel: cancel, started: m.now()}
 	logDir := filepath.Join(m.StateDir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID))
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		cancel()
+		_ = m.worlds().Remove(string(pod.UID))
 		_ = m.network().Teardown(m.NodeNS, string(pod.UID))
 		return nil, err
 	}
 	for _, c := range pod.Spec.Containers {
 		cr := &containerRun{started: make(chan struct{}), done: make(chan struct{}), state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
 		run.containers[c.Name] = cr
-		go m.supervise(runCtx, pod.DeepCopy(), c, cr, sb.NetNS, m.containerLogDir(pod, c.Name))
+		go m.supervise(runCtx, pod.DeepCopy(), c, cr, run, m.containerLogDir(pod, c.Name))
 	}
 	// A bound on the wait, not a timing of the pod's: the real clock.
 	wait := time.NewTimer(5 * time.Second)
@@ -273,24 +293,29 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 }
 
 // containerProcess returns the argv and environment of a container's
-// process: its command and args as they are, and the pod's identity and
-// the container's literal env added to the agent's environment.
-func (m *Manager) containerProcess(pod *corev1.Pod, c corev1.Container) (argv, env []string) {
-	argv = append(append([]string{}, c.Command...), c.Args...)
-	if len(argv) > 0 && argv[0] == "duet" {
+// process: the image table's entrypoint and command under Docker's rules,
+// the container's env, and $(VAR) references in command and args
+// expanded from it.
+func (m *Manager) containerProcess(ctx context.Context, pod *corev1.Pod, c corev1.Container, podIPs []netip.Addr) (argv, env []string, err error) {
+	argv, img, err := m.resolveImage(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	env, vars, err := m.containerEnv(ctx, pod, c, img, podIPs)
+	if err != nil {
+		return nil, nil, &ContainerConfigError{Reason: "CreateContainerConfigError", Err: err}
+	}
+	for i := range argv {
+		argv[i] = expand(argv[i], vars)
+	}
+	if argv[0] == "duet" {
 		argv[0] = m.Binary // pods may run duet itself (duet netexec) wherever it is installed
 	}
-	env = append(os.Environ(), "HOSTNAME="+pod.Name, "POD_NAME="+pod.Name, "POD_NAMESPACE="+pod.Namespace)
-	for _, e := range c.Env {
-		if e.ValueFrom == nil {
-			env = append(env, e.Name+"="+e.Value)
-		}
-	}
-	return argv, env
+	return argv, env, nil
 }
 
 // supervise runs a container's command and restarts it per restartPolicy.
-func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Container, cr *containerRun, netns, logDir string) {
+func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Container, cr *containerRun, run *podRun, logDir string) {
 	clk := m.clock()
 	backoff := time.Second
 	first := true
@@ -303,9 +328,15 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 	defer startedOnce()
 	defer close(cr.done)
 	for ctx.Err() == nil {
-		argv, env := m.containerProcess(pod, c)
-		if len(argv) == 0 {
-			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "NoCommand", Message: "Duet runs a container's command and args; this container has none"}})
+		argv, env, err := m.containerProcess(ctx, pod, c, run.addrs())
+		if err != nil {
+			reason := "RunContainerError"
+			var ce *ContainerConfigError
+			if errors.As(err, &ce) {
+				reason = ce.Reason
+			}
+			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: err.Error()}})
+			m.Log.Warn("container not started", "pod", pod.Namespace+"/"+pod.Name, "container", c.Name, "reason", reason, "err", err)
 			return
 		}
 		cio, err := m.openContainerIO(c, cr, logDir)
@@ -313,14 +344,14 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
 			return
 		}
-		proc, err := cio.start(m.runner(), ProcessSpec{Argv: argv, Env: env, Dir: c.WorkingDir, NetNS: netns, NSArgs: m.podNSArgs(pod)})
+		proc, err := cio.start(m.runner(), ProcessSpec{Argv: argv, Env: env, Dir: c.WorkingDir, NetNS: run.sandbox.NetNS, NSArgs: run.world.EnterArgs(c.Name)})
 		if err != nil {
 			cio.finish()
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
 			return
 		}
 		cr.mu.Lock()
-		cr.proc, cr.io = proc, cio
+		cr.proc, cr.io, cr.env = proc, cio, env
 		cr.state = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: m.now()}}
 		cr.mu.Unlock()
 		if first {
@@ -458,6 +489,9 @@ func (m *Manager) stop(uid types.UID) error {
 			cr.signal(syscall.SIGKILL)
 		}
 	}
+	if err := m.worlds().Remove(string(uid)); err != nil {
+		return err
+	}
 	if err := m.network().Teardown(m.NodeNS, string(uid)); err != nil {
 		return err
 	}
@@ -503,8 +537,19 @@ func (m *Manager) Reconcile(keep map[types.UID]bool) error {
 			}
 		}
 	}
-	// Reservations without a sandbox (a crash between reserving and
-	// wiring) go too.
+	// Worlds without a sandbox (a crash between making one and the
+	// other) go too, and so do reservations without a sandbox.
+	worlds, err := m.worlds().List()
+	if err != nil {
+		return err
+	}
+	for _, uid := range worlds {
+		if !keep[types.UID(uid)] {
+			if err := m.worlds().Remove(uid); err != nil {
+				return err
+			}
+		}
+	}
 	valid := make([]alloc.Attachment, 0, len(keep))
 	for uid := range keep {
 		valid = append(valid, podAttachment(uid))

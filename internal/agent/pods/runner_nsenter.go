@@ -30,7 +30,9 @@ func (r NSEnterRunner) Start(spec ProcessSpec) (Process, error) {
 		return nil, err
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = spec.Stdin, spec.Stdout, spec.Stderr
-	cmd.Dir = spec.Dir
+	if cmd.Path != nsenter || nsenter == "" {
+		cmd.Dir = spec.Dir // nsenter changes directory itself (--wd), inside the pod's root
+	}
 	cmd.Env = spec.Env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if spec.TTY {
@@ -56,6 +58,9 @@ func (r NSEnterRunner) command(spec ProcessSpec) (*exec.Cmd, error) {
 			args = append(args, "--net="+spec.NetNS)
 		}
 		args = append(args, spec.NSArgs...)
+		if spec.Dir != "" {
+			args = append(args, "--wd="+spec.Dir)
+		}
 		args = append(args, "--")
 		return exec.Command(nsenter, append(args, argv...)...), nil
 	}

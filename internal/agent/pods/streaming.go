@@ -23,28 +23,22 @@ import (
 // The Manager is the runtime behind the agent's streaming server.
 var _ streaming.Runtime = (*Manager)(nil)
 
-// nsenterArgs are the arguments that put a process into a pod's
-// namespaces: its containers and what `kubectl exec` runs there.
-func (m *Manager) nsenterArgs(podNetNS string) []string {
-	return []string{"--net=" + podNetNS}
-}
-
-// podNSArgs are the nsenter arguments for a pod's namespaces other than
-// the network one (none yet: containers share the node's UTS and mount
-// namespaces).
-func (m *Manager) podNSArgs(*corev1.Pod) []string { return nil }
-
-// commandIn is argv run inside a pod's namespaces, as the pod's containers
-// run: util-linux's nsenter where the node has it (it enters and execs in
-// about a millisecond), duet's own ns-exec otherwise.
-func (m *Manager) commandIn(podNetNS string, argv []string) *exec.Cmd {
+// commandIn is argv run inside a container's namespaces (the pod's
+// network namespace and the container's world), as the container runs:
+// util-linux's nsenter where the node has it (it enters and execs in
+// about a millisecond), duet's own ns-exec otherwise (network only).
+func (m *Manager) commandIn(run *podRun, container, dir string, argv []string) *exec.Cmd {
 	if argv[0] == "duet" {
 		argv = append([]string{m.Binary}, argv[1:]...) // pods may run duet itself wherever it is installed
 	}
 	if nsenter != "" {
-		return exec.Command(nsenter, append(append(m.nsenterArgs(podNetNS), "--"), argv...)...)
+		args := append([]string{"--net=" + run.sandbox.NetNS}, run.world.EnterArgs(container)...)
+		if dir != "" {
+			args = append(args, "--wd="+dir)
+		}
+		return exec.Command(nsenter, append(append(args, "--"), argv...)...)
 	}
-	return exec.Command(m.Binary, append([]string{"ns-exec", podNetNS, "--"}, argv...)...)
+	return exec.Command(m.Binary, append([]string{"ns-exec", run.sandbox.NetNS, "--"}, argv...)...)
 }
 
 // findPod returns the run of the pod called ref, preferring one that is
@@ -112,9 +106,10 @@ func (m *Manager) Exec(ctx context.Context, ref streaming.ContainerRef, argv []s
 	if _, ok := cr.running(); !ok {
 		return streaming.BadRequest("container %q in pod %s is not running", ref.Container, ref.PodRef)
 	}
-	cmd := m.commandIn(run.sandbox.NetNS, argv)
-	_, cmd.Env = m.containerProcess(run.pod, *c)
-	cmd.Dir = c.WorkingDir
+	cmd := m.commandIn(run, ref.Container, c.WorkingDir, argv)
+	cr.mu.Lock()
+	cmd.Env = cr.env
+	cr.mu.Unlock()
 	// The session's processes die with the agent, and all of them with
 	// the session when its client goes.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
