@@ -56,8 +56,8 @@ func ParseResolvConf(data []byte) (ResolvConf, error) {
 			// A domain line is an old spelling of a one-domain search.
 			c.Searches = nil
 			for _, s := range f[1:] {
-				if s != "." {
-					c.Searches = append(c.Searches, strings.TrimSuffix(s, "."))
+				if s = strings.TrimRight(s, "."); s != "" {
+					c.Searches = append(c.Searches, s)
 				}
 			}
 		case "options":
