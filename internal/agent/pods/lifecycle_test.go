@@ -436,3 +436,37 @@ func deleteAction(e *testEnv) k8stesting.DeleteAction {
 func deleted(e *testEnv) bool { return deleteAction(e) != nil }
 
 func countStore(e *testEnv) (held, cooling int, err error) { return alloc.CountPodIPs(e.store) }
+
+// A hostNetwork pod runs in the node's namespace with the node's
+// InternalIPs as its addresses: no sandbox, no reservation; its world is
+// still its own.
+func TestHostNetworkPod(t *testing.T) {
+	e := newTestEnv(t)
+	p := newPod("hn", corev1.RestartPolicyAlways, "app")
+	p.Spec.HostNetwork = true
+	e.create(t, p)
+	got := e.sync(t, "hn")
+	if _, ok := e.net.requests["uid-hn"]; ok {
+		t.Error("a sandbox was set up for a hostNetwork pod")
+	}
+	if held := e.podAddrs(t, "uid-hn"); len(held) != 0 {
+		t.Errorf("the store holds %v for a hostNetwork pod", held)
+	}
+	want := []corev1.PodIP{{IP: e.m.HostIPs[0].String()}, {IP: e.m.HostIPs[1].String()}}
+	if !slices.Equal(got.Status.PodIPs, want) || got.Status.PodIP != want[0].IP {
+		t.Errorf("podIPs %v, want the node's %v", got.Status.PodIPs, want)
+	}
+	proc := e.run.next(t)
+	if proc.spec.NetNS != e.m.NodeNS {
+		t.Errorf("container runs in %q, want the node's %q", proc.spec.NetNS, e.m.NodeNS)
+	}
+	if !e.worlds.uids["uid-hn"] {
+		t.Error("the pod has no world")
+	}
+	if err := e.m.Sync(context.Background(), "uid-hn", nil); err != nil {
+		t.Fatal(err)
+	}
+	if e.worlds.uids["uid-hn"] {
+		t.Error("the pod's world outlived it")
+	}
+}

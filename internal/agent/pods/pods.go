@@ -218,36 +218,41 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 // start reserves addresses, wires the sandbox and starts the containers;
 // on failure it leaves nothing behind.
 func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err error) {
-	owner := podAttachment(pod.UID)
 	begin := time.Now()
+	stage := begin
+	var sb *sandbox.Sandbox
 	var addrs []netip.Addr
-	err = m.withPodIPs(func(p *alloc.PodIPs) error {
-		var err error
-		addrs, err = p.Reserve(owner, nil)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reserving addresses for %s/%s: %w", pod.Namespace, pod.Name, err)
-	}
-	defer func() {
+	if pod.Spec.HostNetwork {
+		sb, addrs = m.hostSandbox(pod), slices.Clone(m.HostIPs)
+	} else {
+		owner := podAttachment(pod.UID)
+		err = m.withPodIPs(func(p *alloc.PodIPs) error {
+			var err error
+			addrs, err = p.Reserve(owner, nil)
+			return err
+		})
 		if err != nil {
-			m.release(owner)
+			return nil, fmt.Errorf("reserving addresses for %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
-	}()
-	observeStage("ipam", begin)
-	stage := time.Now()
-	m.mu.Lock()
-	cidrs := m.podCIDRs
-	m.mu.Unlock()
-	req := sandbox.Request{ID: string(pod.UID), Bridge: Bridge, IfName: ifName}
-	for i, a := range addrs {
-		cidr := cidrs[i]
-		req.Addrs = append(req.Addrs, netip.PrefixFrom(a, cidr.Bits()))
-		req.Gateways = append(req.Gateways, sandbox.Gateway(cidr).Addr())
-	}
-	sb, err := m.network().Setup(ctx, m.NodeNS, req)
-	if err != nil {
-		return nil, fmt.Errorf("wiring %s/%s: %w", pod.Namespace, pod.Name, err)
+		defer func() {
+			if err != nil {
+				m.release(owner)
+			}
+		}()
+		observeStage("ipam", begin)
+		stage = time.Now()
+		m.mu.Lock()
+		cidrs := m.podCIDRs
+		m.mu.Unlock()
+		req := sandbox.Request{ID: string(pod.UID), Bridge: Bridge, IfName: ifName}
+		for i, a := range addrs {
+			cidr := cidrs[i]
+			req.Addrs = append(req.Addrs, netip.PrefixFrom(a, cidr.Bits()))
+			req.Gateways = append(req.Gateways, sandbox.Gateway(cidr).Addr())
+		}
+		if sb, err = m.network().Setup(ctx, m.NodeNS, req); err != nil {
+			return nil, fmt.Errorf("wiring %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
 	}
 	observeStage("sandbox", stage)
 	stage = time.Now()

@@ -32,7 +32,11 @@ func (m *Manager) commandIn(run *podRun, container, dir string, argv []string) *
 		argv = append([]string{m.Binary}, argv[1:]...) // pods may run duet itself wherever it is installed
 	}
 	if nsenter != "" {
-		args := append([]string{"--net=" + run.sandbox.NetNS}, run.world.EnterArgs(container)...)
+		var args []string
+		if run.sandbox.NetNS != "" {
+			args = append(args, "--net="+run.sandbox.NetNS)
+		}
+		args = append(args, run.world.EnterArgs(container)...)
 		if dir != "" {
 			args = append(args, "--wd="+dir)
 		}

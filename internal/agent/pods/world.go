@@ -15,6 +15,7 @@ import (
 
 	"github.com/duet-net/duet/internal/agent/images"
 	"github.com/duet-net/duet/internal/agent/podroot"
+	"github.com/duet-net/duet/internal/agent/sandbox"
 )
 
 // Worlds makes pods' own UTS and mount namespaces (hostname, /etc/hosts,
@@ -395,4 +396,15 @@ func (r *podRun) addrs() []netip.Addr {
 		out = append(out, p.Addr())
 	}
 	return out
+}
+
+// hostSandbox is where a hostNetwork pod runs: the node's own network
+// namespace, whose InternalIPs are the pod's addresses. It has no veth,
+// and no reservation in the pod-IP store.
+func (m *Manager) hostSandbox(pod *corev1.Pod) *sandbox.Sandbox {
+	sb := &sandbox.Sandbox{ID: string(pod.UID), NetNS: m.NodeNS}
+	for _, a := range m.HostIPs {
+		sb.Addrs = append(sb.Addrs, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return sb
 }
