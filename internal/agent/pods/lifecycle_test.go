@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -469,4 +473,50 @@ func TestHostNetworkPod(t *testing.T) {
 	if e.worlds.uids["uid-hn"] {
 		t.Error("the pod's world outlived it")
 	}
+}
+
+// A readiness probe decides the container's and the pod's Ready, on the
+// probe's schedule: not before its initial delay, false again after a
+// failure.
+func TestReadinessProbe(t *testing.T) {
+	var healthy atomic.Bool
+	healthy.Store(true)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if !healthy.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	ap := netip.MustParseAddrPort(srv.Listener.Addr().String())
+
+	e := newTestEnv(t)
+	e.m.NodeNS = "" // the test's own namespace, where the server listens
+	p := newPod("probed", corev1.RestartPolicyAlways, "app")
+	p.Spec.HostNetwork = true
+	p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{
+		InitialDelaySeconds: 10, PeriodSeconds: 5, FailureThreshold: 1,
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Host: ap.Addr().String(), Port: intstr.FromInt32(int32(ap.Port())), Path: "/healthz"}},
+	}
+	e.create(t, p)
+	ready := func() corev1.ConditionStatus { return condition(e.sync(t, "probed"), corev1.PodReady) }
+	if got := ready(); got != corev1.ConditionFalse {
+		t.Fatalf("Ready %s before the first probe, want False", got)
+	}
+	e.clk.waitTimer(t, 10*time.Second)
+	e.clk.Step(10 * time.Second)
+	e.eventually(t, "Ready after a successful probe", func() error {
+		if got := ready(); got != corev1.ConditionTrue {
+			return fmt.Errorf("Ready %s", got)
+		}
+		return nil
+	})
+	healthy.Store(false)
+	e.clk.waitTimer(t, 5*time.Second)
+	e.clk.Step(5 * time.Second)
+	e.eventually(t, "not Ready after a failed probe", func() error {
+		if got := ready(); got != corev1.ConditionFalse {
+			return fmt.Errorf("Ready %s", got)
+		}
+		return nil
+	})
 }

@@ -110,6 +110,8 @@ type containerRun struct {
 	io       *containerIO // the current instance's streams
 	restarts int32
 	state    corev1.ContainerState
+	// startupDone and ready are the current instance's probe results.
+	startupDone, ready bool
 }
 
 func (m *Manager) network() Network {
@@ -364,7 +366,13 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 		} else {
 			m.poke(pod)
 		}
+		probeCtx, stopProbes := context.WithCancel(ctx)
+		go m.runProbes(probeCtx, pod, c, cr, run, proc)
 		code, _ := proc.Wait()
+		stopProbes()
+		cr.mu.Lock()
+		cr.startupDone, cr.ready = false, false
+		cr.mu.Unlock()
 		cio.finish()
 		reason := "Completed"
 		if code != 0 {
@@ -597,8 +605,12 @@ func (m *Manager) reportStatus(ctx context.Context, pod *corev1.Pod, run *podRun
 			st.ContainerID = fmt.Sprintf("duet://%d", cr.proc.Pid())
 		}
 		cr.mu.Unlock()
-		st.Ready = st.State.Running != nil
-		st.Started = &st.Ready
+		running := st.State.Running != nil
+		cr.mu.Lock()
+		started := running && (c.StartupProbe == nil || cr.startupDone)
+		st.Ready = started && (c.ReadinessProbe == nil || cr.ready)
+		cr.mu.Unlock()
+		st.Started = &started
 		allReady = allReady && st.Ready
 		anyRunning = anyRunning || st.State.Running != nil
 		done := st.State.Terminated != nil
