@@ -69,3 +69,57 @@ func TestMemPodIPStoreRollsBackAFailedUpdate(t *testing.T) {
 		t.Fatal("a write in a read-only transaction succeeded")
 	}
 }
+
+// The in-memory store carves transaction handles and holdings from slabs;
+// neither may be shared: a stale handle's deferred Rollback must not undo
+// a later transaction, and holdings a caller kept must not change when
+// others are written.
+func TestMemPodIPStoreSlabsAreNotShared(t *testing.T) {
+	st := alloc.NewMemPodIPStore()
+	a := netip.MustParseAddr("10.244.1.2")
+	first, err := st.Begin(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.PutHoldings(podiptest.Pod(1), []netip.Addr{a}); err != nil {
+		t.Fatal(err)
+	}
+	kept, _ := first.Holdings(podiptest.Pod(1))
+	if err := first.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 { // more than a slab of handles and of addresses
+		tx, err := st.Begin(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := netip.AddrFrom4([4]byte{10, 244, 2, byte(i)})
+		if err := tx.PutHoldings(podiptest.Pod(2+i), []netip.Addr{b}); err != nil {
+			t.Fatal(err)
+		}
+		if err := first.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		if err := first.PutRecord(b, alloc.PodIPRecord{Holder: podiptest.Pod(1)}); err == nil {
+			t.Fatal("a write through an ended transaction succeeded")
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatalf("transaction %d: %v", i, err)
+		}
+	}
+	if len(kept) != 1 || kept[0] != a {
+		t.Fatalf("holdings kept from the first transaction became %v", kept)
+	}
+	tx, err := st.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	n := 0
+	if err := tx.EachHolding(func(alloc.Attachment, []netip.Addr) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 301 {
+		t.Fatalf("%d attachments hold addresses, want 301 (a stale Rollback undid a later transaction?)", n)
+	}
+}

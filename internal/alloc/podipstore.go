@@ -105,7 +105,20 @@ type MemPodIPStore struct {
 	queue    []queued // sorted as bbolt sorts the keys
 	// undo is the writable transaction's log, reused: it holds mu.
 	undo undoLog
+	// txns and addrs are slabs that writable transactions (holding mu)
+	// carve handles and holdings from, so that a write allocates once per
+	// slab rather than once per call. Nothing carved is ever handed out
+	// twice: a stale handle still reports its end, and a holdings slice a
+	// caller kept is never overwritten.
+	txns  []memTxn
+	addrs []netip.Addr
 }
+
+// slab sizes: a handle is 16 bytes, an address 24.
+const (
+	memTxnSlab  = 64
+	memAddrSlab = 128
+)
 
 type queued struct {
 	at int64
@@ -123,12 +136,18 @@ func NewMemPodIPStore() *MemPodIPStore {
 }
 
 func (m *MemPodIPStore) Begin(writable bool) (PodIPTxn, error) {
-	if writable {
-		m.mu.Lock()
-	} else {
+	if !writable {
 		m.mu.RLock()
+		return &memTxn{m: m, open: true}, nil
 	}
-	return &memTxn{m: m, open: true, writable: writable}, nil
+	m.mu.Lock()
+	if len(m.txns) == 0 {
+		m.txns = make([]memTxn, memTxnSlab)
+	}
+	t := &m.txns[0]
+	m.txns = m.txns[1:]
+	*t = memTxn{m: m, open: true, writable: true}
+	return t, nil
 }
 
 var (
@@ -317,8 +336,27 @@ func (t *memTxn) PutHoldings(o Attachment, addrs []netip.Addr) error {
 	}
 	old, had := t.m.holdings[o]
 	t.m.undo.holdings = append(t.m.undo.holdings, holdingsChange{o, old, had})
-	t.m.holdings[o] = slices.Clone(addrs)
+	t.m.holdings[o] = t.m.keep(addrs)
 	return nil
+}
+
+// keep returns a copy of addrs carved from the address slab (mu held for
+// writing), capped so that appending to it cannot reach its neighbours.
+func (m *MemPodIPStore) keep(addrs []netip.Addr) []netip.Addr {
+	n := len(addrs)
+	if n == 0 {
+		return slices.Clone(addrs) // nil stays nil
+	}
+	if n > memAddrSlab/4 {
+		return slices.Clone(addrs)
+	}
+	if len(m.addrs) < n {
+		m.addrs = make([]netip.Addr, memAddrSlab)
+	}
+	c := m.addrs[:n:n]
+	m.addrs = m.addrs[n:]
+	copy(c, addrs)
+	return c
 }
 
 func (t *memTxn) DeleteHoldings(o Attachment) error {
