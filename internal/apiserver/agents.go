@@ -8,6 +8,9 @@ import (
 	"net/http"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/sets"
+	genericfilters "k8s.io/apiserver/pkg/server/filters"
+
 	"github.com/duet-net/duet/internal/pki"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
 )
@@ -36,3 +39,9 @@ func agentConnection(ca *pki.CA) (registrycore.AgentConnection, error) {
 		IdleConnTimeout:     90 * time.Second,
 	}}, nil
 }
+
+// longRunning tells the API server which requests outlive its request
+// timeout: watches and, as in kube-apiserver, the pods' streams (logs with
+// follow included).
+var longRunning = genericfilters.BasicLongRunningRequestCheck(
+	sets.NewString("watch", "proxy"), sets.NewString("attach", "exec", "proxy", "log", "portforward"))

@@ -233,6 +233,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 
 	config := genericapiserver.NewConfig(Codecs)
+	config.LongRunningFunc = longRunning
 	secure := genericoptions.NewSecureServingOptions()
 	secure.Listener = listener
 	secure.BindAddress = cfg.BindAddress
