@@ -368,13 +368,26 @@ func TestRestartPolicy(t *testing.T) {
 			proc.exit(tt.code)
 			cr := e.container(t, "uid-job", "app")
 			if tt.restart {
-				e.clk.waitTimer(t, time.Second)
-				e.clk.Step(time.Second)
+				// The first restart is at once; the next waits 10 s in
+				// CrashLoopBackOff, with the last termination shown.
+				e.run.next(t).exit(tt.code)
+				e.clk.waitTimer(t, 10*time.Second)
+				e.eventually(t, "CrashLoopBackOff", func() error {
+					cs := e.sync(t, "job").Status.ContainerStatuses[0]
+					if cs.State.Waiting == nil || cs.State.Waiting.Reason != "CrashLoopBackOff" || cs.Ready {
+						return fmt.Errorf("state %+v ready %v", cs.State, cs.Ready)
+					}
+					if cs.LastTerminationState.Terminated == nil || cs.LastTerminationState.Terminated.ExitCode != int32(tt.code) {
+						return fmt.Errorf("last state %+v", cs.LastTerminationState)
+					}
+					return nil
+				})
+				e.clk.Step(10 * time.Second)
 				e.run.next(t)
 				e.eventually(t, "the container runs again", func() error {
 					p := e.sync(t, "job")
 					cs := p.Status.ContainerStatuses[0]
-					if cs.State.Running == nil || cs.RestartCount != 1 {
+					if cs.State.Running == nil || cs.RestartCount != 2 {
 						return fmt.Errorf("state %+v, restarts %d", cs.State, cs.RestartCount)
 					}
 					if p.Status.Phase != tt.phase {

@@ -110,6 +110,8 @@ type containerRun struct {
 	io       *containerIO // the current instance's streams
 	restarts int32
 	state    corev1.ContainerState
+	// lastTerm is how the previous instance ended.
+	lastTerm *corev1.ContainerStateTerminated
 	// startupDone and ready are the current instance's probe results.
 	startupDone, ready bool
 }
@@ -324,7 +326,9 @@ func (m *Manager) containerProcess(ctx context.Context, pod *corev1.Pod, c corev
 // supervise runs a container's command and restarts it per restartPolicy.
 func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Container, cr *containerRun, run *podRun, logDir string) {
 	clk := m.clock()
-	backoff := time.Second
+	// The kubelet's back-off: the first restart at once, then 10 s
+	// doubling to 5 min, and at once again after 10 min of running.
+	var backoff time.Duration
 	first := true
 	startedOnce := func() {
 		if first {
@@ -378,7 +382,11 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 		if code != 0 {
 			reason = "Error"
 		}
-		cr.set(corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, FinishedAt: m.now()}})
+		cr.mu.Lock()
+		started := cr.state.Running.StartedAt
+		term := &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, StartedAt: started, FinishedAt: m.now()}
+		cr.state = corev1.ContainerState{Terminated: term}
+		cr.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
@@ -387,14 +395,26 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 		if !restart {
 			return
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-clk.After(backoff):
+		if term.FinishedAt.Sub(started.Time) >= 10*time.Minute {
+			backoff = 0
 		}
-		backoff = min(2*backoff, 5*time.Minute)
+		if backoff > 0 {
+			cr.mu.Lock()
+			cr.lastTerm = term
+			cr.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff",
+				Message: fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", backoff, c.Name, pod.Name, pod.Namespace, pod.UID)}}
+			cr.mu.Unlock()
+			m.poke(pod)
+			select {
+			case <-ctx.Done():
+				return
+			case <-clk.After(backoff):
+			}
+		}
+		backoff = min(max(2*backoff, 10*time.Second), 5*time.Minute)
 		cr.mu.Lock()
 		cr.restarts++
+		cr.lastTerm = term
 		cr.mu.Unlock()
 	}
 }
@@ -603,6 +623,9 @@ func (m *Manager) reportStatus(ctx context.Context, pod *corev1.Pod, run *podRun
 		st := corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: "", State: cr.state, RestartCount: cr.restarts}
 		if cr.proc != nil {
 			st.ContainerID = fmt.Sprintf("duet://%d", cr.proc.Pid())
+		}
+		if cr.lastTerm != nil {
+			st.LastTerminationState = corev1.ContainerState{Terminated: cr.lastTerm.DeepCopy()}
 		}
 		cr.mu.Unlock()
 		running := st.State.Running != nil

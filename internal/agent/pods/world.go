@@ -172,7 +172,7 @@ func (m *Manager) volume(ctx context.Context, pod *corev1.Pod, info podroot.PodI
 		}
 		out.Files, err = podroot.Project(srcs...)
 	default:
-		return out, errors.New("Duet supports emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes")
+		return out, errors.New("unsupported volume type: duet supports emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes")
 	}
 	return out, err
 }
