@@ -592,7 +592,10 @@ func TestDesiredSubsetsCanonical(t *testing.T) {
 // the Service one write, not one per Pod.
 func TestBurstIsBatched(t *testing.T) {
 	opts := testOptions()
-	opts.BatchPeriod = 500 * time.Millisecond
+	// Long enough for 30 creates on a loaded machine under -race: the
+	// test counts writes per batch, and a period the creates outlast
+	// splits them over more batches.
+	opts.BatchPeriod = 2 * time.Second
 	c := startedCluster(t, opts, service("web", v4), pod("p00", "web", true, 8080, "10.0.0.100"))
 	c.waitEndpoints("web", []string{addr(true, "10.0.0.100", "p00", "http:8080")})
 	c.client.ClearActions()

@@ -857,7 +857,9 @@ func TestStuckCacheFallsBackToLiveList(t *testing.T) {
 // the Service one write, not one per Pod.
 func TestBurstIsBatched(t *testing.T) {
 	opts := testOptions()
-	opts.BatchPeriod = 500 * time.Millisecond
+	// Long enough for 30 creates on a loaded machine under -race (see the
+	// endpoints controller's test of the same name).
+	opts.BatchPeriod = 2 * time.Second
 	c := startedCluster(t, opts, node("n1", nil), service("web", v4), pod("p00", "web", "n1", true, 8080, "10.0.0.100"))
 	c.waitEndpoints("web", map[discovery.AddressType][]string{ipv4: {readyEP("10.0.0.100", "p00", "n1", "-", "http:8080")}})
 	c.client.ClearActions()
