@@ -17,14 +17,19 @@ func TestGracefulPodDeletion(t *testing.T) {
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "got-term")
 	manifest := filepath.Join(dir, "pods.yaml")
-	// Containers are host processes, so they can leave a file where the
-	// test reads it.
+	// A container writes into its own root file system; a hostPath volume
+	// lets it leave a file where the test reads it.
 	writeFile(t, manifest, fmt.Sprintf(`
 apiVersion: v1
 kind: Pod
 metadata: {name: polite}
 spec:
-  containers: [{name: c, image: ignored, command: [bash, -c, 'trap "echo TERM > %s; exit 0" TERM; while true; do sleep 0.1; done']}]
+  volumes: [{name: out, hostPath: {path: %s}}]
+  containers:
+  - name: c
+    image: ignored
+    command: [bash, -c, 'trap "echo TERM > /out/got-term; exit 0" TERM; while true; do sleep 0.1; done']
+    volumeMounts: [{name: out, mountPath: /out}]
 ---
 apiVersion: v1
 kind: Pod
@@ -32,7 +37,7 @@ metadata: {name: stubborn}
 spec:
   terminationGracePeriodSeconds: 2
   containers: [{name: c, image: ignored, command: [bash, -c, 'trap "" TERM; while true; do sleep 0.1; done']}]
-`, marker))
+`, dir))
 	kubectl(t, kubeconfig, "apply", "-f", manifest)
 	kubectl(t, kubeconfig, "wait", "--for=condition=Ready", "pod/polite", "pod/stubborn", "--timeout=60s")
 

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -18,11 +19,27 @@ import (
 // unlocked: the runtime ends the thread with the goroutine, so whatever
 // namespaces, root or file system information fn gave the thread leave with
 // it and no other goroutine ever runs there.
+//
+// The process's main thread is never ended (the runtime wedges it instead),
+// and /proc/self names it: fn must not change it. A goroutine that lands
+// there holds it while fn runs on another thread, and lets it go unchanged.
 func onThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		errc <- fn()
+		if unix.Gettid() != unix.Getpid() {
+			errc <- fn()
+			return
+		}
+		inner := make(chan error, 1)
+		go func() {
+			// This thread is locked: the goroutine starts on another one.
+			runtime.LockOSThread()
+			inner <- fn()
+		}()
+		err := <-inner
+		runtime.UnlockOSThread()
+		errc <- err
 	}()
 	return <-errc
 }
@@ -76,6 +93,7 @@ func isPinned(path string) bool {
 
 // Where things live inside the template namespace, under its scratch
 // tmpfs (mounted on the pin directory, which the template does not need).
+// Each container's root is in c.NAME.
 const (
 	scratchUpper = "upper"
 	scratchWork  = "work"
@@ -87,21 +105,17 @@ const (
 type templatePlan struct {
 	// scratch is where the template mounts its tmpfs: the pin directory.
 	scratch string
-	// files are bind-mounted over the pod's files: /etc/hosts → host file.
-	files [][2]string
 	// memory are the emptyDir volumes of medium Memory, by name, with their
 	// size limits in bytes (0: the tmpfs default, half the memory).
 	memory map[string]int64
 }
 
 // buildTemplate makes the pod's template mount namespace on a thread of its
-// own and returns a file descriptor of it. The template is a copy of the
-// caller's mount table with, on the scratch tmpfs, the pod's root: an
-// overlay of / with a writable layer on the scratch, the other mounts of /
-// bound in recursively, and the pod's files bound on top. The containers'
-// namespaces are copies of the template, each pivoted into that root.
-// Nothing here is seen by the caller's mount namespace: its mounts are
-// slaves of the caller's, never the other way round.
+// own and returns a file descriptor of it: a copy of the caller's mount
+// table without pinned mount namespaces, with a scratch tmpfs holding the
+// Memory emptyDirs, which the containers' namespaces, copies of the
+// template, share. Nothing here is seen by the caller's mount namespace: its
+// mounts are slaves of the caller's, never the other way round.
 func buildTemplate(p templatePlan) (int, error) {
 	fd := -1
 	err := onThread(func() error {
@@ -126,33 +140,9 @@ func buildTemplate(p templatePlan) (int, error) {
 		if err := unix.Mount("duet-podroot", p.scratch, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
 			return fmt.Errorf("scratch tmpfs on %s: %w", p.scratch, err)
 		}
-		for _, d := range []string{scratchUpper, scratchWork, scratchRoot, scratchVol} {
-			if err := os.Mkdir(filepath.Join(p.scratch, d), 0o755); err != nil {
-				return err
-			}
-		}
-		root := filepath.Join(p.scratch, scratchRoot)
-		opts := fmt.Sprintf("lowerdir=/,upperdir=%s,workdir=%s", filepath.Join(p.scratch, scratchUpper), filepath.Join(p.scratch, scratchWork))
-		if err := unix.Mount("duet-podroot", root, "overlay", 0, opts); err != nil {
-			return fmt.Errorf("overlay of / on %s: %w", root, err)
-		}
-		if ms, err = netns.Mounts(); err != nil {
+		if err := os.Mkdir(filepath.Join(p.scratch, scratchVol), 0o755); err != nil {
 			return err
 		}
-		for _, mp := range childrenOfRoot(ms, p.scratch) {
-			if err := unix.Mount(mp, filepath.Join(root, mp), "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-				return fmt.Errorf("bind %s into the pod's root: %w", mp, err)
-			}
-		}
-		// A recursive bind of the mount holding the scratch brought a copy of
-		// the scratch along.
-		_ = netns.Unmount(filepath.Join(root, p.scratch))
-
-		rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(rootFD)
 		for name, size := range p.memory {
 			dir := filepath.Join(p.scratch, scratchVol, name)
 			if err := os.Mkdir(dir, 0o777); err != nil {
@@ -164,15 +154,6 @@ func buildTemplate(p templatePlan) (int, error) {
 			}
 			if err := unix.Mount("duet-emptydir", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 				return fmt.Errorf("tmpfs for emptyDir %s: %w", name, err)
-			}
-		}
-		w := &world{rootFD: rootFD}
-		if w.rootMnt, err = mountID(rootFD); err != nil {
-			return err
-		}
-		for _, f := range p.files {
-			if err := w.bind(f[0], "", f[1], false); err != nil {
-				return err
 			}
 		}
 		fd, err = unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -223,10 +204,19 @@ type bindPlan struct {
 	readOnly  bool
 }
 
-// buildContainer makes a container's mount namespace, a copy of the
-// template (tmplFD) with its own bind mounts, pivoted into the pod's root,
-// and returns a file descriptor of it.
-func buildContainer(tmplFD int, scratch string, binds []bindPlan) (int, error) {
+// buildContainer makes a container's mount namespace and returns a file
+// descriptor of it: a copy of the template (tmplFD) with, on the scratch
+// tmpfs, the container's root (an overlay of / with its own writable layer,
+// so that what a container writes, mount points included, is its own, the
+// other mounts of / bound in recursively), the pod's files and the
+// container's volumes and image files bound on top, pivoted into that root.
+//
+// The kernel refuses to pin a mount namespace from a thread whose own mount
+// namespace has an ID not below it (so that none can hold itself), and
+// since Linux 6.18 IDs come from per-CPU batches: a namespace made later on
+// another CPU may get a lower one. So the copy is made again, on the other
+// CPUs in turn, until its ID is above pinnerID, the pinning thread's.
+func buildContainer(tmplFD int, pinnerID uint64, scratch, name string, files [][2]string, binds []bindPlan) (int, error) {
 	fd := -1
 	err := onThread(func() error {
 		// A thread sharing its file system information with others may not
@@ -237,10 +227,32 @@ func buildContainer(tmplFD int, scratch string, binds []bindPlan) (int, error) {
 		if err := unix.Setns(tmplFD, unix.CLONE_NEWNS); err != nil {
 			return fmt.Errorf("enter the pod's template mount namespace: %w", err)
 		}
-		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			return fmt.Errorf("new mount namespace: %w", err)
+		if err := unshareAbove(tmplFD, pinnerID); err != nil {
+			return err
 		}
-		root := filepath.Join(scratch, scratchRoot)
+		dir := filepath.Join(scratch, "c."+name)
+		for _, d := range []string{"", scratchUpper, scratchWork, scratchRoot} {
+			if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+				return err
+			}
+		}
+		root := filepath.Join(dir, scratchRoot)
+		opts := fmt.Sprintf("lowerdir=/,upperdir=%s,workdir=%s", filepath.Join(dir, scratchUpper), filepath.Join(dir, scratchWork))
+		if err := unix.Mount("duet-podroot", root, "overlay", 0, opts); err != nil {
+			return fmt.Errorf("overlay of / on %s: %w", root, err)
+		}
+		ms, err := netns.Mounts()
+		if err != nil {
+			return err
+		}
+		for _, mp := range childrenOfRoot(ms, scratch) {
+			if err := unix.Mount(mp, filepath.Join(root, mp), "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+				return fmt.Errorf("bind %s into the container's root: %w", mp, err)
+			}
+		}
+		// A recursive bind of the mount holding the scratch brought a copy of
+		// the scratch along.
+		_ = netns.Unmount(filepath.Join(root, scratch))
 		rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return err
@@ -249,6 +261,11 @@ func buildContainer(tmplFD int, scratch string, binds []bindPlan) (int, error) {
 		w := &world{rootFD: rootFD}
 		if w.rootMnt, err = mountID(rootFD); err != nil {
 			return err
+		}
+		for _, f := range files {
+			if err := w.bind(f[0], "", f[1], false); err != nil {
+				return err
+			}
 		}
 		for _, b := range binds {
 			if b.createSub && b.subPath != "" {
@@ -283,6 +300,55 @@ func buildContainer(tmplFD int, scratch string, binds []bindPlan) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// unshareAbove moves the calling thread, in the template namespace
+// tmplFD, into a new copy of it whose ID is above min (see buildContainer).
+func unshareAbove(tmplFD int, min uint64) error {
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
+		return fmt.Errorf("CPU affinity: %w", err)
+	}
+	var ids []uint64
+	for cpu := 0; ; cpu++ {
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("new mount namespace: %w", err)
+		}
+		id, ok := MountNSID("/proc/thread-self/ns/mnt")
+		if !ok || id > min {
+			return nil
+		}
+		ids = append(ids, id)
+		for cpu < 1024 && !cpus.IsSet(cpu) {
+			cpu++
+		}
+		if cpu >= 1024 {
+			return fmt.Errorf("new mount namespaces got IDs %v on every CPU, none above the agent's %d: it could not pin them", ids, min)
+		}
+		if err := unix.Setns(tmplFD, unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("back to the pod's template mount namespace: %w", err)
+		}
+		var one unix.CPUSet
+		one.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			return fmt.Errorf("CPU affinity: %w", err)
+		}
+	}
+}
+
+// MountNSID is the ID of the mount namespace at path (NS_GET_MNTNS_ID,
+// Linux 6.10 on); false when the kernel does not tell.
+func MountNSID(path string) (uint64, bool) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, false
+	}
+	defer unix.Close(fd)
+	var id uint64
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.NS_GET_MNTNS_ID, uintptr(unsafe.Pointer(&id))); e != 0 {
+		return 0, false
+	}
+	return id, true
 }
 
 // world is a pod's root being built, open.

@@ -19,14 +19,16 @@
 //
 // How a container's mount namespace is made, on fresh OS threads that never
 // go back to the Go scheduler: a template namespace, a slave copy of the
-// agent's (nothing propagates back to the host), mounts a tmpfs on the pin
-// directory, an overlay with lowerdir=/ and its upper and work directories
-// on that tmpfs, binds the host's other mounts (/proc, /sys, /dev, /run,
-// ...) recursively into it, then the pod's files and its Memory emptyDirs.
-// Each container's namespace is a copy of the template with the
-// container's volume mounts and image files, pivoted into the overlay, the
-// old root detached. The template is not pinned; the containers' copies
-// keep what they need of it.
+// agent's (nothing propagates back to the host) without its pinned mount
+// namespaces, mounts a tmpfs on the pin directory and the Memory emptyDirs
+// on it. Each container's namespace is a copy of the template that mounts
+// on that tmpfs an overlay with lowerdir=/ and its own upper and work
+// directories (a container's writes, mount points included, are its own,
+// as its root file system would be), binds the host's other mounts (/proc,
+// /sys, /dev, /run, ...) recursively into it, then the pod's files, the
+// container's volumes and its image files, and pivots into it, the old root
+// detached. The template is not pinned; the containers' copies keep what
+// they need of it.
 //
 // Content volumes (configMap, secret, downwardAPI, projected) are written
 // by the agent in StateDir/podroot/pods/UID/volumes/NAME in the kubelet's
@@ -281,8 +283,9 @@ func Create(ctx context.Context, stateDir string, s *Spec) (_ *Root, err error) 
 		return nil, err
 	}
 	plan := templatePlan{scratch: pinDir(stateDir), memory: map[string]int64{}}
+	var etc [][2]string // host file → in-pod path
 	for _, f := range files {
-		plan.files = append(plan.files, [2]string{filepath.Join(state, "etc", path.Base(f)), f})
+		etc = append(etc, [2]string{filepath.Join(state, "etc", path.Base(f)), f})
 	}
 	for _, v := range s.Volumes {
 		if v.EmptyDir != nil && v.EmptyDir.Medium == corev1.StorageMediumMemory {
@@ -294,11 +297,14 @@ func Create(ctx context.Context, stateDir string, s *Spec) (_ *Root, err error) 
 		return nil, err
 	}
 	defer unix.Close(tmpl)
+	// Pins are mounted from this goroutine's thread, in the agent's mount
+	// namespace, as every thread but those of onThread is.
+	pinner, _ := MountNSID("/proc/thread-self/ns/mnt")
 	for _, c := range s.Containers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		fd, err := buildContainer(tmpl, plan.scratch, s.binds(state, plan.scratch, c))
+		fd, err := buildContainer(tmpl, pinner, plan.scratch, c.Name, etc, s.binds(state, plan.scratch, c))
 		if err != nil {
 			return nil, fmt.Errorf("container %s: %w", c.Name, err)
 		}

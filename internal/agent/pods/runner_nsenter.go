@@ -58,7 +58,12 @@ func (r NSEnterRunner) command(spec ProcessSpec) (*exec.Cmd, error) {
 			args = append(args, "--net="+spec.NetNS)
 		}
 		args = append(args, spec.NSArgs...)
-		if spec.Dir != "" {
+		switch {
+		case spec.Dir != "" && len(spec.NSArgs) > 0:
+			// nsenter's --wd opens the directory before it enters the mount
+			// namespace, on the host: change to it inside the pod's root.
+			argv = append([]string{"/bin/sh", "-c", `cd "$0" && exec "$@"`, spec.Dir}, argv...)
+		case spec.Dir != "":
 			args = append(args, "--wd="+spec.Dir)
 		}
 		args = append(args, "--")

@@ -108,6 +108,13 @@ func (m *Manager) worldSpec(ctx context.Context, pod *corev1.Pod, addrs []netip.
 		DNSPolicy: pod.Spec.DNSPolicy, DNSConfig: pod.Spec.DNSConfig,
 		ClusterDNS: m.ClusterDNS,
 	}
+	if len(s.ClusterDNS) == 0 {
+		dns, err := m.kubeDNS(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.ClusterDNS = dns
+	}
 	if pod.Spec.SetHostnameAsFQDN != nil {
 		s.SetHostnameAsFQDN = *pod.Spec.SetHostnameAsFQDN
 	}
@@ -407,4 +414,25 @@ func (m *Manager) hostSandbox(pod *corev1.Pod) *sandbox.Sandbox {
 		sb.Addrs = append(sb.Addrs, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return sb
+}
+
+// kubeDNS are the cluster IPs of the kube-system/kube-dns Service, primary
+// family first, or none when there is no such Service (ClusterFirst pods
+// then get the node's resolvers, as the kubelet gives them without
+// --cluster-dns).
+func (m *Manager) kubeDNS(ctx context.Context) ([]netip.Addr, error) {
+	svc, err := m.Client.CoreV1().Services(metav1.NamespaceSystem).Get(ctx, "kube-dns", metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the kube-dns Service: %w", err)
+	}
+	var out []netip.Addr
+	for _, ip := range svc.Spec.ClusterIPs {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out, nil
 }
