@@ -263,7 +263,8 @@ func TestStreaming(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var errb bytes.Buffer
+				// Polled below while kubectl still writes it.
+				var errb roottest.Buffer
 				pf.Stderr = &errb
 				if err := pf.Start(); err != nil {
 					t.Fatal(err)
