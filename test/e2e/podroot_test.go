@@ -142,7 +142,7 @@ func TestPodWorld(t *testing.T) {
 		kubectl(t, kubeconfig, "run", fmt.Sprintf("t%d", i), "--image=ignored", "--restart=Never",
 			`--overrides={"spec":{"nodeSelector":{"kubernetes.io/hostname":"node2"}}}`, "--command", "--", "sleep", "3600")
 	}
-	kubectl(t, kubeconfig, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s")
+	kubectl(t, kubeconfig, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=300s")
 	m := agentMetrics(t, dataDir, "node2")
 	for _, stage := range []string{"world", "sandbox", "total"} {
 		t.Logf("node2, stage %s: %s", stage, histogramMedian(m, stage))
