@@ -355,7 +355,7 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
 			return
 		}
-		proc, err := cio.start(m.runner(), ProcessSpec{Argv: argv, Env: env, Dir: c.WorkingDir, NetNS: run.sandbox.NetNS, NSArgs: run.world.EnterArgs(c.Name)})
+		proc, err := cio.start(m.runner(), run.processSpec(c, argv, env))
 		if err != nil {
 			cio.finish()
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
@@ -370,13 +370,9 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 		} else {
 			m.poke(pod)
 		}
-		probeCtx, stopProbes := context.WithCancel(ctx)
-		go m.runProbes(probeCtx, pod, c, cr, run, proc)
+		stopProbes := m.startProbes(ctx, pod, c, cr, run, proc, clk.Now())
 		code, _ := proc.Wait()
 		stopProbes()
-		cr.mu.Lock()
-		cr.startupDone, cr.ready = false, false
-		cr.mu.Unlock()
 		cio.finish()
 		reason := "Completed"
 		if code != 0 {
