@@ -114,6 +114,10 @@ type fakeRunner struct {
 	// ignoreTERM makes new processes ignore SIGTERM, as a slow shutdown.
 	ignoreTERM bool
 	startErr   error
+	// byCommand takes the processes whose argv[0] is a key (exec probes'
+	// commands) instead of started; count leaves them out.
+	byCommand map[string]chan *fakeProcess
+	probes    int
 }
 
 func newFakeRunner() *fakeRunner { return &fakeRunner{started: make(chan *fakeProcess, 100)} }
@@ -124,10 +128,40 @@ func (r *fakeRunner) Start(spec ProcessSpec) (Process, error) {
 	if r.startErr != nil {
 		return nil, r.startErr
 	}
-	p := &fakeProcess{spec: spec, pid: 1000 + len(r.procs), exited: make(chan struct{}), signals: make(chan syscall.Signal, 10), ignoreTERM: r.ignoreTERM}
+	p := &fakeProcess{spec: spec, pid: 1000 + len(r.procs) + r.probes, exited: make(chan struct{}), signals: make(chan syscall.Signal, 10), ignoreTERM: r.ignoreTERM}
+	if ch, ok := r.byCommand[spec.Argv[0]]; ok {
+		r.probes++
+		ch <- p
+		return p, nil
+	}
 	r.procs = append(r.procs, p)
 	r.started <- p
 	return p, nil
+}
+
+// route sends the processes of command cmd to a channel of their own
+// (buffered: the probe that started one does not wait for the test).
+func (r *fakeRunner) route(cmd string) chan *fakeProcess {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.byCommand == nil {
+		r.byCommand = map[string]chan *fakeProcess{}
+	}
+	ch := make(chan *fakeProcess, 100)
+	r.byCommand[cmd] = ch
+	return ch
+}
+
+// nextOf returns the next process of ch, failing the test after a while.
+func nextOf(t *testing.T, ch chan *fakeProcess, what string) *fakeProcess {
+	t.Helper()
+	select {
+	case p := <-ch:
+		return p
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no %s process started within 10 s", what)
+		return nil
+	}
 }
 
 func (r *fakeRunner) count() int {

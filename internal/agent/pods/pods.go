@@ -355,7 +355,7 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
 			return
 		}
-		proc, err := cio.start(m.runner(), ProcessSpec{Argv: argv, Env: env, Dir: c.WorkingDir, NetNS: run.sandbox.NetNS, NSArgs: run.world.EnterArgs(c.Name)})
+		proc, err := cio.start(m.runner(), run.processSpec(c, argv, env))
 		if err != nil {
 			cio.finish()
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})
@@ -370,13 +370,9 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 		} else {
 			m.poke(pod)
 		}
-		probeCtx, stopProbes := context.WithCancel(ctx)
-		go m.runProbes(probeCtx, pod, c, cr, run, proc)
+		stopProbes := m.startProbes(ctx, pod, c, cr, run, proc, clk.Now())
 		code, _ := proc.Wait()
 		stopProbes()
-		cr.mu.Lock()
-		cr.startupDone, cr.ready = false, false
-		cr.mu.Unlock()
 		cio.finish()
 		reason := "Completed"
 		if code != 0 {
@@ -615,7 +611,7 @@ func (m *Manager) reportStatus(ctx context.Context, pod *corev1.Pod, run *podRun
 	if s.StartTime == nil {
 		s.StartTime = &run.started
 	}
-	allReady, anyRunning, allDone, anyFailed := true, false, true, false
+	allReady := true
 	s.ContainerStatuses = nil
 	for _, c := range pod.Spec.Containers {
 		cr := run.containers[c.Name]
@@ -635,26 +631,9 @@ func (m *Manager) reportStatus(ctx context.Context, pod *corev1.Pod, run *podRun
 		cr.mu.Unlock()
 		st.Started = &started
 		allReady = allReady && st.Ready
-		anyRunning = anyRunning || st.State.Running != nil
-		done := st.State.Terminated != nil
-		allDone = allDone && done
-		anyFailed = anyFailed || done && st.State.Terminated.ExitCode != 0
 		s.ContainerStatuses = append(s.ContainerStatuses, st)
 	}
-	switch {
-	case anyRunning || !allDone:
-		s.Phase = corev1.PodRunning
-		if !anyRunning {
-			s.Phase = corev1.PodPending
-		}
-	case anyFailed:
-		s.Phase = corev1.PodFailed
-	default:
-		s.Phase = corev1.PodSucceeded
-	}
-	if pod.Spec.RestartPolicy == corev1.RestartPolicyAlways && allDone {
-		s.Phase = corev1.PodRunning // it will be restarted
-	}
+	s.Phase = podPhase(pod.Spec.RestartPolicy, s.ContainerStatuses)
 	now := m.now()
 	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
 		status := corev1.ConditionFalse
@@ -673,8 +652,9 @@ func (m *Manager) reportStatus(ctx context.Context, pod *corev1.Pod, run *podRun
 		cond(corev1.PodInitialized, true),
 		cond(corev1.PodReadyToStartContainers, true),
 		cond(corev1.ContainersReady, allReady),
-		cond(corev1.PodReady, allReady),
+		cond(corev1.PodReady, allReady && readinessGatesTrue(pod)),
 	}
+	s.Conditions = append(s.Conditions, othersConditions(pod.Status.Conditions, s.Conditions)...)
 	if equalStatus(&pod.Status, s) {
 		return nil
 	}

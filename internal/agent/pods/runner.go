@@ -3,6 +3,8 @@ package pods
 import (
 	"io"
 	"syscall"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Runner starts container processes in a pod's namespaces. The real one
@@ -45,4 +47,10 @@ type Process interface {
 	// Signal sends sig to the process's group, which is the container:
 	// children it started go with it.
 	Signal(sig syscall.Signal) error
+}
+
+// processSpec is a process of container c: its own or an exec probe's,
+// the one place that says which namespaces and directory they run in.
+func (run *podRun) processSpec(c corev1.Container, argv, env []string) ProcessSpec {
+	return ProcessSpec{Argv: argv, Env: env, Dir: c.WorkingDir, NetNS: run.sandbox.NetNS, NSArgs: run.world.EnterArgs(c.Name)}
 }

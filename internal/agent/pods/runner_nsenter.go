@@ -79,11 +79,12 @@ type hostProcess struct{ cmd *exec.Cmd }
 
 func (p *hostProcess) Pid() int { return p.cmd.Process.Pid }
 
+// Wait reports a process killed by a signal as exiting with 128+signal,
+// as container runtimes do (137 for SIGKILL, 143 for SIGTERM).
 func (p *hostProcess) Wait() (int, error) {
 	err := p.cmd.Wait()
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		return exit.ExitCode(), nil
+	if code, ok := exitCode(err); ok {
+		return code, nil
 	}
 	return 0, err
 }

@@ -1,8 +1,8 @@
 // Package probe runs one attempt of a Kubernetes container probe
-// (httpGet, tcpSocket, exec) and says whether it succeeded, as the
+// (httpGet, tcpSocket, exec, grpc) and says whether it succeeded, as the
 // kubelet's prober does; the schedule (delays, periods, thresholds) is
-// the caller's. Connections are made through a dialer the caller gives,
-// so that they start inside the pod's network namespace.
+// the caller's. Connections are made through a dialer the caller gives
+// (NetNSDial), so that they start inside the pod's network namespace.
 package probe
 
 import (
@@ -20,6 +20,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // Target is what a probe checks.
@@ -28,7 +30,8 @@ type Target struct {
 	PodIP netip.Addr
 	// Ports are the container's ports, for named probe ports.
 	Ports []corev1.ContainerPort
-	// Dial connects as from inside the pod's network namespace.
+	// Dial connects as from inside the pod's network namespace
+	// (NetNSDial); nil dials from the caller's own.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Exec runs argv in the container and returns its exit code.
 	Exec func(ctx context.Context, argv []string) (int, error)
@@ -55,7 +58,7 @@ func Run(ctx context.Context, p *corev1.Probe, t Target) error {
 		if err != nil {
 			return err
 		}
-		conn, err := t.Dial(ctx, "tcp", net.JoinHostPort(host(p.TCPSocket.Host, t), strconv.Itoa(port)))
+		conn, err := t.dial(ctx, "tcp", net.JoinHostPort(host(p.TCPSocket.Host, t), strconv.Itoa(port)))
 		if err != nil {
 			return err
 		}
@@ -73,9 +76,38 @@ func Run(ctx context.Context, p *corev1.Probe, t Target) error {
 		}
 		return nil
 	case p.GRPC != nil:
-		return errors.New("gRPC probes are not supported by Duet yet")
+		return grpcHealth(ctx, p.GRPC, t)
 	}
 	return errors.New("probe has no handler")
+}
+
+func (t Target) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	if t.Dial != nil {
+		return t.Dial(ctx, network, address)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
+
+// NetNSDial returns a Dial whose sockets are made inside the network
+// namespace at path ("" is the caller's own). A socket stays in the
+// namespace it was made in, so the connection is then used from any
+// thread.
+func NetNSDial(path string) func(ctx context.Context, network, address string) (net.Conn, error) {
+	if path == "" {
+		var d net.Dialer
+		return d.DialContext
+	}
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		var conn net.Conn
+		err := netns.Do(path, func() error {
+			var d net.Dialer
+			var err error
+			conn, err = d.DialContext(ctx, network, address)
+			return err
+		})
+		return conn, err
+	}
 }
 
 func host(h string, t Target) string {
@@ -137,7 +169,7 @@ func httpGet(ctx context.Context, g *corev1.HTTPGetAction, t Target) error {
 	}
 	client := &http.Client{
 		Transport: &http.Transport{
-			DialContext:       t.Dial,
+			DialContext:       t.dial,
 			DisableKeepAlives: true,
 			// Probes check that a server answers, not who it is.
 			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec
