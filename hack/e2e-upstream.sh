@@ -46,7 +46,11 @@ for _ in $(seq 1800); do
 done
 grep -q '^Cluster ready' "$ARTIFACTS/up.log" || { echo "e2e-upstream: cluster not ready after 3 minutes" >&2; cat "$ARTIFACTS/up.log" >&2; exit 1; }
 
-echo "e2e-upstream: focus '$FOCUS', skip '$SKIP', $NODES parallel nodes"
+# The framework counts the cluster's nodes only in Ginkgo's first process;
+# the others would skip every test that needs two nodes ("Requires at least
+# 2 nodes (not -1)"), so the count is passed to all of them.
+NUM_NODES=$(kubectl --kubeconfig "$DATA_DIR/admin.kubeconfig" get nodes -o name | wc -l)
+echo "e2e-upstream: focus '$FOCUS', skip '$SKIP', $NODES parallel processes, $NUM_NODES cluster nodes"
 start=$(date +%s)
 set +e
 root=$PWD
@@ -55,7 +59,7 @@ root=$PWD
 (cd test/upstream && "$root/bin/ginkgo" --nodes="$NODES" --timeout="$TIMEOUT" --no-color --focus="$FOCUS" --skip="$SKIP" \
   --junit-report="$ARTIFACTS/junit.xml" --output-dir="$ARTIFACTS" \
   "$root/bin/e2e.test" -- \
-  --kubeconfig "$DATA_DIR/admin.kubeconfig" --provider skeleton \
+  --kubeconfig "$DATA_DIR/admin.kubeconfig" --provider skeleton --num-nodes "$NUM_NODES" \
   --report-dir "$ARTIFACTS") 2>&1 | tee "$ARTIFACTS/e2e.log"
 rc=${PIPESTATUS[0]}
 set -e
