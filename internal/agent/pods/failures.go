@@ -27,6 +27,7 @@ const (
 const (
 	EventFailed        = "Failed"
 	EventInspectFailed = "InspectFailed"
+	EventFailedMount   = "FailedMount"
 )
 
 // failureReason is the waiting reason of an error containerProcess gave.
@@ -66,17 +67,21 @@ func (m *Manager) cannotStart(pod *corev1.Pod, c corev1.Container, cr *container
 			reason = EventInspectFailed
 		}
 		// Every attempt: the event correlator counts repeats in one event.
-		m.Events.Eventf(containerRef(pod, c.Name), corev1.EventTypeWarning, reason, "Error: %v", err)
+		m.Events.Eventf(objectRef(pod, c.Name), corev1.EventTypeWarning, reason, "Error: %v", err)
 	}
 	return changed
 }
 
-// containerRef is a container of a pod as events name it.
-func containerRef(pod *corev1.Pod, container string) *corev1.ObjectReference {
-	return &corev1.ObjectReference{
+// objectRef is a pod, or one of its containers, as events name it.
+func objectRef(pod *corev1.Pod, container string) *corev1.ObjectReference {
+	ref := &corev1.ObjectReference{
 		Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID,
-		ResourceVersion: pod.ResourceVersion, FieldPath: "spec.containers{" + container + "}",
+		ResourceVersion: pod.ResourceVersion,
 	}
+	if container != "" {
+		ref.FieldPath = "spec.containers{" + container + "}"
+	}
+	return ref
 }
 
 // waitToRetryStart waits before the next attempt to start a container

@@ -201,6 +201,27 @@ func TestStartRetryBacksOff(t *testing.T) {
 	}
 }
 
+// A volume whose ConfigMap is missing fails the pod's start, which is
+// retried, with a FailedMount event naming the volume.
+func TestFailedMountEvent(t *testing.T) {
+	e := newTestEnv(t)
+	rec := newEventRecorder()
+	e.m.Events = rec
+	p := newPod("web", corev1.RestartPolicyAlways, "app")
+	p.Spec.Volumes = []corev1.Volume{{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+		LocalObjectReference: corev1.LocalObjectReference{Name: "absent"}}}}}
+	p = e.create(t, p)
+	if err := e.m.Sync(context.Background(), p.UID, p); err == nil {
+		t.Fatal("Sync of a pod whose volume's ConfigMap is missing succeeded")
+	}
+	ev := rec.next(t)
+	for _, want := range []string{"Pod default/web uid-web : Warning FailedMount", `volume "cfg"`, `"absent"`} {
+		if !strings.Contains(ev, want) {
+			t.Errorf("event %q lacks %q", ev, want)
+		}
+	}
+}
+
 func containsString(l []string, s string) bool {
 	for _, x := range l {
 		if x == s {

@@ -127,6 +127,11 @@ func (m *Manager) worldSpec(ctx context.Context, pod *corev1.Pod, addrs []netip.
 	for i, v := range pod.Spec.Volumes {
 		vol, err := m.volume(ctx, pod, info, v)
 		if err != nil {
+			if m.Events != nil {
+				// The kubelet's event for a volume it cannot set up; the
+				// pod's start is tried again.
+				m.Events.Eventf(objectRef(pod, ""), corev1.EventTypeWarning, EventFailedMount, "MountVolume.SetUp failed for volume %q: %v", v.Name, err)
+			}
 			return nil, &ContainerConfigError{Reason: "CreateContainerConfigError", Err: fmt.Errorf("spec.volumes[%d] (%s): %w", i, v.Name, err)}
 		}
 		s.Volumes = append(s.Volumes, vol)
