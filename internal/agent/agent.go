@@ -190,8 +190,10 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 
 	factory := informers.NewSharedInformerFactory(client, 0)
 	nodes := factory.Core().V1().Nodes()
-	// All Services, for containers' service-link variables.
+	// All Services, for containers' service-link variables (Informer
+	// registers it before Start).
 	services := factory.Core().V1().Services()
+	services.Informer()
 	// One key: routes are recomputed from all nodes whatever changed.
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	defer queue.ShutDown()
