@@ -93,6 +93,13 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: paused}
+spec:
+  terminationGracePeriodSeconds: 60
+  containers: [{name: c, image: "registry.k8s.io/pause:3.10.2"}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: missing}
 spec:
   containers: [{name: c, image: "nginx:1.27"}]
@@ -124,8 +131,9 @@ func waitingReason(p corev1.Pod) string {
 // args only (the built-in table's /agnhost, here the duet binary found
 // on PATH as agnhost), an image from --images with its default cmd, a
 // command over an image's entrypoint with $(VAR) expansion, the
-// Services' variables of both families, enableServiceLinks false, and
-// images that cannot run, with the reason in the status and an Event.
+// Services' variables of both families, enableServiceLinks false, the
+// pause image, and images that cannot run, with the reason in the
+// status and an Event.
 func TestImages(t *testing.T) {
 	dir := t.TempDir()
 	// A stand-in for upstream's agnhost: duet's netexec answers
@@ -170,7 +178,7 @@ func TestImages(t *testing.T) {
 	// (the kubelet's race, and the workaround it documents).
 	apply("pods.yaml", fmt.Sprintf(imagesPods, envScript))
 	if out, err := exec.Command("kubectl", "--kubeconfig", kubeconfig, "wait", "--for=condition=Ready",
-		"pod/ag-args", "pod/tools", "pod/env", "pod/nolinks", "--timeout=90s").CombinedOutput(); err != nil {
+		"pod/ag-args", "pod/tools", "pod/env", "pod/nolinks", "pod/paused", "--timeout=90s").CombinedOutput(); err != nil {
 		pods, _ := exec.Command("kubectl", "--kubeconfig", kubeconfig, "get", "pods", "-o", "wide").CombinedOutput()
 		t.Fatalf("pods not Ready: %v\n%s\n%s\nagent log:\n%s", err, out, pods, harness.Tail(filepath.Join(dataDir, "logs", "node1.log")))
 	}
@@ -248,6 +256,15 @@ func TestImages(t *testing.T) {
 		}
 	})
 
+	t.Run("the pause image stops on SIGTERM", func(t *testing.T) {
+		// Its grace period is 60 s: a pause that ignored SIGTERM would
+		// be killed only after the timeout below.
+		start := time.Now()
+		kubectl(t, kubeconfig, "delete", "pod", "paused", "--wait=true", "--timeout=30s")
+		if d := time.Since(start); d > 30*time.Second {
+			t.Errorf("deleting the pause pod took %v", d)
+		}
+	})
 	t.Run("an image not in the table", func(t *testing.T) {
 		roottest.Eventually(t, 30*time.Second, "pod missing waiting with ImageNotInTable", func() error {
 			p := getPod(t, kubeconfig, "missing")
