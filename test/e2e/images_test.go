@@ -111,7 +111,7 @@ spec:
   containers: [{name: c, image: "example.test/gone:2"}]
 `
 
-func getPod(t *testing.T, kubeconfig, name string) corev1.Pod {
+func podObject(t *testing.T, kubeconfig, name string) corev1.Pod {
 	t.Helper()
 	var p corev1.Pod
 	if err := json.Unmarshal(kubectl(t, kubeconfig, "get", "pod", name, "-o", "json"), &p); err != nil {
@@ -192,7 +192,7 @@ func TestImages(t *testing.T) {
 		return strings.TrimSpace(string(out))
 	}
 	t.Run("agnhost with args only runs /agnhost with them", func(t *testing.T) {
-		ip := getPod(t, kubeconfig, "ag-args").Status.PodIP
+		ip := podObject(t, kubeconfig, "ag-args").Status.PodIP
 		url := "http://" + net.JoinHostPort(ip, "8081") + "/hostname"
 		roottest.Eventually(t, 30*time.Second, "GET "+url, func() error {
 			if got := get("tools", url); got != "ag-args" {
@@ -202,7 +202,7 @@ func TestImages(t *testing.T) {
 		})
 	})
 	t.Run("an --images entry runs its entrypoint and default cmd", func(t *testing.T) {
-		p := getPod(t, kubeconfig, "tools")
+		p := podObject(t, kubeconfig, "tools")
 		for _, ip := range p.Status.PodIPs {
 			url := "http://" + net.JoinHostPort(ip.IP, "8080") + "/hostname"
 			roottest.Eventually(t, 30*time.Second, "GET "+url, func() error {
@@ -267,7 +267,7 @@ func TestImages(t *testing.T) {
 	})
 	t.Run("an image not in the table", func(t *testing.T) {
 		roottest.Eventually(t, 30*time.Second, "pod missing waiting with ImageNotInTable", func() error {
-			p := getPod(t, kubeconfig, "missing")
+			p := podObject(t, kubeconfig, "missing")
 			if waitingReason(p) != "ImageNotInTable" || p.Status.Phase != corev1.PodPending {
 				return fmt.Errorf("phase %s, statuses %+v", p.Status.Phase, p.Status.ContainerStatuses)
 			}
@@ -292,7 +292,7 @@ func TestImages(t *testing.T) {
 	})
 	t.Run("an image whose host file is missing", func(t *testing.T) {
 		roottest.Eventually(t, 30*time.Second, "pod gone waiting with ImageFileMissing", func() error {
-			p := getPod(t, kubeconfig, "gone")
+			p := podObject(t, kubeconfig, "gone")
 			if waitingReason(p) != "ImageFileMissing" {
 				return fmt.Errorf("statuses %+v", p.Status.ContainerStatuses)
 			}
