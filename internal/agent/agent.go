@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/component-base/metrics/legacyregistry"
 
@@ -189,6 +190,10 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 
 	factory := informers.NewSharedInformerFactory(client, 0)
 	nodes := factory.Core().V1().Nodes()
+	// All Services, for containers' service-link variables (Informer
+	// registers it before Start).
+	services := factory.Core().V1().Services()
+	services.Informer()
 	// One key: routes are recomputed from all nodes whatever changed.
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	defer queue.ShutDown()
@@ -200,7 +205,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), nodes.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), nodes.Informer().HasSynced, services.Informer().HasSynced) {
 		return ctx.Err()
 	}
 	resync := cfg.ResyncInterval
@@ -209,7 +214,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	}
 	go wait.UntilWithContext(ctx, func(context.Context) { queue.Add("routes") }, resync)
 
-	if err := runPods(ctx, client, cfg, log, stream); err != nil {
+	if err := runPods(ctx, client, cfg, log, stream, services.Lister(), recorder); err != nil {
 		return err
 	}
 
@@ -231,7 +236,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 // runPods starts the pod loop: it waits for the node's pod CIDRs, removes
 // what a previous run left for pods no longer here, then keeps every pod
 // bound to the node running.
-func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger, stream *streaming.Server) error {
+func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger, stream *streaming.Server, services corelisters.ServiceLister, recorder record.EventRecorder) error {
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	mgr := &pods.Manager{
 		Client: client, NodeName: cfg.NodeName, NodeNS: cfg.NetNS, HostIPs: cfg.InternalIPs,
@@ -239,6 +244,8 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 		OnChange:   func(ns, name string) { queue.Add(ns + "/" + name) },
 		LogOptions: cfg.ContainerLogs,
 		Images:     cfg.Images,
+		Services:   services,
+		Events:     recorder,
 	}
 	if stream != nil {
 		stream.Serve(ctx, mgr)

@@ -27,6 +27,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
 	"github.com/duet-net/duet/internal/agent/crilog"
@@ -80,6 +82,12 @@ type Manager struct {
 	// ClusterDNS are the cluster DNS Service's IPs for pods' resolv.conf
 	// (primary family first); none means the node's resolvers.
 	ClusterDNS []netip.Addr
+	// Services lists the cluster's Services for containers' service-link
+	// variables; nil gives none.
+	Services corelisters.ServiceLister
+	// Events records Warning events on pods whose containers cannot
+	// start; nil records none.
+	Events record.EventRecorder
 
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix
@@ -328,7 +336,7 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 	clk := m.clock()
 	// The kubelet's back-off: the first restart at once, then 10 s
 	// doubling to 5 min, and at once again after 10 min of running.
-	var backoff time.Duration
+	var backoff, startBackoff time.Duration
 	first := true
 	startedOnce := func() {
 		if first {
@@ -341,15 +349,16 @@ func (m *Manager) supervise(ctx context.Context, pod *corev1.Pod, c corev1.Conta
 	for ctx.Err() == nil {
 		argv, env, err := m.containerProcess(ctx, pod, c, run.addrs())
 		if err != nil {
-			reason := "RunContainerError"
-			var ce *ContainerConfigError
-			if errors.As(err, &ce) {
-				reason = ce.Reason
+			if m.cannotStart(pod, c, cr, err) && !first {
+				m.poke(pod)
 			}
-			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: err.Error()}})
-			m.Log.Warn("container not started", "pod", pod.Namespace+"/"+pod.Name, "container", c.Name, "reason", reason, "err", err)
-			return
+			startedOnce()
+			if !m.waitToRetryStart(ctx, failureReason(err), &startBackoff) {
+				return
+			}
+			continue
 		}
+		startBackoff = 0
 		cio, err := m.openContainerIO(c, cr, logDir)
 		if err != nil {
 			cr.set(corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}})

@@ -16,6 +16,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/images"
 	"github.com/duet-net/duet/internal/agent/podroot"
 	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/agent/servicelinks"
 )
 
 // Worlds makes pods' own UTS and mount namespaces (hostname, /etc/hosts,
@@ -73,14 +74,18 @@ func (e *ContainerConfigError) Unwrap() error { return e.Err }
 func (m *Manager) resolveImage(c corev1.Container) (argv []string, img images.Image, err error) {
 	img, err = m.images().Lookup(c.Image)
 	var nf *images.NotFoundError
+	var fm *images.FileMissingError
 	switch {
 	case errors.As(err, &nf) && len(c.Command) > 0:
 		return append(append([]string{}, c.Command...), c.Args...), images.Image{}, nil
 	case errors.As(err, &nf):
 		return nil, img, &ContainerConfigError{Reason: "ImageNotInTable", Err: fmt.Errorf(
 			"image %q is not in duet's image table and the container has no command: add it to the file given to --images (duet up --images / duet agent --images), or give the container a command", c.Image)}
-	case err != nil:
+	case errors.As(err, &fm):
 		return nil, img, &ContainerConfigError{Reason: "ImageFileMissing", Err: err}
+	case err != nil:
+		// The kubelet's reason for a reference it cannot parse.
+		return nil, img, &ContainerConfigError{Reason: "InvalidImageName", Err: err}
 	}
 	switch {
 	case len(c.Command) > 0:
@@ -122,6 +127,11 @@ func (m *Manager) worldSpec(ctx context.Context, pod *corev1.Pod, addrs []netip.
 	for i, v := range pod.Spec.Volumes {
 		vol, err := m.volume(ctx, pod, info, v)
 		if err != nil {
+			if m.Events != nil {
+				// The kubelet's event for a volume it cannot set up; the
+				// pod's start is tried again.
+				m.Events.Eventf(objectRef(pod, ""), corev1.EventTypeWarning, EventFailedMount, "MountVolume.SetUp failed for volume %q: %v", v.Name, err)
+			}
 			return nil, &ContainerConfigError{Reason: "CreateContainerConfigError", Err: fmt.Errorf("spec.volumes[%d] (%s): %w", i, v.Name, err)}
 		}
 		s.Volumes = append(s.Volumes, vol)
@@ -209,8 +219,9 @@ func (m *Manager) secretFiles(ctx context.Context, ns, name string, items []core
 }
 
 // containerEnv is a container's environment: the agent's, the image's
-// defaults, the pod's identity, then the container's env in order, each
-// value with $(VAR) references to earlier ones expanded.
+// defaults, the Services' (package servicelinks), the pod's identity,
+// then the container's envFrom and env in order, each env value with
+// $(VAR) references to earlier ones expanded.
 func (m *Manager) containerEnv(ctx context.Context, pod *corev1.Pod, c corev1.Container, img images.Image, podIPs []netip.Addr) ([]string, map[string]string, error) {
 	vars := map[string]string{}
 	var order []string
@@ -227,6 +238,16 @@ func (m *Manager) containerEnv(ctx context.Context, pod *corev1.Pod, c corev1.Co
 	}
 	for _, k := range sortedKeys(img.Env) {
 		set(k, img.Env[k])
+	}
+	// The kubelet's Service variables: over the image's defaults (as a
+	// runtime puts the kubelet's environment over an image's), under the
+	// container's envFrom and env, and there for $(VAR) in both.
+	links, err := m.serviceEnv(pod)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, k := range sortedKeys(links) {
+		set(k, links[k])
 	}
 	hostname := pod.Name
 	if pod.Spec.Hostname != "" {
@@ -287,6 +308,20 @@ func (m *Manager) containerEnv(ctx context.Context, pod *corev1.Pod, c corev1.Co
 		env = append(env, k+"="+vars[k])
 	}
 	return env, vars, nil
+}
+
+// serviceEnv is the service-link variables of the pod's containers
+// (enableServiceLinks unset means true, the API's default).
+func (m *Manager) serviceEnv(pod *corev1.Pod) (map[string]string, error) {
+	if m.Services == nil {
+		return nil, nil
+	}
+	links := pod.Spec.EnableServiceLinks == nil || *pod.Spec.EnableServiceLinks
+	env, err := servicelinks.Env(m.Services, pod.Namespace, links)
+	if err != nil {
+		return nil, fmt.Errorf("service environment variables: %w", err)
+	}
+	return env, nil
 }
 
 // envSource is the value of an env entry's valueFrom; ok is false for an
@@ -361,8 +396,11 @@ func expand(s string, vars map[string]string) string {
 		case '(':
 			end := strings.IndexByte(s[i+2:], ')')
 			if end < 0 {
-				b.WriteString(s[i:])
-				return b.String()
+				// Not a reference: "$(" stays, and what follows is
+				// read on (a "$$" in it is still one "$").
+				b.WriteString("$(")
+				i++
+				continue
 			}
 			name := s[i+2 : i+2+end]
 			if v, ok := vars[name]; ok {

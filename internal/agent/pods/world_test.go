@@ -29,6 +29,9 @@ func TestExpand(t *testing.T) {
 		{"$", "$"},
 		{"$A", "$A"},
 		{"$(A", "$(A"},
+		{"$(A $$ $(A)", "$(A $$ $(A)"}, // the first ")" closes one unknown name
+		{"$(B $$", "$(B $"},
+		{"a $( b", "a $( b"},
 		{"--udp-listen-addresses=$(A),$(IPS)", "--udp-listen-addresses=x,10.0.0.1,fd00::1"},
 	} {
 		if got := expand(tc.in, vars); got != tc.want {
@@ -47,6 +50,11 @@ func FuzzExpand(f *testing.F) {
 		// Without references to known variables nothing grows.
 		if !strings.Contains(s, "$(A)") && len(out) > len(s) {
 			t.Errorf("expand(%q) = %q grew", s, out)
+		}
+		// "$$" is how a value says "$": escaping every "$" gives the
+		// text back, whatever it holds.
+		if esc := strings.ReplaceAll(s, "$", "$$"); expand(esc, vars) != s {
+			t.Errorf("expand(%q) = %q, want %q", esc, expand(esc, vars), s)
 		}
 	})
 }
