@@ -57,6 +57,18 @@ spec:
   containers:
   - {name: v4, image: ignored, command: [socat, 'TCP4-LISTEN:9004,bind=127.0.0.1,fork,reuseaddr', 'SYSTEM:echo from-v4']}
   - {name: v6, image: ignored, command: [socat, 'TCP6-LISTEN:9006,bind=[::1],fork,reuseaddr', 'SYSTEM:echo from-v6']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nocommand}
+spec:
+  containers: [{name: c, image: not-in-the-table}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  containers: [{name: c, image: ignored, stdin: true, command: [sh, -c, 'echo ready; while read l; do echo "got $l"; done']}]
 `
 
 // kubectlRun runs kubectl and returns its stdout, stderr and exit code.
@@ -92,7 +104,7 @@ func TestStreaming(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
-	kubectl(t, kubeconfig, "wait", "--for=condition=Ready", "pod/talker", "pod/two", "pod/listeners", "--timeout=90s")
+	kubectl(t, kubeconfig, "wait", "--for=condition=Ready", "pod/talker", "pod/two", "pod/listeners", "pod/reader", "--timeout=90s")
 
 	t.Run("exec", func(t *testing.T) {
 		for _, ws := range []string{"true", "false"} {
@@ -148,6 +160,35 @@ func TestStreaming(t *testing.T) {
 		}
 	})
 
+	t.Run("exec with a terminal", func(t *testing.T) {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs := kubernetes.NewForConfigOrDie(cfg)
+		req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace("default").Name("talker").SubResource("exec").
+			VersionedParams(&corev1.PodExecOptions{Command: []string{"sh", "-c", "tty; stty size"}, Stdin: true, Stdout: true, TTY: true}, scheme.ParameterCodec)
+		spdy, err := remotecommand.NewSPDYExecutor(cfg, "POST", req.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws, err := remotecommand.NewWebSocketExecutor(cfg, "GET", req.URL().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, e := range map[string]remotecommand.Executor{"spdy": spdy, "websocket": ws} {
+			var out bytes.Buffer
+			sizes := &fixedSize{size: remotecommand.TerminalSize{Width: 123, Height: 45}}
+			stdin, hold := io.Pipe() // open for the whole session, as a terminal is
+			err := e.StreamWithContext(context.Background(), remotecommand.StreamOptions{Stdin: stdin, Stdout: &out, Tty: true, TerminalSizeQueue: sizes})
+			hold.Close()
+			lines := strings.Split(strings.TrimSpace(strings.ReplaceAll(out.String(), "\r", "")), "\n")
+			if err != nil || len(lines) != 2 || !strings.HasPrefix(lines[0], "/dev/pts/") || lines[1] != "45 123" {
+				t.Errorf("%s: %q (%v), want a /dev/pts terminal of 45 rows and 123 columns", name, out.String(), err)
+			}
+		}
+	})
+
 	t.Run("exec errors", func(t *testing.T) {
 		for _, tc := range []struct {
 			name string
@@ -169,6 +210,8 @@ func TestStreaming(t *testing.T) {
 			{"bad tail", []string{"get", "--raw", "/api/v1/namespaces/default/pods/talker/log?tailLines=-3"}, "tailLines: Invalid value: -3"},
 			{"bad limit", []string{"get", "--raw", "/api/v1/namespaces/default/pods/talker/log?limitBytes=0"}, "limitBytes: Invalid value: 0"},
 			{"bad number", []string{"get", "--raw", "/api/v1/namespaces/default/pods/talker/log?tailLines=many"}, "many"},
+			{"logs of a container that never started", []string{"logs", "nocommand"}, `container "c" in pod default/nocommand is waiting to start: ImageNotInTable`},
+			{"exec into a container that never started", []string{"exec", "nocommand", "--", "true"}, `container "c" in pod default/nocommand is not running`},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				_, errOut, code := kubectlRun(t, kubeconfig, "", tc.args...)
@@ -188,9 +231,20 @@ func TestStreaming(t *testing.T) {
 		})
 		all := string(kubectl(t, kubeconfig, "logs", "talker"))
 		// stdout and stderr are separate pipes: their order is the
-		// order in which the agent read them.
-		if head := strings.SplitN(all, "\n", 3); !strings.HasPrefix(head[2], "tick0\n") || !slices.Contains(head[:2], "first") || !slices.Contains(head[:2], "oops") {
-			t.Errorf("logs start %q, want first and oops (stderr), then tick0", all[:min(len(all), 40)])
+		// order in which the agent read them. stdout's own lines keep
+		// their order; stderr's line comes in early, but may follow a
+		// tick written just after it.
+		var stdoutLines []string
+		sawOops := false
+		for _, l := range strings.Split(all, "\n")[:6] {
+			if l == "oops" {
+				sawOops = true
+			} else {
+				stdoutLines = append(stdoutLines, l)
+			}
+		}
+		if !sawOops || stdoutLines[0] != "first" || stdoutLines[1] != "tick0" || stdoutLines[2] != "tick1" {
+			t.Errorf("logs start %q, want first, tick0, tick1 with stderr's oops among them", all[:min(len(all), 40)])
 		}
 		tail := strings.Split(strings.TrimSuffix(string(kubectl(t, kubeconfig, "logs", "talker", "--tail", "2")), "\n"), "\n")
 		if len(tail) != 2 || !strings.HasPrefix(tail[0], "tick") || !strings.HasPrefix(tail[1], "tick") {
@@ -337,6 +391,49 @@ func TestStreaming(t *testing.T) {
 		}
 	})
 
+	t.Run("attach with stdin", func(t *testing.T) {
+		a := osexec(kubeconfig, "attach", "-i", "reader")
+		stdin, err := a.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := a.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = a.Process.Kill(); _ = a.Wait() }()
+		// Lines are sent until one comes back: kubectl attaches after it
+		// started, and what the container read before that went to its log.
+		sc := bufio.NewScanner(stdout)
+		got := make(chan string, 100)
+		go func() {
+			for sc.Scan() {
+				got <- sc.Text()
+			}
+			close(got)
+		}()
+		for i := 0; ; i++ {
+			if i == 100 {
+				t.Fatal("attach -i: no line echoed back")
+			}
+			fmt.Fprintf(stdin, "hello%d\n", i)
+			select {
+			case line, ok := <-got:
+				if !ok {
+					t.Fatal("attach -i ended")
+				}
+				if !strings.HasPrefix(line, "got hello") {
+					t.Fatalf("attach -i: %q", line)
+				}
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	})
+
 	t.Run("cp", func(t *testing.T) {
 		// Pods share the host's file system: copy into a fresh directory.
 		dir := t.TempDir()
@@ -375,4 +472,19 @@ func kubernetesPods(kubeconfig string) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// fixedSize reports one terminal size, then nil, which tells the
+// executor that no more will come.
+type fixedSize struct {
+	size remotecommand.TerminalSize
+	sent bool
+}
+
+func (f *fixedSize) Next() *remotecommand.TerminalSize {
+	if f.sent {
+		return nil
+	}
+	f.sent = true
+	return &f.size
 }

@@ -320,3 +320,21 @@ func FuzzStreamRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkWriter: one stream of 100-byte lines in 32 KiB reads, as a
+// container writing as fast as it can reaches the agent.
+func BenchmarkWriter(b *testing.B) {
+	l, err := Create(filepath.Join(b.TempDir(), "0.log"), Options{MaxSize: 64 << 20, MaxFiles: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	w := l.Stream(Stdout)
+	chunk := bytes.Repeat([]byte(strings.Repeat("x", 99)+"\n"), 32<<10/100)
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		if _, err := w.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -218,19 +218,21 @@ type streamWriter struct {
 	// than MaxLineSize.
 	partial []byte
 	out     []byte
+	// stamp is the formatted time of the records being written.
+	stamp []byte
 }
 
 func (w *streamWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	// One timestamp for what arrived together: the time it was read.
-	ts := w.log.opts.Now().UTC()
+	w.stamp = w.log.opts.Now().UTC().AppendFormat(w.stamp[:0], timeFormat)
 	w.out = w.out[:0]
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
 			w.partial = append(w.partial, p...)
 			for len(w.partial) >= MaxLineSize {
-				w.record(ts, 'P', w.partial[:MaxLineSize])
+				w.record('P', w.partial[:MaxLineSize])
 				w.partial = w.partial[MaxLineSize:]
 			}
 			// Keep the held part at the start of its buffer.
@@ -244,10 +246,10 @@ func (w *streamWriter) Write(p []byte) (int, error) {
 			w.partial = w.partial[:0]
 		}
 		for len(line) > MaxLineSize {
-			w.record(ts, 'P', line[:MaxLineSize])
+			w.record('P', line[:MaxLineSize])
 			line = line[MaxLineSize:]
 		}
-		w.record(ts, 'F', line)
+		w.record('F', line)
 	}
 	if len(w.out) == 0 {
 		return n, nil
@@ -258,8 +260,8 @@ func (w *streamWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-func (w *streamWriter) record(ts time.Time, tag byte, content []byte) {
-	w.out = ts.AppendFormat(w.out, timeFormat)
+func (w *streamWriter) record(tag byte, content []byte) {
+	w.out = append(w.out, w.stamp...)
 	w.out = append(w.out, ' ')
 	w.out = append(w.out, w.stream...)
 	w.out = append(w.out, ' ', tag, ' ')
@@ -274,7 +276,8 @@ func (w *streamWriter) Close() error {
 		return nil
 	}
 	w.out = w.out[:0]
-	w.record(w.log.opts.Now().UTC(), 'P', w.partial)
+	w.stamp = w.log.opts.Now().UTC().AppendFormat(w.stamp[:0], timeFormat)
+	w.record('P', w.partial)
 	w.partial = nil
 	return w.log.write(w.out)
 }
