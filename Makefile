@@ -14,7 +14,7 @@ FUZZTIME ?= 2m
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/duet ./cmd/duet
 
-test: deps vet staticcheck unit
+test: deps vet staticcheck unit e2e-upstream
 
 deps:
 	./hack/install-deps.sh
