@@ -3,13 +3,13 @@ package netns
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/testutil/privatemounts"
 )
 
 // privateEnv marks the copy of the test binary that runs in a private mount
@@ -22,22 +22,7 @@ const privateEnv = "DUET_NETNS_TEST_PRIVATE_MOUNTS"
 // machine's mount table. Network namespaces are not per mount namespace, so
 // names stay unique.
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 || os.Getenv(privateEnv) != "" {
-		os.Exit(m.Run())
-	}
-	cmd := exec.Command(os.Args[0], os.Args[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), privateEnv+"=1")
-	// Go makes / recursively private after unsharing the mount namespace.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
-	if err := cmd.Run(); err != nil {
-		if exit, ok := err.(*exec.ExitError); ok {
-			os.Exit(exit.ExitCode())
-		}
-		fmt.Fprintln(os.Stderr, "running the tests in a private mount namespace:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	os.Exit(privatemounts.Main(m, privateEnv))
 }
 
 func requireRoot(t testing.TB) {

@@ -1,11 +1,10 @@
 package podroot
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
-	"syscall"
 	"testing"
+
+	"github.com/duet-net/duet/internal/testutil/privatemounts"
 )
 
 // privateEnv marks the copy of the test binary that runs in a private mount
@@ -24,20 +23,5 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(creatorEnv); dir != "" {
 		os.Exit(runCreator(dir))
 	}
-	if os.Geteuid() != 0 || os.Getenv(privateEnv) != "" {
-		os.Exit(m.Run())
-	}
-	cmd := exec.Command(os.Args[0], os.Args[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), privateEnv+"=1")
-	// Go makes / recursively private after unsharing the mount namespace.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
-	if err := cmd.Run(); err != nil {
-		if exit, ok := err.(*exec.ExitError); ok {
-			os.Exit(exit.ExitCode())
-		}
-		fmt.Fprintln(os.Stderr, "running the tests in a private mount namespace:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	os.Exit(privatemounts.Main(m, privateEnv))
 }
