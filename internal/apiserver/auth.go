@@ -13,6 +13,8 @@ import (
 	x509request "k8s.io/apiserver/pkg/authentication/request/x509"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+
+	"github.com/duet-net/duet/internal/nodegraph"
 )
 
 // newAuthenticator accepts client certificates signed by the cluster CA
@@ -42,11 +44,12 @@ func anonymousHealth(req *http.Request) (*authenticator.Response, bool, error) {
 	return &authenticator.Response{User: &user.DefaultInfo{Name: user.Anonymous, Groups: []string{user.AllUnauthenticated}}}, true, nil
 }
 
-// newAuthorizer allows system:masters everything, anyone the public
-// endpoints, and authenticated users the discovery documents; everything
-// else is forbidden.
-func newAuthorizer() authorizer.Authorizer {
-	return authorizer.AuthorizerFunc(func(_ context.Context, a authorizer.Attributes) (authorizer.Decision, string, error) {
+// newAuthorizer allows system:masters everything, nodes what
+// authorizeNode allows them (graph tells which objects their pods refer
+// to), anyone the public endpoints, and authenticated users the discovery
+// documents; everything else is forbidden.
+func newAuthorizer(graph *nodegraph.Graph) authorizer.Authorizer {
+	return authorizer.AuthorizerFunc(func(ctx context.Context, a authorizer.Attributes) (authorizer.Decision, string, error) {
 		u := a.GetUser()
 		if u == nil {
 			return authorizer.DecisionDeny, "no user", nil
@@ -56,7 +59,7 @@ func newAuthorizer() authorizer.Authorizer {
 			return authorizer.DecisionAllow, "", nil
 		}
 		if node, ok := NodeName(u); ok {
-			if d, reason := authorizeNode(node, a); d != authorizer.DecisionNoOpinion {
+			if d, reason := authorizeNode(ctx, graph, node, a); d != authorizer.DecisionNoOpinion {
 				return d, reason, nil
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	kubeletapis "k8s.io/kubelet/pkg/apis"
 
+	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
 )
 
@@ -43,12 +45,31 @@ var nodeReadable = map[string]bool{
 	"namespaces": true, "leases": true, "events": true, "ipaddresses": true, "servicecidrs": true,
 }
 
-// authorizeNode decides requests from node identities.
-func authorizeNode(node string, a authorizer.Attributes) (authorizer.Decision, string) {
+// nodeGraphWait is how long a node's read of an object its pods refer to
+// waits for the node graph to learn of a pod just bound.
+var nodeGraphWait = time.Second
+
+// authorizeNode decides requests from node identities. Secrets,
+// ConfigMaps and ServiceAccounts are readable one by one (get, or a list
+// or watch of metadata.name=NAME, as kubelets watch them), and only those
+// the pods bound to the node refer to, as graph knows them.
+func authorizeNode(ctx context.Context, graph *nodegraph.Graph, node string, a authorizer.Attributes) (authorizer.Decision, string) {
 	if !a.IsResourceRequest() {
 		return authorizer.DecisionNoOpinion, ""
 	}
 	res, sub, verb, name := a.GetResource(), a.GetSubresource(), a.GetVerb(), a.GetName()
+	if a.GetAPIGroup() == "" && (res == nodegraph.Secrets || res == nodegraph.ConfigMaps || res == nodegraph.ServiceAccounts) {
+		if sub != "" || (verb != "get" && verb != "list" && verb != "watch") {
+			return authorizer.DecisionDeny, fmt.Sprintf("node %q may not %s %s", node, verb, describe(a))
+		}
+		if name == "" {
+			return authorizer.DecisionDeny, fmt.Sprintf("node %q may only %s %s by name (a fieldSelector of metadata.name for list and watch)", node, verb, res)
+		}
+		if ok, why := graph.Allowed(ctx, node, nodegraph.Ref{Resource: res, Namespace: a.GetNamespace(), Name: name}, nodeGraphWait); !ok {
+			return authorizer.DecisionDeny, fmt.Sprintf("node %q may not %s %s: %s", node, verb, describe(a), why)
+		}
+		return authorizer.DecisionAllow, ""
+	}
 	switch verb {
 	case "get", "list", "watch":
 		if nodeReadable[res] && sub == "" || res == "nodes" && sub == "status" || res == "pods" && sub == "status" {

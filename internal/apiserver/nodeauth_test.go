@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -13,6 +14,9 @@ import (
 	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/duet-net/duet/internal/nodegraph"
 )
 
 func nodeUser(name string) user.Info {
@@ -20,7 +24,7 @@ func nodeUser(name string) user.Info {
 }
 
 func TestNodeAuthorization(t *testing.T) {
-	authz := newAuthorizer()
+	authz := newAuthorizer(nodegraph.New())
 	tests := []struct {
 		name                             string
 		verb, ns, resource, sub, objName string
@@ -223,6 +227,56 @@ func TestNodeMayNotRelabelPodsThroughStatus(t *testing.T) {
 			}
 			if err != nil && !apierrors.IsForbidden(err) {
 				t.Fatalf("error is not Forbidden: %v", err)
+			}
+		})
+	}
+}
+
+// A node reads, one by one, the Secrets, ConfigMaps and ServiceAccounts
+// the pods bound to it refer to, and nothing else of them.
+func TestNodeReadsWhatItsPodsReferTo(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"}, Spec: corev1.PodSpec{
+		NodeName: "n1", ServiceAccountName: "web", Containers: []corev1.Container{{Name: "c"}},
+		Volumes: []corev1.Volume{
+			{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "web-tls"}}},
+			{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "web-cfg"}}}},
+		}}}
+	client := fake.NewClientset(pod)
+	graph := nodegraph.New()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go graph.Run(ctx, client)
+	if ok, why := graph.Allowed(ctx, "n1", nodegraph.Ref{Resource: "secrets", Namespace: "app", Name: "web-tls"}, 10*time.Second); !ok {
+		t.Fatalf("graph never learned of the pod: %s", why)
+	}
+	authz := newAuthorizer(graph)
+	defer func(w time.Duration) { nodeGraphWait = w }(nodeGraphWait)
+	nodeGraphWait = 10 * time.Millisecond
+	for _, tt := range []struct {
+		name                         string
+		node, verb, resource, sub, n string
+		allow                        bool
+	}{
+		{"its pod's secret", "n1", "get", "secrets", "", "web-tls", true},
+		{"its pod's secret, watched by name", "n1", "watch", "secrets", "", "web-tls", true},
+		{"its pod's configmap", "n1", "list", "configmaps", "", "web-cfg", true},
+		{"its pod's service account", "n1", "get", "serviceaccounts", "", "web", true},
+		{"another secret", "n1", "get", "secrets", "", "db-password", false},
+		{"all secrets", "n1", "list", "secrets", "", "", false},
+		{"another node's pod's secret", "n2", "get", "secrets", "", "web-tls", false},
+		{"writing its pod's secret", "n1", "update", "secrets", "", "web-tls", false},
+		{"deleting its pod's configmap", "n1", "delete", "configmaps", "", "web-cfg", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d, reason, _ := authz.Authorize(ctx, authorizer.AttributesRecord{
+				User: nodeUser(tt.node), Verb: tt.verb, Namespace: "app", Resource: tt.resource, Subresource: tt.sub,
+				Name: tt.n, ResourceRequest: true,
+			})
+			if got := d == authorizer.DecisionAllow; got != tt.allow {
+				t.Fatalf("allowed = %v (%s), want %v", got, reason, tt.allow)
+			}
+			if !tt.allow && !strings.Contains(reason, tt.node) {
+				t.Errorf("reason %q does not name the node", reason)
 			}
 		})
 	}

@@ -41,10 +41,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
+	"github.com/duet-net/duet/internal/admission/serviceaccount"
 	"github.com/duet-net/duet/internal/alloc"
 	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
 	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/netaddr"
+	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
 	"github.com/duet-net/duet/internal/registry/coordination"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
@@ -143,6 +145,9 @@ type Server struct {
 	ca *pki.CA
 	// agents is how pods' exec, attach, port-forward and logs reach agents.
 	agents registrycore.AgentConnection
+	// nodeGraph tells which Secrets, ConfigMaps and ServiceAccounts each
+	// node's pods refer to, for the node authorizer.
+	nodeGraph *nodegraph.Graph
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API. It
@@ -250,7 +255,8 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	// The TLS handshake asks for client certificates only with a client CA.
 	config.SecureServing.ClientCA = clientCA
 	config.Authentication.Authenticator = newAuthenticator(ca.Cert)
-	config.Authorization.Authorizer = newAuthorizer()
+	s.nodeGraph = nodegraph.New()
+	config.Authorization.Authorizer = newAuthorizer(s.nodeGraph)
 	config.LoopbackClientConfig.ContentType = runtime.ContentTypeJSON
 	genericapiserver.AuthorizeClientBearerToken(config.LoopbackClientConfig, &config.Authentication, &config.Authorization)
 	// The getters are bound once the APIs are installed, before serving.
@@ -265,6 +271,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 			}
 			return obj.(*corev1.Pod), nil
 		}},
+		serviceaccount.New(func(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+			return serviceaccount.FromStorage(s.coreStorage[podconfig.ServiceAccounts].(rest.Getter))(ctx, namespace, name)
+		}, nil),
 	)
 	config.EffectiveVersion = servedVersion{utilcompatibility.DefaultBuildEffectiveVersion()}
 
