@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/request/bearertoken"
 	"k8s.io/apiserver/pkg/authentication/request/union"
 	x509request "k8s.io/apiserver/pkg/authentication/request/x509"
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -18,14 +19,15 @@ import (
 )
 
 // newAuthenticator accepts client certificates signed by the cluster CA
-// (CN is the user, O the groups) and, for the health and version endpoints
-// only, requests without credentials. Any other anonymous request is
-// refused with 401.
-func newAuthenticator(ca *x509.Certificate) authenticator.Request {
+// (CN is the user, O the groups), bearer tokens that tokens accepts
+// (ServiceAccount tokens) and, for the health and version endpoints only,
+// requests without credentials. Any other anonymous request is refused
+// with 401.
+func newAuthenticator(ca *x509.Certificate, tokens authenticator.Token) authenticator.Request {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	certs := x509request.New(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, x509request.CommonNameUserConversion)
-	return union.New(certs, authenticator.RequestFunc(anonymousHealth))
+	return union.New(certs, bearertoken.New(tokens), authenticator.RequestFunc(anonymousHealth))
 }
 
 func isPublicPath(path string) bool {

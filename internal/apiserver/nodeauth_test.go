@@ -6,11 +6,13 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
@@ -266,6 +268,9 @@ func TestNodeReadsWhatItsPodsReferTo(t *testing.T) {
 		{"another node's pod's secret", "n2", "get", "secrets", "", "web-tls", false},
 		{"writing its pod's secret", "n1", "update", "secrets", "", "web-tls", false},
 		{"deleting its pod's configmap", "n1", "delete", "configmaps", "", "web-cfg", false},
+		{"a token for its pod's service account", "n1", "create", "serviceaccounts", "token", "web", true},
+		{"a token for another service account", "n1", "create", "serviceaccounts", "token", "admin", false},
+		{"another node's pod's token", "n2", "create", "serviceaccounts", "token", "web", false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			d, reason, _ := authz.Authorize(ctx, authorizer.AttributesRecord{
@@ -277,6 +282,52 @@ func TestNodeReadsWhatItsPodsReferTo(t *testing.T) {
 			}
 			if !tt.allow && !strings.Contains(reason, tt.node) {
 				t.Errorf("reason %q does not name the node", reason)
+			}
+		})
+	}
+}
+
+// A node's token requests must be bound, by UID, to a pod bound to it.
+func TestNodeRestrictionTokens(t *testing.T) {
+	pods := map[string]*corev1.Pod{
+		"mine":   {ObjectMeta: metav1.ObjectMeta{Name: "mine", Namespace: "app", UID: "u-mine"}, Spec: corev1.PodSpec{NodeName: "n1"}},
+		"theirs": {ObjectMeta: metav1.ObjectMeta{Name: "theirs", Namespace: "app", UID: "u-theirs"}, Spec: corev1.PodSpec{NodeName: "n2"}},
+	}
+	nr := &nodeRestriction{getPod: func(_ context.Context, _, name string) (*corev1.Pod, error) {
+		if p, ok := pods[name]; ok {
+			return p, nil
+		}
+		return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
+	}}
+	bound := func(kind, name, uid string) *authenticationv1.TokenRequest {
+		return &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: kind, APIVersion: "v1", Name: name, UID: types.UID(uid)}}}
+	}
+	for _, tt := range []struct {
+		name    string
+		req     *authenticationv1.TokenRequest
+		wantErr string
+	}{
+		{"bound to its pod", bound("Pod", "mine", "u-mine"), ""},
+		{"not bound", &authenticationv1.TokenRequest{}, "not bound to a pod"},
+		{"bound to a secret", bound("Secret", "s", "u"), "not bound to a pod"},
+		{"without the uid", bound("Pod", "mine", ""), "without its uid"},
+		{"an old uid", bound("Pod", "mine", "u-old"), "which is not the pod's"},
+		{"another node's pod", bound("Pod", "theirs", "u-theirs"), `which is bound to "n2"`},
+		{"a pod that does not exist", bound("Pod", "ghost", "u"), "does not exist"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			attrs := admission.NewAttributesRecord(tt.req, nil, authenticationv1.SchemeGroupVersion.WithKind("TokenRequest"), "app", "web",
+				corev1.SchemeGroupVersion.WithResource("serviceaccounts"), "token", admission.Create, &metav1.CreateOptions{}, false, nodeUser("n1"))
+			err := nr.Validate(context.Background(), attrs, nil)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want Forbidden containing %q", err, tt.wantErr)
 			}
 		})
 	}

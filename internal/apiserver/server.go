@@ -54,6 +54,7 @@ import (
 	"github.com/duet-net/duet/internal/registry/networking"
 	"github.com/duet-net/duet/internal/registry/podconfig"
 	"github.com/duet-net/duet/internal/registry/service"
+	"github.com/duet-net/duet/internal/satoken"
 )
 
 // setServerFeatures turns off the k8s.io/apiserver features whose memory
@@ -145,6 +146,8 @@ type Server struct {
 	ca *pki.CA
 	// agents is how pods' exec, attach, port-forward and logs reach agents.
 	agents registrycore.AgentConnection
+	// tokenIssuer signs ServiceAccount tokens.
+	tokenIssuer *satoken.Issuer
 	// nodeGraph tells which Secrets, ConfigMaps and ServiceAccounts each
 	// node's pods refer to, for the node authorizer.
 	nodeGraph *nodegraph.Graph
@@ -205,6 +208,13 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		return nil, err
 	}
 	s.ca = ca
+	saKey, err := sharedServiceAccountKey(ctx, etcdServers)
+	if err != nil {
+		return nil, err
+	}
+	if s.tokenIssuer, err = satoken.NewIssuer(saKey, satoken.DefaultIssuer); err != nil {
+		return nil, err
+	}
 
 	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress.String(), strconv.Itoa(cfg.SecurePort)))
 	if err != nil {
@@ -254,7 +264,8 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	// The TLS handshake asks for client certificates only with a client CA.
 	config.SecureServing.ClientCA = clientCA
-	config.Authentication.Authenticator = newAuthenticator(ca.Cert)
+	config.Authentication.Authenticator = newAuthenticator(ca.Cert,
+		satoken.NewAuthenticator(&saKey.PublicKey, satoken.DefaultIssuer, []string{satoken.DefaultIssuer}, storageLookup{s}))
 	s.nodeGraph = nodegraph.New()
 	config.Authorization.Authorizer = newAuthorizer(s.nodeGraph)
 	config.LoopbackClientConfig.ContentType = runtime.ContentTypeJSON
@@ -273,7 +284,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		}},
 		serviceaccount.New(func(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
 			return serviceaccount.FromStorage(s.coreStorage[podconfig.ServiceAccounts].(rest.Getter))(ctx, namespace, name)
-		}, nil),
+		}, &serviceaccount.TokenVolume{}),
 	)
 	config.EffectiveVersion = servedVersion{utilcompatibility.DefaultBuildEffectiveVersion()}
 
@@ -404,7 +415,7 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 	for k, v := range svcStorage {
 		coreStorage[k] = v
 	}
-	podConfig, err := podconfig.NewStorage(Scheme, optsGetter)
+	podConfig, err := podconfig.NewStorage(Scheme, optsGetter, s.tokenOptions())
 	if err != nil {
 		return err
 	}
