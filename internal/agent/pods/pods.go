@@ -32,6 +32,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/images"
 	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/agent/tokens"
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/alloc/boltstore"
 )
@@ -80,6 +81,10 @@ type Manager struct {
 	// ClusterDNS are the cluster DNS Service's IPs for pods' resolv.conf
 	// (primary family first); none means the node's resolvers.
 	ClusterDNS []netip.Addr
+	// Tokens requests and caches pods' ServiceAccount tokens; nil is one
+	// over Client and Clock.
+	Tokens     *tokens.Manager
+	tokensOnce sync.Once
 
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix
@@ -280,6 +285,9 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		cr := &containerRun{started: make(chan struct{}), done: make(chan struct{}), state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
 		run.containers[c.Name] = cr
 		go m.supervise(runCtx, pod.DeepCopy(), c, cr, run, m.containerLogDir(pod, c.Name))
+	}
+	if hasTokenVolumes(pod) {
+		go m.refreshTokens(runCtx, pod.DeepCopy(), run)
 	}
 	// A bound on the wait, not a timing of the pod's: the real clock.
 	wait := time.NewTimer(5 * time.Second)
@@ -530,6 +538,7 @@ func (m *Manager) stop(uid types.UID) error {
 	}
 	m.release(podAttachment(uid))
 	m.removeLogs(uid)
+	m.tokens().Forget(uid)
 	if ok {
 		m.Log.Info("pod stopped", "uid", uid)
 	}
