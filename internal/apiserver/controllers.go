@@ -85,6 +85,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	}
 	metrics.Register()
 	go repair.Run(ctx)
+	go s.nodeGraph.Run(ctx, client)
 
 	etcdClient := s.etcdClient
 	store, err := etcdstore.New(etcdClient, "/duet/allocations/nodecidrs/")

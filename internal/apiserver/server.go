@@ -41,10 +41,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
+	"github.com/duet-net/duet/internal/admission/serviceaccount"
 	"github.com/duet-net/duet/internal/alloc"
 	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
 	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/netaddr"
+	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
 	"github.com/duet-net/duet/internal/registry/coordination"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
@@ -52,6 +54,7 @@ import (
 	"github.com/duet-net/duet/internal/registry/networking"
 	"github.com/duet-net/duet/internal/registry/podconfig"
 	"github.com/duet-net/duet/internal/registry/service"
+	"github.com/duet-net/duet/internal/satoken"
 )
 
 // setServerFeatures turns off the k8s.io/apiserver features whose memory
@@ -143,6 +146,11 @@ type Server struct {
 	ca *pki.CA
 	// agents is how pods' exec, attach, port-forward and logs reach agents.
 	agents registrycore.AgentConnection
+	// tokenIssuer signs ServiceAccount tokens.
+	tokenIssuer *satoken.Issuer
+	// nodeGraph tells which Secrets, ConfigMaps and ServiceAccounts each
+	// node's pods refer to, for the node authorizer.
+	nodeGraph *nodegraph.Graph
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API. It
@@ -200,6 +208,13 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		return nil, err
 	}
 	s.ca = ca
+	saKey, err := sharedServiceAccountKey(ctx, etcdServers)
+	if err != nil {
+		return nil, err
+	}
+	if s.tokenIssuer, err = satoken.NewIssuer(saKey, satoken.DefaultIssuer); err != nil {
+		return nil, err
+	}
 
 	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress.String(), strconv.Itoa(cfg.SecurePort)))
 	if err != nil {
@@ -249,8 +264,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	// The TLS handshake asks for client certificates only with a client CA.
 	config.SecureServing.ClientCA = clientCA
-	config.Authentication.Authenticator = newAuthenticator(ca.Cert)
-	config.Authorization.Authorizer = newAuthorizer()
+	config.Authentication.Authenticator = newAuthenticator(ca.Cert,
+		satoken.NewAuthenticator(&saKey.PublicKey, satoken.DefaultIssuer, []string{satoken.DefaultIssuer}, storageLookup{s}))
+	s.nodeGraph = nodegraph.New()
+	config.Authorization.Authorizer = newAuthorizer(s.nodeGraph)
 	config.LoopbackClientConfig.ContentType = runtime.ContentTypeJSON
 	genericapiserver.AuthorizeClientBearerToken(config.LoopbackClientConfig, &config.Authentication, &config.Authorization)
 	// The getters are bound once the APIs are installed, before serving.
@@ -265,6 +282,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 			}
 			return obj.(*corev1.Pod), nil
 		}},
+		serviceaccount.New(func(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+			return serviceaccount.FromStorage(s.coreStorage[podconfig.ServiceAccounts].(rest.Getter))(ctx, namespace, name)
+		}, &serviceaccount.TokenVolume{}),
 	)
 	config.EffectiveVersion = servedVersion{utilcompatibility.DefaultBuildEffectiveVersion()}
 
@@ -395,7 +415,7 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 	for k, v := range svcStorage {
 		coreStorage[k] = v
 	}
-	podConfig, err := podconfig.NewStorage(Scheme, optsGetter)
+	podConfig, err := podconfig.NewStorage(Scheme, optsGetter, s.tokenOptions())
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/images"
 	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/agent/tokens"
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/alloc/boltstore"
 )
@@ -88,6 +89,10 @@ type Manager struct {
 	// Events records Warning events on pods whose containers cannot
 	// start; nil records none.
 	Events record.EventRecorder
+	// Tokens requests and caches pods' ServiceAccount tokens; nil is one
+	// over Client and Clock.
+	Tokens     *tokens.Manager
+	tokensOnce sync.Once
 
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix
@@ -288,6 +293,9 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		cr := &containerRun{started: make(chan struct{}), done: make(chan struct{}), state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
 		run.containers[c.Name] = cr
 		go m.supervise(runCtx, pod.DeepCopy(), c, cr, run, m.containerLogDir(pod, c.Name))
+	}
+	if hasTokenVolumes(pod) {
+		go m.refreshTokens(runCtx, pod.DeepCopy(), run)
 	}
 	// A bound on the wait, not a timing of the pod's: the real clock.
 	wait := time.NewTimer(5 * time.Second)
@@ -535,6 +543,7 @@ func (m *Manager) stop(uid types.UID) error {
 	}
 	m.release(podAttachment(uid))
 	m.removeLogs(uid)
+	m.tokens().Forget(uid)
 	if ok {
 		m.Log.Info("pod stopped", "uid", uid)
 	}

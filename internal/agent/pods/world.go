@@ -28,9 +28,11 @@ type Worlds interface {
 }
 
 // World is one pod's: EnterArgs are the nsenter arguments of a
-// container's namespaces in it.
+// container's namespaces in it; Update writes new content of its content
+// volumes (as podroot.Root.Update).
 type World interface {
 	EnterArgs(container string) []string
+	Update(volumes []podroot.Volume) error
 }
 
 // PodRootWorlds keeps the worlds under the agent's state directory.
@@ -177,9 +179,11 @@ func (m *Manager) volume(ctx context.Context, pod *corev1.Pod, info podroot.PodI
 				f, err = m.secretFiles(ctx, pod.Namespace, src.Secret.Name, src.Secret.Items, v.Projected.DefaultMode, src.Secret.Optional)
 			case src.DownwardAPI != nil:
 				f, err = podroot.DownwardAPIFiles(info, src.DownwardAPI.Items, v.Projected.DefaultMode)
+			case src.ServiceAccountToken != nil:
+				f, err = m.tokenFiles(ctx, pod, src.ServiceAccountToken, v.Projected.DefaultMode)
 			default:
-				// Service account tokens need the TokenRequest API, which
-				// Duet does not serve yet: the source is left out.
+				// clusterTrustBundle and podCertificate sources need APIs
+				// Duet does not serve: the source is left out.
 				continue
 			}
 			if err != nil {
