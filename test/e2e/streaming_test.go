@@ -127,21 +127,7 @@ func TestStreaming(t *testing.T) {
 	})
 
 	t.Run("client-go executors", func(t *testing.T) {
-		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs := kubernetes.NewForConfigOrDie(cfg)
-		req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace("default").Name("talker").SubResource("exec").
-			VersionedParams(&corev1.PodExecOptions{Command: []string{"sh", "-c", "cat; echo done; exit 7"}, Stdin: true, Stdout: true, Stderr: true}, scheme.ParameterCodec)
-		spdy, err := remotecommand.NewSPDYExecutor(cfg, "POST", req.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ws, err := remotecommand.NewWebSocketExecutor(cfg, "GET", req.URL().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		spdy, ws := execExecutors(t, kubeconfig, &corev1.PodExecOptions{Command: []string{"sh", "-c", "cat; echo done; exit 7"}, Stdin: true, Stdout: true, Stderr: true})
 		// As kubectl does: SPDY only when the WebSocket upgrade fails.
 		fallback, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
 			return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
@@ -161,21 +147,7 @@ func TestStreaming(t *testing.T) {
 	})
 
 	t.Run("exec with a terminal", func(t *testing.T) {
-		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs := kubernetes.NewForConfigOrDie(cfg)
-		req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace("default").Name("talker").SubResource("exec").
-			VersionedParams(&corev1.PodExecOptions{Command: []string{"sh", "-c", "tty; stty size"}, Stdin: true, Stdout: true, TTY: true}, scheme.ParameterCodec)
-		spdy, err := remotecommand.NewSPDYExecutor(cfg, "POST", req.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ws, err := remotecommand.NewWebSocketExecutor(cfg, "GET", req.URL().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		spdy, ws := execExecutors(t, kubeconfig, &corev1.PodExecOptions{Command: []string{"sh", "-c", "tty; stty size"}, Stdin: true, Stdout: true, TTY: true})
 		for name, e := range map[string]remotecommand.Executor{"spdy": spdy, "websocket": ws} {
 			var out bytes.Buffer
 			sizes := &fixedSize{size: remotecommand.TerminalSize{Width: 123, Height: 45}}
@@ -487,4 +459,26 @@ func (f *fixedSize) Next() *remotecommand.TerminalSize {
 	}
 	f.sent = true
 	return &f.size
+}
+
+// execExecutors returns client-go's SPDY and WebSocket executors of an exec
+// in the pod talker.
+func execExecutors(t *testing.T, kubeconfig string, opts *corev1.PodExecOptions) (spdy, ws remotecommand.Executor) {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace("default").Name("talker").SubResource("exec").
+		VersionedParams(opts, scheme.ParameterCodec)
+	spdy, err = remotecommand.NewSPDYExecutor(cfg, "POST", req.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err = remotecommand.NewWebSocketExecutor(cfg, "GET", req.URL().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spdy, ws
 }
