@@ -89,19 +89,30 @@ func hostSnapshot(t *testing.T) string {
 	return b.String()
 }
 
-// mountTable is the test process's mount table, without mount IDs.
+// mountTable is the test process's mount table, without mount IDs, and
+// without what the machine's other users mount meanwhile (they propagate
+// into the test's mount namespace through shared mounts): network
+// namespaces under /run/netns, and anything under the temporary directory
+// but this test's own.
 func mountTable(t *testing.T) []string {
 	t.Helper()
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}
+	tmp := filepath.Clean(os.TempDir()) + "/"
+	own := filepath.Dir(t.TempDir()) + "/"
 	var out []string
 	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 {
-			out = append(out, strings.Join(f[3:], " "))
+		if len(f) <= 4 {
+			continue
 		}
+		mp := f[4] + "/"
+		if strings.HasPrefix(mp, "/run/netns/") || strings.HasPrefix(mp, tmp) && !strings.HasPrefix(mp, own) {
+			continue
+		}
+		out = append(out, strings.Join(f[3:], " "))
 	}
 	sort.Strings(out)
 	return out
