@@ -80,6 +80,10 @@ type Manager struct {
 	// ClusterDNS are the cluster DNS Service's IPs for pods' resolv.conf
 	// (primary family first); none means the node's resolvers.
 	ClusterDNS []netip.Addr
+	// ClusterDomain is the cluster's DNS domain ("" is cluster.local);
+	// ResolvConf the node's resolver configuration ("" is
+	// /etc/resolv.conf).
+	ClusterDomain, ResolvConf string
 
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix
