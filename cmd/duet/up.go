@@ -44,6 +44,8 @@ everything down. After a crash, duet down --data-dir DIR cleans up.`,
 	fs.StringVar(&o.LBPools, "load-balancer-ip-pool", cluster.DefaultLBPools, "LoadBalancer IP pools, CIDRs of either family, routed from the external namespace to the nodes; empty for none")
 	fs.StringVar(&o.Images, "images", "", "image table file (YAML) every node's agent adds to its built-in table (see duet agent --images)")
 	fs.StringVar(&o.MasqConfig, "masq-config", "", "ip-masq-agent config file (YAML or JSON) every node's agent watches; without it the defaults apply")
+	fs.StringVar(&o.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain, served by every node's DNS behind kube-system/kube-dns")
+	fs.StringVar(&o.ResolvConf, "resolv-conf", "", "resolver configuration whose nameservers every node's DNS forwards names outside the cluster domain to, reached from the node's namespace (default: the host's /etc/resolv.conf)")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd
 }

@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/duet-net/duet/internal/controller/kubedns"
 	"github.com/duet-net/duet/internal/controller/nsdefaults"
 	"github.com/duet-net/duet/internal/netaddr"
 )
@@ -36,7 +37,11 @@ func (s *Server) bootstrap(ctx context.Context, loopback *rest.Config) error {
 			return fmt.Errorf("creating the default ServiceAccount of namespace %s: %w", name, err)
 		}
 	}
-	return s.ensureKubernetesService(ctx, client)
+	if err := s.ensureKubernetesService(ctx, client); err != nil {
+		return err
+	}
+	// The cluster DNS Service, so that the first pods already find it.
+	return kubedns.Ensure(ctx, client, s.cfg.ServiceRanges)
 }
 
 // ensureKubernetesService creates default/kubernetes, with the first

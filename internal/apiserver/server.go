@@ -423,6 +423,9 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 	if err := registrycore.AddPodStreams(coreStorage, s.agents); err != nil {
 		return err
 	}
+	if err := registrycore.AddProxies(coreStorage, s.agents); err != nil {
+		return err
+	}
 	s.coreStorage = coreStorage
 	legacy := genericapiserver.NewDefaultAPIGroupInfo("", Scheme, ParameterCodec, Codecs)
 	legacy.VersionedResourcesStorageMap["v1"] = coreStorage

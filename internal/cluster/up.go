@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duet-net/duet/internal/agent/clusterdns"
 	"github.com/duet-net/duet/internal/agent/podroot"
 	"io"
 	"net"
@@ -51,6 +52,10 @@ type Options struct {
 	MasqConfig string
 	// Images is an image table file every agent loads.
 	Images string
+	// ClusterDomain is the cluster's DNS domain ("" is cluster.local);
+	// ResolvConf the resolver configuration whose nameservers every
+	// node's DNS forwards other names to ("" is the host's).
+	ClusterDomain, ResolvConf string
 	// Binary is the duet executable the server and agents run as.
 	Binary string
 	Out    io.Writer
@@ -97,6 +102,16 @@ func Up(ctx context.Context, o Options) (err error) {
 	}
 	if o.MasqConfig != "" {
 		if o.MasqConfig, err = filepath.Abs(o.MasqConfig); err != nil {
+			return err
+		}
+	}
+	if o.ClusterDomain != "" {
+		if _, err := clusterdns.CanonicalDomain(o.ClusterDomain); err != nil {
+			return fmt.Errorf("--cluster-domain: %w", err)
+		}
+	}
+	if o.ResolvConf != "" {
+		if o.ResolvConf, err = filepath.Abs(o.ResolvConf); err != nil {
 			return err
 		}
 	}
@@ -179,6 +194,12 @@ func Up(ctx context.Context, o Options) (err error) {
 		}
 		if o.Images != "" {
 			args = append(args, "--images", o.Images)
+		}
+		if o.ClusterDomain != "" {
+			args = append(args, "--cluster-domain", o.ClusterDomain)
+		}
+		if o.ResolvConf != "" {
+			args = append(args, "--resolv-conf", o.ResolvConf)
 		}
 		stream, serr := agentStreamingArgs(o.DataDir, n.Name)
 		if serr != nil {

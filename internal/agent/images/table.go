@@ -154,6 +154,10 @@ var shellImages = []string{
 	"busybox", "alpine", "debian", "ubuntu", "fedora", "centos", "bash",
 	"registry.k8s.io/e2e-test-images/busybox",
 	"gcr.io/google-containers/busybox", "k8s.gcr.io/busybox", "registry.k8s.io/busybox",
+	// Upstream's DNS test images: shells with dig and getent, which the
+	// host has once dnsutils is installed.
+	"registry.k8s.io/e2e-test-images/jessie-dnsutils", "registry.k8s.io/e2e-test-images/glibc-dns-testing",
+	"gcr.io/kubernetes-e2e-test-images/dnsutils",
 }
 
 // Builtin is the table Duet starts with. exe is the running duet

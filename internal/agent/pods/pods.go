@@ -93,6 +93,10 @@ type Manager struct {
 	// over Client and Clock.
 	Tokens     *tokens.Manager
 	tokensOnce sync.Once
+	// ClusterDomain is the cluster's DNS domain ("" is cluster.local);
+	// ResolvConf the node's resolver configuration ("" is
+	// /etc/resolv.conf).
+	ClusterDomain, ResolvConf string
 
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix

@@ -113,7 +113,7 @@ func (m *Manager) worldSpec(ctx context.Context, pod *corev1.Pod, addrs []netip.
 		HostNetwork: pod.Spec.HostNetwork, NodeName: m.NodeName,
 		Addrs: addrs, HostAliases: pod.Spec.HostAliases,
 		DNSPolicy: pod.Spec.DNSPolicy, DNSConfig: pod.Spec.DNSConfig,
-		ClusterDNS: m.ClusterDNS,
+		ClusterDNS: m.ClusterDNS, ClusterDomain: m.ClusterDomain, HostResolvConf: m.ResolvConf,
 	}
 	if len(s.ClusterDNS) == 0 {
 		dns, err := m.kubeDNS(ctx)
