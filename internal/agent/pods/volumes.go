@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/duet-net/duet/internal/agent/objwatch"
 	"github.com/duet-net/duet/internal/agent/podroot"
@@ -35,6 +36,7 @@ const tokenRetry = 10 * time.Second
 
 // volumeUpdater keeps one running pod's content volumes current.
 type volumeUpdater struct {
+	uid types.UID
 	// live are the volumes to keep current; tokens tells whether one of
 	// them holds a ServiceAccount token.
 	live   []corev1.Volume
@@ -64,7 +66,7 @@ func (m *Manager) sources() *objwatch.Watcher {
 // ends with the pod; spec is what its world was made from. It returns nil
 // when the pod has no volume to keep current.
 func (m *Manager) startVolumeUpdates(ctx context.Context, pod *corev1.Pod, run *podRun, spec *podroot.Spec) *volumeUpdater {
-	u := &volumeUpdater{pod: pod.DeepCopy(), wake: make(chan struct{}, 1),
+	u := &volumeUpdater{uid: pod.UID, pod: pod.DeepCopy(), wake: make(chan struct{}, 1),
 		written: map[string]map[string]podroot.File{}, failed: map[string]string{}}
 	for _, v := range liveVolumes(pod) {
 		u.live = append(u.live, v)
@@ -162,7 +164,7 @@ func (u *volumeUpdater) currentPod() *corev1.Pod {
 // updateVolumes writes the volumes anew whenever a source changed, a token
 // is due, or a write failed and is retried.
 func (m *Manager) updateVolumes(ctx context.Context, u *volumeUpdater, run *podRun) {
-	uid := u.pod.UID
+	uid := u.uid
 	defer m.tokens().Forget(uid) // a refresh racing the pod's stop
 	defer m.sources().Watch(u.refs, u.poke)()
 	clk := m.clock()
