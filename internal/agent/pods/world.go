@@ -200,7 +200,7 @@ func (m *Manager) volume(ctx context.Context, pod *corev1.Pod, info podroot.PodI
 
 func (m *Manager) configMapFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, mode *int32, optional *bool) (map[string]podroot.File, error) {
 	opt := optional != nil && *optional
-	cm, err := m.Client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	cm, err := m.configMap(ctx, ns, name)
 	if apierrors.IsNotFound(err) && opt {
 		return map[string]podroot.File{}, nil
 	}
@@ -212,7 +212,7 @@ func (m *Manager) configMapFiles(ctx context.Context, ns, name string, items []c
 
 func (m *Manager) secretFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, mode *int32, optional *bool) (map[string]podroot.File, error) {
 	opt := optional != nil && *optional
-	sec, err := m.Client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	sec, err := m.secret(ctx, ns, name)
 	if apierrors.IsNotFound(err) && opt {
 		return map[string]podroot.File{}, nil
 	}
@@ -429,13 +429,15 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// makeWorld makes a pod's world, with its addresses in /etc/hosts.
-func (m *Manager) makeWorld(ctx context.Context, pod *corev1.Pod, addrs []netip.Addr) (World, error) {
+// makeWorld makes a pod's world, with its addresses in /etc/hosts, and
+// returns the spec it was made from.
+func (m *Manager) makeWorld(ctx context.Context, pod *corev1.Pod, addrs []netip.Addr) (World, *podroot.Spec, error) {
 	spec, err := m.worldSpec(ctx, pod, addrs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return m.worlds().Create(ctx, spec)
+	w, err := m.worlds().Create(ctx, spec)
+	return w, spec, err
 }
 
 // addrs are the pod's addresses, primary family first.
