@@ -130,6 +130,8 @@ func clusterSource(t testing.TB) *IndexSource {
 		withPorts(service("default", "web", "10.96.0.20", "fd00:10:96::20"), port("http", tcp, 80), port("dns", udp, 53), port("", tcp, 8080)),
 		withPorts(service("default", "web4", "10.96.0.21"), port("http", tcp, 80)),
 		withPorts(service("default", "web6", "fd00:10:96::21"), port("http", tcp, 80)),
+		// Service names are RFC 1123 labels: they may start with a digit.
+		withPorts(service("default", "1web", "10.96.0.22", "fd00:10:96::22"), port("https", tcp, 443)),
 		withPorts(headless(service("default", "hl")), port("http", tcp, 80)),
 		slice("default", "hl", "hl-v4", discoveryv1.AddressTypeIPv4, hlPorts,
 			ep{addr: "10.244.0.5", hostname: "c"}, ep{addr: "10.244.1.6"}, ep{addr: "10.244.1.7", notReady: true}),
