@@ -58,7 +58,14 @@ e2e.test:
 ginkgo:
 	cd $(UPSTREAM_DIR) && $(GO) build -o $(CURDIR)/bin/ginkgo github.com/onsi/ginkgo/v2/ginkgo
 
+# CoreDNS, built from its Go module in the separate module test/coredns:
+# upstream's DNS tests run it in pods, and dnsbench compares it with Duet's
+# DNS.
+.PHONY: coredns
+coredns:
+	cd test/coredns && $(GO) build -o $(CURDIR)/bin/coredns .
+
 # Upstream's dual-stack e2e tests against a fresh `duet up` (root). The Go
 # build cache makes the upstream binaries a few minutes warm.
-e2e-upstream: build agnhost e2e.test ginkgo
+e2e-upstream: build agnhost coredns e2e.test ginkgo
 	./hack/e2e-upstream.sh
