@@ -65,6 +65,13 @@ ginkgo:
 coredns:
 	cd test/coredns && $(GO) build -o $(CURDIR)/bin/coredns .
 
+# Duet's cluster DNS against CoreDNS's kubernetes plugin, side by side on
+# one `duet server` (loopback only; about 5 minutes). DNSBENCH_FLAGS passes
+# flags (go run ./test/dnsbench -h lists them).
+.PHONY: dnsbench
+dnsbench: build coredns
+	$(GO) run ./test/dnsbench $(DNSBENCH_FLAGS)
+
 # Upstream's dual-stack e2e tests against a fresh `duet up` (root). The Go
 # build cache makes the upstream binaries a few minutes warm.
 e2e-upstream: build agnhost coredns e2e.test ginkgo
