@@ -6,10 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
-	"k8s.io/client-go/informers"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -52,30 +55,32 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 	if log == nil {
 		log = slog.Default()
 	}
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Trim))
-	svcs := factory.Core().V1().Services().Informer()
-	slices := factory.Discovery().V1().EndpointSlices().Informer()
-	pods := factory.Core().V1().Pods().Informer()
-	for _, x := range []struct {
-		inf      cache.SharedIndexInformer
-		indexers cache.Indexers
-		kind     string
-	}{{svcs, ServiceIndexers(), "services"}, {slices, SliceIndexers(), "endpointslices"}, {pods, PodIndexers(), "pods"}} {
-		if err := x.inf.AddIndexers(x.indexers); err != nil {
-			return fmt.Errorf("indexing %s: %w", x.kind, err)
-		}
-		gauge := IndexObjects.WithLabelValues(x.kind)
-		gauge.Set(0)
-		if _, err := x.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { gauge.Inc() },
-			DeleteFunc: func(any) { gauge.Dec() },
-		}); err != nil {
+	// Informers without indexers: the Index is their only handler and
+	// makes the lookups.
+	informers := []cache.SharedIndexInformer{
+		coreinformers.NewServiceInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}),
+		discoveryinformers.NewEndpointSliceInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}),
+		coreinformers.NewPodInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}),
+	}
+	src := NewIndex()
+	var synced []cache.InformerSynced
+	for _, inf := range informers {
+		if err := inf.SetTransform(Trim); err != nil {
 			return err
 		}
+		reg, err := inf.AddEventHandler(src)
+		if err != nil {
+			return err
+		}
+		synced = append(synced, reg.HasSynced)
 	}
-	src := &IndexSource{
-		ServiceIndex: svcs.GetIndexer(), SliceIndex: slices.GetIndexer(), PodIndex: pods.GetIndexer(),
-		HasSynced: func() bool { return svcs.HasSynced() && slices.HasSynced() && pods.HasSynced() },
+	src.HasSynced = func() bool {
+		for _, s := range synced {
+			if !s() {
+				return false
+			}
+		}
+		return true
 	}
 	resolver, err := NewResolver(o.Domain, o.TTL, src, o.Owned)
 	if err != nil {
@@ -87,8 +92,13 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 	}
 	defer closeNS()
 	h := &Handler{Resolver: resolver, Forwarder: NewForwarder(o.Upstreams, dial, 0), Log: log}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ictx, stopInformers := context.WithCancel(ctx)
+	defer stopInformers()
+	for _, inf := range informers {
+		wg.Go(func() { inf.RunWithContext(ictx) })
+	}
 	var addrs []string
 	for _, pc := range l.UDP {
 		addrs = append(addrs, pc.LocalAddr().String())
