@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -55,28 +57,11 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 	if log == nil {
 		log = slog.Default()
 	}
-	// Informers without indexers: the Index is their only handler and
-	// makes the lookups.
-	informers := []cache.SharedIndexInformer{
-		coreinformers.NewServiceInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}),
-		discoveryinformers.NewEndpointSliceInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}),
-		coreinformers.NewPodInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}),
-	}
 	src := NewIndex()
-	var synced []cache.InformerSynced
-	for _, inf := range informers {
-		if err := inf.SetTransform(Trim); err != nil {
-			return err
-		}
-		reg, err := inf.AddEventHandler(src)
-		if err != nil {
-			return err
-		}
-		synced = append(synced, reg.HasSynced)
-	}
+	controllers := informers(client, src)
 	src.HasSynced = func() bool {
-		for _, s := range synced {
-			if !s() {
+		for _, c := range controllers {
+			if !c.HasSynced() {
 				return false
 			}
 		}
@@ -96,8 +81,8 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 	defer wg.Wait()
 	ictx, stopInformers := context.WithCancel(ctx)
 	defer stopInformers()
-	for _, inf := range informers {
-		wg.Go(func() { inf.RunWithContext(ictx) })
+	for _, c := range controllers {
+		wg.Go(func() { c.RunWithContext(ictx) })
 	}
 	var addrs []string
 	for _, pc := range l.UDP {
@@ -106,6 +91,37 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 	log.Info("serving cluster DNS over UDP and TCP", "domain", resolver.Zone(), "addresses", addrs, "upstreams", o.Upstreams)
 	l.Serve(ctx, h, log)
 	return nil
+}
+
+// informers follow the cluster's Services, EndpointSlices and Pods into
+// x, trimmed. They are plain informers, not shared ones: x is their only
+// handler, called as each change is stored, with no listener goroutines
+// between and no notification buffers (an initial list of every Pod of
+// the cluster would fill them), and their stores have no indexers (x
+// makes the lookups).
+func informers(client kubernetes.Interface, x *Index) []cache.Controller {
+	kinds := []struct {
+		obj   runtime.Object
+		list  func(context.Context, metav1.ListOptions) (runtime.Object, error)
+		watch func(context.Context, metav1.ListOptions) (watch.Interface, error)
+	}{
+		{&corev1.Service{}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+		}, client.CoreV1().Services(metav1.NamespaceAll).Watch},
+		{&discoveryv1.EndpointSlice{}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
+		}, client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch},
+		{&corev1.Pod{}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+		}, client.CoreV1().Pods(metav1.NamespaceAll).Watch},
+	}
+	var out []cache.Controller
+	for _, k := range kinds {
+		lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{ListWithContextFunc: k.list, WatchFuncWithContext: k.watch}, client)
+		_, c := cache.NewInformerWithOptions(cache.InformerOptions{ListerWatcher: lw, ObjectType: k.obj, Handler: x, Transform: Trim})
+		out = append(out, c)
+	}
+	return out
 }
 
 // dialIn dials from the network namespace at nsPath ("" for the

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -42,8 +43,10 @@ type Source interface {
 // Its lists are copied on write, so that readers use them unlocked.
 type Index struct {
 	// HasSynced reports whether the handlers have had the informers'
-	// initial lists (nil: synced).
+	// initial lists (nil: synced). Once it has said so, Synced no longer
+	// asks (informers take a lock to answer).
 	HasSynced func() bool
+	synced    atomic.Bool
 
 	mu          sync.RWMutex
 	services    map[objKey]*corev1.Service
@@ -284,7 +287,16 @@ func (x *Index) HasPods(ns string) bool {
 	return x.podsPerNS[ns] > 0
 }
 
-func (x *Index) Synced() bool { return x.HasSynced == nil || x.HasSynced() }
+func (x *Index) Synced() bool {
+	if x.synced.Load() {
+		return true
+	}
+	if x.HasSynced == nil || x.HasSynced() {
+		x.synced.Store(true)
+		return true
+	}
+	return false
+}
 
 // clusterIPs are a Service's cluster IPs (none for headless and
 // ExternalName Services).
