@@ -18,9 +18,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 )
 
 // The benchmark cluster's address ranges: service ranges with room for
@@ -310,8 +312,16 @@ func createHeadless(ctx context.Context, client kubernetes.Interface, i, nEndpoi
 			AddressType: fam.t,
 			Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}},
 		}
-		for _, a := range fam.addrs {
-			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{a.String()}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+		// As the EndpointSlice controller writes them: each endpoint a
+		// pod's, on a node.
+		for j, a := range fam.addrs {
+			node := fmt.Sprintf("node-%d", j%3)
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
+				Addresses:  []string{a.String()},
+				Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &ready, Terminating: ptr.To(false)},
+				NodeName:   &node,
+				TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: svc.Namespace, Name: fmt.Sprintf("%s-%d", svc.Name, j), UID: types.UID(fmt.Sprintf("00000000-0000-0000-%04x-%012x", j, i))},
+			})
 		}
 		if _, err := client.DiscoveryV1().EndpointSlices(svc.Namespace).Create(ctx, s, metav1.CreateOptions{}); err != nil {
 			return sa, fmt.Errorf("creating endpointslice %s/%s: %w", s.Namespace, s.Name, err)

@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -41,6 +42,8 @@ type options struct {
 	serverCPU, clientCPU           int
 	satDuration, rateDuration      time.Duration
 	rate, workers, rounds, creates int
+	poll                           time.Duration
+	separate                       bool
 	corednsCache                   bool
 	keep, profile                  bool
 }
@@ -62,7 +65,9 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "saturation runs per server, taken in turns; the best counts")
 	flag.IntVar(&o.rate, "rate", 5000, "questions per second of the latency runs")
 	flag.DurationVar(&o.rateDuration, "rate-time", 10*time.Second, "length of each latency run")
-	flag.IntVar(&o.creates, "creates", 20, "Services created to time create-to-resolvable")
+	flag.IntVar(&o.creates, "creates", 50, "Services created to time create-to-resolvable")
+	flag.DurationVar(&o.poll, "poll", time.Millisecond, "how often each server is asked for a new Service's name")
+	flag.BoolVar(&o.separate, "separate", false, "create-to-resolvable with each server on a CPU of its own")
 	flag.BoolVar(&o.corednsCache, "coredns-cache", false, "give CoreDNS the cache plugin (cache 30), as kubeadm's Corefile has")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs) after the run")
 	flag.BoolVar(&o.profile, "profile", false, "profile Duet's DNS (CPU and heap, in the kept temporary directory); implies -keep")
@@ -232,8 +237,13 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}
 
-	if err := timeCreates(ctx, client, servers, reports, o.creates); err != nil {
+	if err := timeCreates(ctx, client, servers, reports, o.creates, o.poll, o.separate, [2]int{o.serverCPU, o.clientCPU}); err != nil {
 		return err
+	}
+	if o.creates > 0 {
+		first, diff := paired(reports[ddns].toResolve, reports[cdns].toResolve)
+		fmt.Printf("dnsbench: create-to-resolvable of %d Services: %s answered first for %d, %s for %d; median of Duet's time minus CoreDNS's %.3f ms\n",
+			o.creates, ddns.name, first, cdns.name, o.creates-first, float64(diff)/float64(time.Millisecond))
 	}
 	for _, s := range servers {
 		if reports[s].rssAfter, err = residentBytes(s.proc.pid()); err != nil {
@@ -283,7 +293,7 @@ func waitSynced(ctx context.Context, s *dnsServer, last []question, endpoints in
 
 // timeCreates creates n Services one after the other and times, for each
 // server, how long from the create request until it answers the name.
-func timeCreates(ctx context.Context, client kubernetes.Interface, servers []*dnsServer, reports map[*dnsServer]*report, n int) error {
+func timeCreates(ctx context.Context, client kubernetes.Interface, servers []*dnsServer, reports map[*dnsServer]*report, n int, poll time.Duration, separate bool, cpus [2]int) error {
 	const ns = "bench-0"
 	for i := range n {
 		name := fmt.Sprintf("fresh-%d", i)
@@ -297,7 +307,7 @@ func timeCreates(ctx context.Context, client kubernetes.Interface, servers []*dn
 		for j, s := range servers {
 			results[j] = make(chan seen, 1)
 			go func() {
-				at, err := firstAnswer(s.addr, fqdn, time.Millisecond, stop)
+				at, err := firstAnswer(s.addr, fqdn, poll, stop)
 				results[j] <- seen{at, err}
 			}()
 		}
@@ -307,6 +317,16 @@ func timeCreates(ctx context.Context, client kubernetes.Interface, servers []*dn
 				IPFamilyPolicy: &requireDualStack,
 				Ports:          []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}},
 			},
+		}
+		if separate {
+			// Each server on a CPU of its own, swapped every other
+			// Service, so that neither waits for the other to handle the
+			// same watch event.
+			for j, s := range servers {
+				if err := pin(strconv.Itoa(s.proc.pid()), cpus[(i+j)%2]); err != nil {
+					return err
+				}
+			}
 		}
 		start := time.Now()
 		_, err := client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
@@ -333,6 +353,23 @@ func timeCreates(ctx context.Context, client kubernetes.Interface, servers []*dn
 		}
 	}
 	return nil
+}
+
+// paired compares two servers' times for the same Services: how many
+// times a was the quicker, and the median of a's time minus b's.
+func paired(a, b []time.Duration) (aFirst int, median time.Duration) {
+	var d []time.Duration
+	for i := range min(len(a), len(b)) {
+		if a[i] < b[i] {
+			aFirst++
+		}
+		d = append(d, a[i]-b[i])
+	}
+	if len(d) == 0 {
+		return 0, 0
+	}
+	slices.Sort(d)
+	return aFirst, d[len(d)/2]
 }
 
 // latency is a percentile of r in milliseconds, or "lost" when it falls

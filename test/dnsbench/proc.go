@@ -79,10 +79,13 @@ func residentBytes(pid int) (int64, error) {
 
 // pinSelf binds every thread of this process to cpu; threads started
 // later inherit it from the thread that starts them.
-func pinSelf(cpu int) error {
+func pinSelf(cpu int) error { return pin("self", cpu) }
+
+// pin binds every thread of process pid ("self" for this one) to cpu.
+func pin(pid string, cpu int) error {
 	var set unix.CPUSet
 	set.Set(cpu)
-	tasks, err := filepath.Glob("/proc/self/task/*")
+	tasks, err := filepath.Glob("/proc/" + pid + "/task/*")
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,9 @@ import (
 	"strconv"
 	"syscall"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/duet-net/duet/internal/agent/clusterdns"
 	"github.com/duet-net/duet/internal/netaddr"
 )
@@ -139,7 +142,14 @@ func serveDuetDNS(kubeconfig string, port int, profileDir string) (err error) {
 			err = errors.Join(err, herr)
 		}()
 	}
-	client, err := newClient(kubeconfig)
+	// The client as duet agent makes it (cmd/duet/agent.go): no request
+	// timeout, which would cut the informers' watches.
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err
 	}
