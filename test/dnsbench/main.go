@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,7 +44,7 @@ type options struct {
 	satDuration, rateDuration      time.Duration
 	rate, workers, rounds, creates int
 	poll                           time.Duration
-	separate                       bool
+	separate, aa                   bool
 	corednsCache                   bool
 	keep, profile                  bool
 }
@@ -66,8 +67,9 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 5000, "questions per second of the latency runs")
 	flag.DurationVar(&o.rateDuration, "rate-time", 10*time.Second, "length of each latency run")
 	flag.IntVar(&o.creates, "creates", 50, "Services created to time create-to-resolvable")
-	flag.DurationVar(&o.poll, "poll", time.Millisecond, "how often each server is asked for a new Service's name")
-	flag.BoolVar(&o.separate, "separate", false, "create-to-resolvable with each server on a CPU of its own")
+	flag.DurationVar(&o.poll, "poll", 200*time.Microsecond, "how often each server is asked for a new Service's name")
+	flag.BoolVar(&o.separate, "separate", true, "create-to-resolvable with each server on a CPU of its own, swapped every other Service (else both on -server-cpu)")
+	flag.BoolVar(&o.aa, "aa", false, "compare Duet's DNS with a second one in CoreDNS's place: the differences the bench shows between equals")
 	flag.BoolVar(&o.corednsCache, "coredns-cache", false, "give CoreDNS the cache plugin (cache 30), as kubeadm's Corefile has")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs) after the run")
 	flag.BoolVar(&o.profile, "profile", false, "profile Duet's DNS (CPU and heap, in the kept temporary directory); implies -keep")
@@ -146,7 +148,20 @@ func run(ctx context.Context, o options) (err error) {
 	fmt.Printf("dnsbench: created %d Services, %d headless Services with %d endpoints per family in %v\n",
 		o.services, o.headless, o.endpoints, time.Since(t0).Round(time.Second))
 
-	cdns, err := startCoreDNS(o.coredns, dir, kubeconfig, o.serverCPU, o.corednsCache)
+	var cdns *dnsServer
+	if o.aa {
+		// The bench's own noise: Duet's DNS in CoreDNS's place too.
+		aaDir := filepath.Join(dir, "aa")
+		if err := os.Mkdir(aaDir, 0o755); err != nil {
+			return err
+		}
+		cdns, err = startDuetDNS(aaDir, kubeconfig, o.serverCPU, false)
+		if cdns != nil {
+			cdns.name = "Duet-2"
+		}
+	} else {
+		cdns, err = startCoreDNS(o.coredns, dir, kubeconfig, o.serverCPU, o.corednsCache)
+	}
 	if err != nil {
 		return err
 	}
@@ -242,8 +257,11 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if o.creates > 0 {
 		first, diff := paired(reports[ddns].toResolve, reports[cdns].toResolve)
-		fmt.Printf("dnsbench: create-to-resolvable of %d Services: %s answered first for %d, %s for %d; median of Duet's time minus CoreDNS's %.3f ms\n",
-			o.creates, ddns.name, first, cdns.name, o.creates-first, float64(diff)/float64(time.Millisecond))
+		fmt.Printf("dnsbench: create-to-resolvable of %d Services: %s answered first for %d, %s for %d; median of %s's time minus %s's %.3f ms\n",
+			o.creates, ddns.name, first, cdns.name, o.creates-first, ddns.name, cdns.name, float64(diff)/float64(time.Millisecond))
+		if o.separate {
+			fmt.Printf("dnsbench: (each server on a CPU of its own for these, swapped every other Service; -aa shows what two equal servers differ by)\n")
+		}
 	}
 	for _, s := range servers {
 		if reports[s].rssAfter, err = residentBytes(s.proc.pid()); err != nil {
@@ -350,6 +368,13 @@ func timeCreates(ctx context.Context, client kubernetes.Interface, servers []*dn
 		}
 		if err := client.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			return fmt.Errorf("deleting %s: %w", name, err)
+		}
+	}
+	if separate {
+		for _, s := range servers {
+			if err := pin(strconv.Itoa(s.proc.pid()), cpus[0]); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
