@@ -58,7 +58,21 @@ e2e.test:
 ginkgo:
 	cd $(UPSTREAM_DIR) && $(GO) build -o $(CURDIR)/bin/ginkgo github.com/onsi/ginkgo/v2/ginkgo
 
+# CoreDNS, built from its Go module in the separate module test/coredns:
+# upstream's DNS tests run it in pods, and dnsbench compares it with Duet's
+# DNS.
+.PHONY: coredns
+coredns:
+	cd test/coredns && $(GO) build -o $(CURDIR)/bin/coredns .
+
+# Duet's cluster DNS against CoreDNS's kubernetes plugin, side by side on
+# one `duet server` (loopback only; about 5 minutes). DNSBENCH_FLAGS passes
+# flags (go run ./test/dnsbench -h lists them).
+.PHONY: dnsbench
+dnsbench: build coredns
+	$(GO) run ./test/dnsbench $(DNSBENCH_FLAGS)
+
 # Upstream's dual-stack e2e tests against a fresh `duet up` (root). The Go
 # build cache makes the upstream binaries a few minutes warm.
-e2e-upstream: build agnhost e2e.test ginkgo
+e2e-upstream: build agnhost coredns e2e.test ginkgo
 	./hack/e2e-upstream.sh

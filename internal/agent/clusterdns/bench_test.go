@@ -14,7 +14,7 @@ import (
 
 // benchSource holds the benchmark cluster: 10,000 dual-stack
 // Services and 1,000 headless Services with 10 endpoints of each family.
-func benchSource(b *testing.B) *IndexSource {
+func benchSource(b *testing.B) *Index {
 	src := newSource()
 	for i := range 10000 {
 		src.add(b, withPorts(service(fmt.Sprintf("ns%d", i%100), fmt.Sprintf("svc%d", i),

@@ -1,8 +1,6 @@
 package clusterdns
 
 import (
-	"fmt"
-	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -12,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 )
 
@@ -22,34 +19,17 @@ var testOwned = []netip.Prefix{
 	netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56"),
 }
 
-// indexer is an informer's indexer with the namespace index informers
-// start with, plus extra.
-func indexer(extra cache.Indexers) cache.Indexer {
-	idx := cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}
-	maps.Copy(idx, extra)
-	return cache.NewIndexer(cache.MetaNamespaceKeyFunc, idx)
-}
+func newSource() *Index { return NewIndex() }
 
-func newSource() *IndexSource {
-	return &IndexSource{ServiceIndex: indexer(ServiceIndexers()), SliceIndex: indexer(SliceIndexers()), PodIndex: indexer(PodIndexers())}
-}
-
-func (s *IndexSource) add(t testing.TB, objs ...any) {
+// add puts objects in the index as informers do, failing on other kinds.
+func (x *Index) add(t testing.TB, objs ...any) {
 	t.Helper()
 	for _, o := range objs {
-		var err error
-		switch o := o.(type) {
-		case *corev1.Service:
-			err = s.ServiceIndex.Add(o)
-		case *discoveryv1.EndpointSlice:
-			err = s.SliceIndex.Add(o)
-		case *corev1.Pod:
-			err = s.PodIndex.Add(o)
+		switch o.(type) {
+		case *corev1.Service, *discoveryv1.EndpointSlice, *corev1.Pod:
+			x.OnAdd(o, true)
 		default:
-			err = fmt.Errorf("unexpected %T", o)
-		}
-		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("unexpected %T", o)
 		}
 	}
 }
@@ -108,7 +88,7 @@ func pod(ns, name string, ips ...string) *corev1.Pod {
 }
 
 // clusterSource is a small dual-stack cluster with every kind of record.
-func clusterSource(t testing.TB) *IndexSource {
+func clusterSource(t testing.TB) *Index {
 	src := newSource()
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
 	headless := func(svc *corev1.Service) *corev1.Service {
@@ -130,6 +110,8 @@ func clusterSource(t testing.TB) *IndexSource {
 		withPorts(service("default", "web", "10.96.0.20", "fd00:10:96::20"), port("http", tcp, 80), port("dns", udp, 53), port("", tcp, 8080)),
 		withPorts(service("default", "web4", "10.96.0.21"), port("http", tcp, 80)),
 		withPorts(service("default", "web6", "fd00:10:96::21"), port("http", tcp, 80)),
+		// Service names are RFC 1123 labels: they may start with a digit.
+		withPorts(service("default", "1web", "10.96.0.22", "fd00:10:96::22"), port("https", tcp, 443)),
 		withPorts(headless(service("default", "hl")), port("http", tcp, 80)),
 		slice("default", "hl", "hl-v4", discoveryv1.AddressTypeIPv4, hlPorts,
 			ep{addr: "10.244.0.5", hostname: "c"}, ep{addr: "10.244.1.6"}, ep{addr: "10.244.1.7", notReady: true}),

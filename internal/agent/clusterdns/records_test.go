@@ -46,6 +46,10 @@ func TestResolve(t *testing.T) {
 		{name: "an IPv4-only Service's A record", qname: "web4.default.svc.cluster.local.", qtype: dns.TypeA, answer: []string{"A 10.96.0.21"}},
 		{name: "an IPv6-only Service has no A: NODATA", qname: "web6.default.svc.cluster.local.", qtype: dns.TypeA, soa: "cluster.local."},
 		{name: "an IPv6-only Service's AAAA record", qname: "web6.default.svc.cluster.local.", qtype: dns.TypeAAAA, answer: []string{"AAAA fd00:10:96::21"}},
+		{name: "a Service whose name starts with a digit, A", qname: "1web.default.svc.cluster.local.", qtype: dns.TypeA, answer: []string{"A 10.96.0.22"}},
+		{name: "a Service whose name starts with a digit, AAAA", qname: "1web.default.svc.cluster.local.", qtype: dns.TypeAAAA, answer: []string{"AAAA fd00:10:96::22"}},
+		{name: "a Service whose name starts with a digit, SRV", qname: "_https._tcp.1web.default.svc.cluster.local.", qtype: dns.TypeSRV,
+			answer: []string{"SRV 0 100 443 1web.default.svc.cluster.local."}},
 		{name: "a Service's MX: NODATA", qname: web, qtype: dns.TypeMX, soa: "cluster.local."},
 		{name: "a missing Service is NXDOMAIN", qname: "nope.default.svc.cluster.local.", qtype: dns.TypeA, rcode: nxdomain, soa: "cluster.local."},
 		{name: "a Service of another namespace is not found", qname: "web.other.svc.cluster.local.", qtype: dns.TypeA, rcode: nxdomain, soa: "cluster.local."},
@@ -121,6 +125,7 @@ func TestResolve(t *testing.T) {
 		// PTR records.
 		{name: "PTR of a Service's IPv4 cluster IP", qname: "20.0.96.10.in-addr.arpa.", qtype: dns.TypePTR, answer: []string{"PTR web.default.svc.cluster.local."}},
 		{name: "PTR of a Service's IPv6 cluster IP", qname: mustReverse(t, "fd00:10:96::20"), qtype: dns.TypePTR, answer: []string{"PTR web.default.svc.cluster.local."}},
+		{name: "PTR of a Service whose name starts with a digit", qname: mustReverse(t, "fd00:10:96::22"), qtype: dns.TypePTR, answer: []string{"PTR 1web.default.svc.cluster.local."}},
 		{name: "PTR of a headless endpoint with a hostname", qname: "5.0.244.10.in-addr.arpa.", qtype: dns.TypePTR, answer: []string{"PTR c.hl.default.svc.cluster.local."}},
 		{name: "PTR of a headless endpoint with a hostname, IPv6", qname: mustReverse(t, "fd00:10:244::5"), qtype: dns.TypePTR, answer: []string{"PTR c.hl.default.svc.cluster.local."}},
 		{name: "PTR of a headless endpoint without hostname", qname: mustReverse(t, "fd00:10:244:1::6"), qtype: dns.TypePTR,

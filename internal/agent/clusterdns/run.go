@@ -6,10 +6,15 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
-	"k8s.io/client-go/informers"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -52,30 +57,15 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 	if log == nil {
 		log = slog.Default()
 	}
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Trim))
-	svcs := factory.Core().V1().Services().Informer()
-	slices := factory.Discovery().V1().EndpointSlices().Informer()
-	pods := factory.Core().V1().Pods().Informer()
-	for _, x := range []struct {
-		inf      cache.SharedIndexInformer
-		indexers cache.Indexers
-		kind     string
-	}{{svcs, ServiceIndexers(), "services"}, {slices, SliceIndexers(), "endpointslices"}, {pods, PodIndexers(), "pods"}} {
-		if err := x.inf.AddIndexers(x.indexers); err != nil {
-			return fmt.Errorf("indexing %s: %w", x.kind, err)
+	src := NewIndex()
+	controllers := informers(client, src)
+	src.HasSynced = func() bool {
+		for _, c := range controllers {
+			if !c.HasSynced() {
+				return false
+			}
 		}
-		gauge := IndexObjects.WithLabelValues(x.kind)
-		gauge.Set(0)
-		if _, err := x.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { gauge.Inc() },
-			DeleteFunc: func(any) { gauge.Dec() },
-		}); err != nil {
-			return err
-		}
-	}
-	src := &IndexSource{
-		ServiceIndex: svcs.GetIndexer(), SliceIndex: slices.GetIndexer(), PodIndex: pods.GetIndexer(),
-		HasSynced: func() bool { return svcs.HasSynced() && slices.HasSynced() && pods.HasSynced() },
+		return true
 	}
 	resolver, err := NewResolver(o.Domain, o.TTL, src, o.Owned)
 	if err != nil {
@@ -87,8 +77,13 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 	}
 	defer closeNS()
 	h := &Handler{Resolver: resolver, Forwarder: NewForwarder(o.Upstreams, dial, 0), Log: log}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ictx, stopInformers := context.WithCancel(ctx)
+	defer stopInformers()
+	for _, c := range controllers {
+		wg.Go(func() { c.RunWithContext(ictx) })
+	}
 	var addrs []string
 	for _, pc := range l.UDP {
 		addrs = append(addrs, pc.LocalAddr().String())
@@ -96,6 +91,37 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 	log.Info("serving cluster DNS over UDP and TCP", "domain", resolver.Zone(), "addresses", addrs, "upstreams", o.Upstreams)
 	l.Serve(ctx, h, log)
 	return nil
+}
+
+// informers follow the cluster's Services, EndpointSlices and Pods into
+// x, trimmed. They are plain informers, not shared ones: x is their only
+// handler, called as each change is stored, with no listener goroutines
+// between and no notification buffers (an initial list of every Pod of
+// the cluster would fill them), and their stores have no indexers (x
+// makes the lookups).
+func informers(client kubernetes.Interface, x *Index) []cache.Controller {
+	kinds := []struct {
+		obj   runtime.Object
+		list  func(context.Context, metav1.ListOptions) (runtime.Object, error)
+		watch func(context.Context, metav1.ListOptions) (watch.Interface, error)
+	}{
+		{&corev1.Service{}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+		}, client.CoreV1().Services(metav1.NamespaceAll).Watch},
+		{&discoveryv1.EndpointSlice{}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
+		}, client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch},
+		{&corev1.Pod{}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+		}, client.CoreV1().Pods(metav1.NamespaceAll).Watch},
+	}
+	var out []cache.Controller
+	for _, k := range kinds {
+		lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{ListWithContextFunc: k.list, WatchFuncWithContext: k.watch}, client)
+		_, c := cache.NewInformerWithOptions(cache.InformerOptions{ListerWatcher: lw, ObjectType: k.obj, Handler: x, Transform: Trim})
+		out = append(out, c)
+	}
+	return out
 }
 
 // dialIn dials from the network namespace at nsPath ("" for the

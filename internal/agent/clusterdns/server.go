@@ -21,6 +21,13 @@ import (
 // Port is where cluster DNS listens: the kube-dns Service's port.
 const Port = 53
 
+// udpReceiveBuffer is the receive buffer of the UDP sockets: a few
+// thousand questions, so that a burst (a node's pods starting together)
+// or a pause of the server (a GC, a busy CPU) queues questions for
+// milliseconds rather than dropping them, which costs the client a
+// resend after seconds.
+const udpReceiveBuffer = 4 << 20
+
 // tcpIdleTimeout closes a client's TCP connection after this long without
 // a question (RFC 7766 suggests seconds, not minutes).
 const tcpIdleTimeout = 10 * time.Second
@@ -40,7 +47,10 @@ func Listen(nsPath string, addrs []netip.Addr, port int) (*Listeners, error) {
 		for _, a := range addrs {
 			hostPort := net.JoinHostPort(a.String(), strconv.Itoa(port))
 			lc := net.ListenConfig{Control: freebind}
-			pc, err := lc.ListenPacket(context.Background(), "udp", hostPort)
+			ulc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+				return errors.Join(freebind(network, address, c), receiveBuffer(c, udpReceiveBuffer))
+			}}
+			pc, err := ulc.ListenPacket(context.Background(), "udp", hostPort)
 			if err != nil {
 				return fmt.Errorf("DNS on udp %s: %w", hostPort, err)
 			}
@@ -77,6 +87,19 @@ func freebind(network, _ string, c syscall.RawConn) error {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
 		} else {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+		}
+	})
+	return errors.Join(err, serr)
+}
+
+// receiveBuffer sets a socket's receive buffer to size bytes: past the
+// system's limit (net.core.rmem_max) when the process may (CAP_NET_ADMIN,
+// as agents have), else up to it.
+func receiveBuffer(c syscall.RawConn, size int) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size) != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, size)
 		}
 	})
 	return errors.Join(err, serr)

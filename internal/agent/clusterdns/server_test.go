@@ -11,9 +11,12 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/component-base/metrics/testutil"
+
+	"github.com/duet-net/duet/internal/testutil/roottest"
 )
 
 var loopback = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
@@ -336,5 +339,29 @@ func TestMetrics(t *testing.T) {
 	if a1-a0 != 2 || nx1-nx0 != 1 || fwd1-fwd0 != 1 || n1-n0 != 2 {
 		t.Errorf("after 2 cluster A questions (one NXDOMAIN) and one forward: requests +%v, NXDOMAIN +%v, forwarded NOERROR +%v, latencies +%d",
 			a1-a0, nx1-nx0, fwd1-fwd0, n1-n0)
+	}
+}
+
+// The UDP sockets queue a burst of questions: as root, past the system's
+// default limit.
+func TestListenReceiveBuffer(t *testing.T) {
+	roottest.Require(t)
+	l, err := Listen("", loopback, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	raw, err := l.UDP[0].(*net.UDPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int
+	var serr error
+	if err := raw.Control(func(fd uintptr) { size, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	// The kernel reports twice what was set (its bookkeeping share).
+	if size < udpReceiveBuffer {
+		t.Errorf("UDP receive buffer %d bytes, want at least %d", size, udpReceiveBuffer)
 	}
 }
