@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -147,6 +148,9 @@ func RestoreSnapshot(file, dataDir, bindAddress string) (SnapshotStatus, error) 
 	})
 	if err != nil {
 		_ = os.RemoveAll(filepath.Join(dir, "data"))
+		if strings.Contains(err.Error(), "expected sha256") {
+			return SnapshotStatus{}, fmt.Errorf("restoring %s: its checksum does not match its content: the file is damaged (%w)", file, err)
+		}
 		return SnapshotStatus{}, fmt.Errorf("restoring %s: %w", file, err)
 	}
 	return SnapshotStatus{Revision: st.Revision, TotalKeys: st.TotalKey, TotalSize: st.TotalSize}, nil
