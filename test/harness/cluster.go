@@ -1,11 +1,16 @@
 package harness
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,4 +67,89 @@ func (s *Server) EtcdMembers(ctx context.Context, c *clientv3.Client) ([]string,
 		names = append(names, name)
 	}
 	return names, nil
+}
+
+// UpCluster is a `duet up` on a data directory the test chose, which it
+// may stop and start again (Up's cluster lives as long as the test).
+type UpCluster struct {
+	DataDir    string
+	Kubeconfig string
+	cmd        *exec.Cmd
+	exited     chan struct{} // closed once duet up has exited, err set
+	err        error
+	stopOnce   sync.Once
+	mu         sync.Mutex
+	out        []string
+}
+
+// StartUp runs `duet up --data-dir dataDir ARGS` and returns once it is
+// ready; the cluster is stopped when the test ends if it still runs.
+func StartUp(t testing.TB, dataDir string, args ...string) *UpCluster {
+	t.Helper()
+	u := &UpCluster{DataDir: dataDir, exited: make(chan struct{})}
+	u.cmd = exec.Command(Bin, append([]string{"up", "--data-dir", dataDir}, args...)...)
+	stdout, err := u.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.cmd.Stderr = u.cmd.Stdout
+	if err := u.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan string, 1)
+	go func() {
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			line := s.Text()
+			u.mu.Lock()
+			u.out = append(u.out, line)
+			u.mu.Unlock()
+			if k, ok := strings.CutPrefix(line, "Cluster ready. kubeconfig: "); ok {
+				ready <- k
+			}
+		}
+		u.err = u.cmd.Wait()
+		close(u.exited)
+	}()
+	t.Cleanup(func() { u.Stop(t) })
+	select {
+	case k := <-ready:
+		u.Kubeconfig = k
+		return u
+	case <-u.exited:
+		t.Fatalf("duet up exited before it was ready (%v):\n%s", u.err, u.Output())
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("duet up not ready after 5 minutes:\n%s", u.Output())
+	}
+	return nil
+}
+
+// Output is what duet up printed so far.
+func (u *UpCluster) Output() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return strings.Join(u.out, "\n")
+}
+
+// Stop stops duet up with SIGINT, as Ctrl-C does; it must exit 0.
+func (u *UpCluster) Stop(t testing.TB) {
+	t.Helper()
+	u.stopOnce.Do(func() {
+		select {
+		case <-u.exited:
+			return
+		default:
+		}
+		_ = u.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-u.exited:
+			if u.err != nil {
+				t.Errorf("duet up exited with %v after SIGINT:\n%s", u.err, u.Output())
+			}
+		case <-time.After(2 * time.Minute):
+			_ = u.cmd.Process.Kill()
+			<-u.exited
+			t.Errorf("duet up did not stop within 2 minutes of SIGINT")
+		}
+	})
 }
