@@ -196,3 +196,35 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestMemberRemoveOfADeadServer: a server killed for good is removed with
+// duet member remove from a survivor; duet member list shows who is left,
+// and a server cannot remove its own member that way.
+func TestMemberRemoveOfADeadServer(t *testing.T) {
+	t.Parallel()
+	s := startCluster(t, 3)
+	a, c := s[0], s[2]
+	nameData, err := os.ReadFile(filepath.Join(c.DataDir, "etcd", "name"))
+	fatalIf(t, err)
+	cName := strings.TrimSpace(string(nameData))
+	c.Kill(t)
+	out, err := exec.Command(harness.Bin, "member", "list", "--data-dir", a.DataDir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), cName) || !strings.Contains(string(out), "(this server)") {
+		t.Fatalf("duet member list: %v\n%s\nwant the dead member %s and this server marked", err, out, cName)
+	}
+	out, err = exec.Command(harness.Bin, "member", "remove", cName, "--data-dir", a.DataDir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "removed member "+cName) {
+		t.Fatalf("duet member remove %s: %v\n%s", cName, err, out)
+	}
+	members, err := a.EtcdMembers(ctxT(t), a.EtcdClient(t))
+	fatalIf(t, err)
+	if len(members) != 2 || slices.Contains(members, cName) {
+		t.Errorf("members after the removal: %v, want two without %s", members, cName)
+	}
+	aName, err := os.ReadFile(filepath.Join(a.DataDir, "etcd", "name"))
+	fatalIf(t, err)
+	out, err = exec.Command(harness.Bin, "member", "remove", strings.TrimSpace(string(aName)), "--data-dir", a.DataDir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--leave") {
+		t.Errorf("removing a server's own member: %v\n%s\nwant a refusal pointing to --leave", err, out)
+	}
+}
