@@ -29,11 +29,11 @@ type attempt struct {
 // load is 16 clients creating Services, then pods, in one namespace; a
 // failed create is retried until it succeeds or finds its object there.
 type load struct {
-	ns      string
-	mu      sync.Mutex
-	acked   map[string][]string // Service name → cluster IPs the create returned
-	podsOK  []string
-	tries   []attempt
+	ns     string
+	mu     sync.Mutex
+	acked  map[string][]string // Service name → cluster IPs the create returned
+	podsOK []string
+	tries  []attempt
 	// probes are single creates started every 200 ms, each on its own,
 	// while the load runs: unlike the clients, none waits for another
 	// to finish, so they tell when a new write succeeds again.

@@ -231,4 +231,3 @@ func (f *figures) String() string {
 	}
 	return fmt.Sprintf("%s over %d repeats: p50 %v, p99 %v (each: %s)", f.name, len(s), pct(0.5).Round(10*time.Millisecond), pct(0.99).Round(10*time.Millisecond), strings.Join(all, ", "))
 }
-
