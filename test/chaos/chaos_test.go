@@ -147,10 +147,15 @@ func TestPartition(t *testing.T) {
 		l.waitProgress(t, 1.0/3)
 		partition(t, victim.NetNS)
 		at := time.Now()
-		roottest.Eventually(t, 30*time.Second, victim.Name+" reports not ready", func() error {
+		// Not ready for the lost quorum: from then on writes are refused
+		// at once (a write already in flight waits for etcd's timeout).
+		roottest.Eventually(t, 30*time.Second, victim.Name+" reports the lost quorum", func() error {
 			err := victim.readyz(ctx)
 			if err == nil {
 				return errors.New("/readyz ok")
+			}
+			if !strings.Contains(err.Error(), "[-]etcd-quorum failed") {
+				return fmt.Errorf("not ready, but not for the quorum yet: %v", err)
 			}
 			return nil
 		})
