@@ -9,12 +9,12 @@ LDFLAGS  := -X github.com/duet-net/duet/internal/version.Version=$(VERSION) \
             -X github.com/duet-net/duet/internal/version.Commit=$(COMMIT)
 FUZZTIME ?= 2m
 
-.PHONY: build test deps vet staticcheck unit bench fuzz clean
+.PHONY: build test deps vet staticcheck unit chaos bench fuzz clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/duet ./cmd/duet
 
-test: deps vet staticcheck unit e2e-upstream
+test: deps vet staticcheck unit chaos e2e-upstream
 
 deps:
 	./hack/install-deps.sh
@@ -27,6 +27,11 @@ staticcheck:
 
 unit:
 	DUET_TEST_REQUIRE_ROOT=1 $(GO) test -race -count=1 -timeout 60m ./...
+
+# Failures injected into `duet up --servers 3` under load (root); see
+# test/chaos. CHAOS_REPEATS, CHAOS_SERVICES, CHAOS_PODS scale it.
+chaos:
+	DUET_TEST_REQUIRE_ROOT=1 $(GO) test -tags chaos -count=1 -timeout 120m -v ./test/chaos/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...

@@ -31,6 +31,7 @@ func newAgentCommand() *cobra.Command {
 	var imagesFile string
 	var clusterDomain, resolvConf string
 	var noDNS bool
+	var follow serverFlags
 	cmd := &cobra.Command{
 		Use:   "agent --kubeconfig FILE --node-name NAME --node-ip A[,B] [--netns PATH]",
 		Short: "Run a node agent: register the Node and program its network",
@@ -91,13 +92,18 @@ namespace (as duet up's nodes are) instead of its own.`,
 			// client-go's default of 5 QPS would pace a burst of pod
 			// status updates; the kubelet's defaults are these.
 			rest.QPS, rest.Burst = 50, 100
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", nodeName)
+			runFailover, err := follow.apply(rest, log)
+			if err != nil {
+				return fmt.Errorf("--server: %w", err)
+			}
 			client, err := kubernetes.NewForConfig(rest)
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", nodeName)
+			go runFailover(ctx)
 			if imagesFile != "" {
 				exe, err := os.Executable()
 				if err != nil {
@@ -128,6 +134,7 @@ namespace (as duet up's nodes are) instead of its own.`,
 	fs.StringVar(&resolvConf, "resolv-conf", agent.DefaultResolvConf, "the node's resolver configuration: cluster DNS forwards names outside the cluster domain to its nameservers, and dnsPolicy Default pods get it")
 	fs.BoolVar(&noDNS, "no-dns", false, "do not serve cluster DNS on this node's InternalIPs (port 53); kube-dns then sends its queries to other nodes")
 	stream.register(fs)
+	follow.register(fs)
 	fs.StringVar(&imagesFile, "images", "", "image table file (YAML) mapping images to entrypoints and files, added to the built-in table")
 	fs.StringVar(&stateDir, "state-dir", "", "where the node's IPAM store and container logs live (default /var/lib/duet/agent/NODE)")
 	return cmd

@@ -38,6 +38,7 @@ everything down. After a crash, duet down --data-dir DIR cleans up.`,
 	fs := cmd.Flags()
 	fs.StringVar(&o.DataDir, "data-dir", "", "directory for the cluster's state, logs and admin.kubeconfig (required)")
 	fs.IntVar(&o.Nodes, "nodes", 2, "number of nodes")
+	fs.IntVar(&o.Servers, "servers", 1, "number of API servers, each an etcd member; with more than one (3 tolerates the loss of one), each runs in a network namespace of its own on the underlay, agents and kubectl follow the ready ones")
 	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", cluster.DefaultClusterCIDR, "pod CIDRs, one per family, primary first")
 	fs.StringVar(&o.ServiceRange, "service-cluster-ip-range", cluster.DefaultServiceRange, "service ranges, one per family, primary first")
 	fs.BoolVar(&o.IPv6Primary, "ipv6-primary", false, "make IPv6 the primary family (puts the IPv6 entries first)")

@@ -151,6 +151,10 @@ type Server struct {
 	// nodeGraph tells which Secrets, ConfigMaps and ServiceAccounts each
 	// node's pods refer to, for the node authorizer.
 	nodeGraph *nodegraph.Graph
+	// cluster serves the servers that join this one's etcd cluster.
+	cluster clusterState
+	// quorum tells whether etcd can commit writes.
+	quorum *quorumMonitor
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API. It
@@ -190,8 +194,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 
 	etcdServers := cfg.EtcdServers
 	if len(etcdServers) == 0 {
-		log.Info("starting embedded etcd", "dir", filepath.Join(cfg.DataDir, "etcd"))
-		if s.etcd, err = StartEmbeddedEtcd(ctx, filepath.Join(cfg.DataDir, "etcd")); err != nil {
+		if s.etcd, err = s.startEtcd(ctx); err != nil {
 			return nil, err
 		}
 		etcdServers = []string{s.etcd.ClientURL}
@@ -214,6 +217,14 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	if s.tokenIssuer, err = satoken.NewIssuer(saKey, satoken.DefaultIssuer); err != nil {
 		return nil, err
+	}
+	if s.etcd != nil {
+		if s.cluster.secret, err = sharedJoinSecret(ctx, etcdServers); err != nil {
+			return nil, err
+		}
+		if err := s.writeJoinToken(); err != nil {
+			return nil, err
+		}
 	}
 
 	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress.String(), strconv.Itoa(cfg.SecurePort)))
@@ -242,6 +253,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	if s.agents, err = agentConnection(ca); err != nil {
 		return nil, err
 	}
+	// With the CA in the chain, a joining server can check it against
+	// the hash in its join token.
+	serving.CertPEM = append(serving.CertPEM, ca.ChainPEM()...)
 	servingCert, servingKey := filepath.Join(pkiDir, "apiserver.crt"), filepath.Join(pkiDir, "apiserver.key")
 	if err := serving.WriteFiles(servingCert, servingKey); err != nil {
 		return nil, err
@@ -264,10 +278,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	// The TLS handshake asks for client certificates only with a client CA.
 	config.SecureServing.ClientCA = clientCA
-	config.Authentication.Authenticator = newAuthenticator(ca.Cert,
-		satoken.NewAuthenticator(&saKey.PublicKey, satoken.DefaultIssuer, []string{satoken.DefaultIssuer}, storageLookup{s}))
+	config.Authentication.Authenticator = newAuthenticator(ca.Cert, s.cluster.withJoin(
+		satoken.NewAuthenticator(&saKey.PublicKey, satoken.DefaultIssuer, []string{satoken.DefaultIssuer}, storageLookup{s})))
 	s.nodeGraph = nodegraph.New()
-	config.Authorization.Authorizer = newAuthorizer(s.nodeGraph)
+	config.Authorization.Authorizer = authorizeJoin(newAuthorizer(s.nodeGraph))
 	config.LoopbackClientConfig.ContentType = runtime.ContentTypeJSON
 	genericapiserver.AuthorizeClientBearerToken(config.LoopbackClientConfig, &config.Authentication, &config.Authorization)
 	// The getters are bound once the APIs are installed, before serving.
@@ -312,6 +326,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	config.RESTOptionsGetter = storageEncodings{RESTOptionsGetter: config.RESTOptionsGetter, protobuf: s.storageCodec}
 
+	if err := s.prepareQuorum(config); err != nil {
+		return nil, err
+	}
+
 	client, err := kubernetes.NewForConfig(config.LoopbackClientConfig)
 	if err != nil {
 		return nil, err
@@ -323,6 +341,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		return nil, fmt.Errorf("building the API server: %w", err)
 	}
 	s.generic = generic
+	if err := s.installCluster(); err != nil {
+		return nil, err
+	}
 
 	if err := s.installAPIs(ctx, completed); err != nil {
 		return nil, err
@@ -466,6 +487,8 @@ func (s *Server) Run(ctx context.Context) error {
 			select {
 			case err := <-s.etcd.Err():
 				s.log.Error("embedded etcd failed", "err", err)
+			case <-s.etcd.Stopped():
+				s.log.Error("embedded etcd stopped: was this server removed from its cluster? (duet server --leave, or a member remove elsewhere)")
 			case <-ctx.Done():
 			}
 		}()

@@ -43,8 +43,12 @@ type Topology struct {
 	Underlay string // namespace holding the underlay bridge
 	External string // namespace standing for the outside world
 	Nodes    []Node
-	ExtIPv4  netip.Addr // the external namespace's underlay addresses
-	ExtIPv6  netip.Addr
+	// Servers are the control plane's namespaces when it has several
+	// servers (duet up --servers N); none when its one server runs in
+	// the host's namespace.
+	Servers []Node
+	ExtIPv4 netip.Addr // the external namespace's underlay addresses
+	ExtIPv6 netip.Addr
 }
 
 // Plan returns the topology of a cluster kept in dataDir. Names derive from
@@ -90,6 +94,9 @@ func NetNSPath(name string) string { return netns.Path(name) }
 func (t Topology) Namespaces() []string {
 	out := []string{t.Underlay, t.External}
 	for _, n := range t.Nodes {
+		out = append(out, n.NetNS)
+	}
+	for _, n := range t.Servers {
 		out = append(out, n.NetNS)
 	}
 	return out
@@ -170,6 +177,11 @@ func (t Topology) Create() (err error) {
 		}
 	}
 
+	for i, n := range t.Servers {
+		if err := attach(n.NetNS, fmt.Sprintf("s%d", i+1), netip.PrefixFrom(n.IPv4, 24), netip.PrefixFrom(n.IPv6, 64)); err != nil {
+			return err
+		}
+	}
 	for i, n := range t.Nodes {
 		if err := attach(n.NetNS, fmt.Sprintf("n%d", i+1), netip.PrefixFrom(n.IPv4, 24), netip.PrefixFrom(n.IPv6, 64)); err != nil {
 			return err

@@ -56,6 +56,9 @@ type Options struct {
 	// ResolvConf the resolver configuration whose nameservers every
 	// node's DNS forwards other names to ("" is the host's).
 	ClusterDomain, ResolvConf string
+	// Servers is the number of API servers, each an etcd member; with
+	// more than one, each runs in a namespace of its own (servers.go).
+	Servers int
 	// Binary is the duet executable the server and agents run as.
 	Binary string
 	Out    io.Writer
@@ -119,6 +122,12 @@ func Up(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
+	if o.Servers == 0 {
+		o.Servers = 1
+	}
+	if err := topo.planServers(o.Servers); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Join(o.DataDir, "logs"), 0o700); err != nil {
 		return err
 	}
@@ -152,23 +161,13 @@ func Up(ctx context.Context, o Options) (err error) {
 	say("Starting the control plane (cluster CIDRs %s, service ranges %s)…", clusterCIDR, serviceRange)
 	kubeconfig := filepath.Join(o.DataDir, "admin.kubeconfig")
 	_ = os.Remove(kubeconfig)
-	// One port for the cluster's life: a restarted server must be where the
-	// agents' kubeconfigs say it is.
-	port, err := freeLoopbackPort()
-	if err != nil {
-		return err
-	}
-	serverArgs := []string{"server", "--data-dir", o.DataDir, "--secure-port", strconv.Itoa(port),
-		"--service-cluster-ip-range", serviceRange, "--cluster-cidr", clusterCIDR}
-	if o.LBPools != "" {
-		serverArgs = append(serverArgs, "--load-balancer-ip-pool", o.LBPools)
-	}
-	server, err := sup.start("the control plane", o.Binary, filepath.Join(o.DataDir, "logs", "server.log"), serverArgs...)
-	if err != nil {
-		return err
-	}
-	client, err := waitForServer(ctx, kubeconfig, server)
-	if err != nil {
+	var client kubernetes.Interface
+	var ha *controlPlane
+	if len(topo.Servers) > 0 {
+		if ha, client, err = startServers(ctx, o, topo, sup, say, serviceRange, clusterCIDR, kubeconfig); err != nil {
+			return err
+		}
+	} else if client, err = startServer(ctx, o, sup, serviceRange, clusterCIDR, kubeconfig); err != nil {
 		return err
 	}
 
@@ -178,7 +177,11 @@ func Up(ctx context.Context, o Options) (err error) {
 		if err := os.MkdirAll(filepath.Dir(nodeKubeconfig), 0o700); err != nil {
 			return err
 		}
-		if err := pki.WriteNodeKubeconfig(o.DataDir, n.Name, nodeKubeconfig); err != nil {
+		writeKubeconfig := pki.WriteNodeKubeconfig
+		if ha != nil {
+			writeKubeconfig = func(_, name, path string) error { return ha.nodeKubeconfig(name, path) }
+		}
+		if err := writeKubeconfig(o.DataDir, n.Name, nodeKubeconfig); err != nil {
 			return err
 		}
 		ips := []netip.Addr{n.IPv4, n.IPv6}
@@ -201,11 +204,17 @@ func Up(ctx context.Context, o Options) (err error) {
 		if o.ResolvConf != "" {
 			args = append(args, "--resolv-conf", o.ResolvConf)
 		}
-		stream, serr := agentStreamingArgs(o.DataDir, n.Name)
-		if serr != nil {
-			return serr
+		if ha != nil {
+			// Servers in namespaces of their own cannot reach an agent's
+			// streaming port on the host's loopback: no exec or logs yet.
+			args = append(args, ha.agentArgs(n)...)
+		} else {
+			stream, serr := agentStreamingArgs(o.DataDir, n.Name)
+			if serr != nil {
+				return serr
+			}
+			args = append(args, stream...)
 		}
-		args = append(args, stream...)
 		if mport, err := freeLoopbackPort(); err == nil {
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mport))
 			args = append(args, "--metrics-bind-address", addr)
@@ -234,6 +243,28 @@ func Up(ctx context.Context, o Options) (err error) {
 	// Run until asked to stop; the supervisor restarts what dies.
 	<-ctx.Done()
 	return nil
+}
+
+// startServer starts the one server of the cluster, in the host's
+// namespace on loopback.
+func startServer(ctx context.Context, o Options, sup *supervisor, serviceRange, clusterCIDR, kubeconfig string) (kubernetes.Interface, error) {
+	// One port for the cluster's life: a restarted server must be where the
+	// agents' kubeconfigs say it is.
+	port, err := freeLoopbackPort()
+	if err != nil {
+		return nil, err
+	}
+	serverArgs := []string{"server", "--data-dir", o.DataDir, "--secure-port", strconv.Itoa(port),
+		"--service-cluster-ip-range", serviceRange, "--cluster-cidr", clusterCIDR}
+	if o.LBPools != "" {
+		serverArgs = append(serverArgs, "--load-balancer-ip-pool", o.LBPools)
+	}
+	server, err := sup.start("the control plane", o.Binary, filepath.Join(o.DataDir, "logs", "server.log"), serverArgs...)
+	if err != nil {
+		return nil, err
+	}
+	return waitForServer(ctx, kubeconfig, server)
+
 }
 
 // primaryFirst reorders a two-entry list so the requested family leads.
