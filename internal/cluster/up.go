@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/duet-net/duet/internal/agent/clusterdns"
 	"github.com/duet-net/duet/internal/agent/podroot"
+	"github.com/duet-net/duet/internal/deathsig"
 	"io"
 	"net"
 	"net/netip"
@@ -385,7 +386,7 @@ func spawn(binary, logFile string, args ...string) (*exec.Cmd, error) {
 	// Children get their own process group so that a ^C in the terminal
 	// reaches duet up only, which stops them in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	if err := deathsig.Start(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("starting duet %s: %w", args[0], err)
 	}
