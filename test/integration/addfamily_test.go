@@ -66,6 +66,19 @@ func TestRestartAddsAFamily(t *testing.T) {
 		t.Fatalf("PreferDualStack on an IPv4-only cluster got %v", oldPrefer.Spec.ClusterIPs)
 	}
 
+	t.Run("only appending the missing family is allowed", func(t *testing.T) {
+		// A Node given an IPv4 pod CIDR by hand, as a single-stack client
+		// would, may get the IPv6 one appended by hand too. (Before the
+		// restart: after it, the controller would race to append one.)
+		n, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-manual"}, Spec: corev1.NodeSpec{PodCIDR: "10.99.0.0/24"}}, metav1.CreateOptions{})
+		fatalIf(t, err)
+		m := n.DeepCopy()
+		m.Spec.PodCIDRs = []string{"10.99.0.0/24", "fd00:99::/64"}
+		if _, err := nodes.Update(ctx, m, metav1.UpdateOptions{}); err != nil {
+			t.Errorf("appending the missing family: %v", err)
+		}
+	})
+
 	fatalIf(t, srv.Stop())
 	srv.SetFlag("--service-cluster-ip-range", v4Range+","+v6Range)
 	srv.SetFlag("--cluster-cidr", pods4+","+pods6)
@@ -124,18 +137,6 @@ func TestRestartAddsAFamily(t *testing.T) {
 		}
 	})
 
-	t.Run("only appending the missing family is allowed", func(t *testing.T) {
-		// A Node given an IPv4 pod CIDR by hand, as a single-stack client
-		// would, may get the IPv6 one appended by hand too.
-		n, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-manual"}, Spec: corev1.NodeSpec{PodCIDR: "10.99.0.0/24"}}, metav1.CreateOptions{})
-		fatalIf(t, err)
-		m := n.DeepCopy()
-		m.Spec.PodCIDRs = []string{"10.99.0.0/24", "fd00:99::/64"}
-		if _, err := nodes.Update(ctx, m, metav1.UpdateOptions{}); err != nil {
-			t.Errorf("appending the missing family: %v", err)
-		}
-	})
-
 	t.Run("Services keep their family; new ones may be dual-stack", func(t *testing.T) {
 		for _, was := range []*corev1.Service{old, oldPrefer} {
 			s, err := svcs.Get(ctx, was.Name, metav1.GetOptions{})
@@ -158,6 +159,14 @@ func TestRestartAddsAFamily(t *testing.T) {
 		fatalIf(t, err)
 		if len(s.Spec.ClusterIPs) != 2 || s.Spec.ClusterIPs[0] != old.Spec.ClusterIPs[0] || !netip.MustParseAddr(s.Spec.ClusterIPs[1]).Is6() {
 			t.Errorf("old with PreferDualStack: clusterIPs %v, want %s and an IPv6 one", s.Spec.ClusterIPs, old.Spec.ClusterIPs[0])
+		}
+	})
+
+	t.Run("kube-dns gains the new family", func(t *testing.T) {
+		dns, err := srv.Client.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
+		fatalIf(t, err)
+		if !slices.Equal(dns.Spec.ClusterIPs, []string{"10.96.0.10", "fd00:10:96::a"}) {
+			t.Errorf("kube-dns clusterIPs %v, want 10.96.0.10 and fd00:10:96::a", dns.Spec.ClusterIPs)
 		}
 	})
 
