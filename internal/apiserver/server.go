@@ -211,6 +211,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		return nil, err
 	}
 	s.ca = ca
+	if err := recordRanges(ctx, etcdServers, cfg); err != nil {
+		return nil, err
+	}
 	saKey, err := sharedServiceAccountKey(ctx, etcdServers)
 	if err != nil {
 		return nil, err

@@ -47,6 +47,9 @@ type Options struct {
 	ClusterCIDR  string
 	ServiceRange string
 	IPv6Primary  bool
+	// SingleStack is "" (the families of ClusterCIDR), ipv4 or ipv6: the
+	// entries of that family of ClusterCIDR, ServiceRange and LBPools.
+	SingleStack string
 	// LBPools are the LoadBalancer IP pools, CIDRs of either family.
 	LBPools string
 	// MasqConfig is an ip-masq-agent config file every agent watches.
@@ -77,28 +80,14 @@ func Up(ctx context.Context, o Options) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("duet up needs root: it creates network namespaces and links")
 	}
-	clusterCIDR, err := primaryFirst(o.ClusterCIDR, o.IPv6Primary)
-	if err != nil {
-		return fmt.Errorf("--cluster-cidr: %w", err)
-	}
-	serviceRange, err := primaryFirst(o.ServiceRange, o.IPv6Primary)
-	if err != nil {
-		return fmt.Errorf("--service-cluster-ip-range: %w", err)
-	}
 	// Check the flags here, with the server's own rules, before building
 	// anything.
-	if _, err := netaddr.ParseServiceClusterIPRange(serviceRange); err != nil {
+	st, err := resolveStack(o)
+	if err != nil {
 		return err
 	}
-	if _, err := netaddr.ParseClusterCIDRs(clusterCIDR, netaddr.NodeMaskFlags{}); err != nil {
-		return err
-	}
-	var lbPools []netip.Prefix
-	if o.LBPools != "" {
-		if lbPools, err = netaddr.ParseCIDRList("--load-balancer-ip-pool", o.LBPools); err != nil {
-			return err
-		}
-	}
+	clusterCIDR, serviceRange, lbPools := st.clusterCIDR, st.serviceRange, st.lbPools
+	o.LBPools = st.lbPoolsFlag() // the servers' flag: pools of the cluster's families
 	if o.Images != "" {
 		if o.Images, err = filepath.Abs(o.Images); err != nil {
 			return err
@@ -129,6 +118,7 @@ func Up(ctx context.Context, o Options) (err error) {
 	if err := topo.planServers(o.Servers); err != nil {
 		return err
 	}
+	topo.Families = st.families
 	if err := os.MkdirAll(filepath.Join(o.DataDir, "logs"), 0o700); err != nil {
 		return err
 	}
@@ -138,7 +128,7 @@ func Up(ctx context.Context, o Options) (err error) {
 	}
 
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
-	say("Creating the network: %d node namespaces on a dual-stack underlay (%s, %s)…", o.Nodes, underlay4, underlay6)
+	say("Creating the network: %d node namespaces on an underlay of %s…", o.Nodes, joinPrefixes(keepFamily([]netip.Prefix{underlay4, underlay6}, st.families...)))
 	if err := topo.Create(); err != nil {
 		return err
 	}
@@ -185,12 +175,12 @@ func Up(ctx context.Context, o Options) (err error) {
 		if err := writeKubeconfig(o.DataDir, n.Name, nodeKubeconfig); err != nil {
 			return err
 		}
-		ips := []netip.Addr{n.IPv4, n.IPv6}
-		if o.IPv6Primary {
-			ips = []netip.Addr{n.IPv6, n.IPv4}
+		var ips []string
+		for _, ip := range n.IPs(st.families) {
+			ips = append(ips, ip.String())
 		}
 		args := []string{"agent", "--kubeconfig", nodeKubeconfig, "--node-name", n.Name,
-			"--netns", NetNSPath(n.NetNS), "--node-ip", ips[0].String() + "," + ips[1].String(),
+			"--netns", NetNSPath(n.NetNS), "--node-ip", strings.Join(ips, ","),
 			"--state-dir", filepath.Join(o.DataDir, "nodes", n.Name),
 			"--cluster-cidr", clusterCIDR, "--service-cluster-ip-range", serviceRange}
 		if o.MasqConfig != "" {
@@ -228,7 +218,7 @@ func Up(ctx context.Context, o Options) (err error) {
 	}
 
 	say("Waiting for the nodes to be Ready with a pod CIDR of each family…")
-	podCIDRs, err := waitForNodes(ctx, client, o.Nodes)
+	podCIDRs, err := waitForNodes(ctx, client, o.Nodes, len(st.families))
 	if err != nil {
 		return err
 	}
@@ -236,7 +226,7 @@ func Up(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	if len(lbPools) > 0 {
-		say("LoadBalancer IPs come from %s, routed from the external namespace (duet exec --external).", o.LBPools)
+		say("LoadBalancer IPs come from %s, routed from the external namespace (duet exec --external).", st.lbPoolsFlag())
 	}
 	say("Cluster ready. kubeconfig: %s", kubeconfig)
 	say("Try: kubectl --kubeconfig %s get nodes -o wide", kubeconfig)
@@ -431,7 +421,7 @@ func waitForServer(ctx context.Context, kubeconfig string, server *exec.Cmd) (ku
 	return client, nil
 }
 
-func waitForNodes(ctx context.Context, client kubernetes.Interface, want int) (map[string][]netip.Prefix, error) {
+func waitForNodes(ctx context.Context, client kubernetes.Interface, want, families int) (map[string][]netip.Prefix, error) {
 	var last string
 	podCIDRs := map[string][]netip.Prefix{}
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -441,7 +431,7 @@ func waitForNodes(ctx context.Context, client kubernetes.Interface, want int) (m
 		}
 		ready := 0
 		for _, n := range nodes.Items {
-			if isReady(&n) && len(n.Spec.PodCIDRs) == 2 {
+			if isReady(&n) && len(n.Spec.PodCIDRs) == families {
 				ready++
 				podCIDRs[n.Name] = nil
 				for _, c := range n.Spec.PodCIDRs {

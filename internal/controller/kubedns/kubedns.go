@@ -122,12 +122,20 @@ func Service(ranges []netip.Prefix) *corev1.Service {
 	return svc
 }
 
-// Ensure creates kube-dns unless it exists. When its addresses are taken
+// Ensure creates kube-dns unless it exists, and gives an existing one the
+// family a restarted server's ranges added (see addedFamilies). When its addresses are taken
 // (a Service created before Duet served DNS holds one), it is created
 // with addresses the allocator picks.
 func Ensure(ctx context.Context, client kubernetes.Interface, ranges []netip.Prefix) error {
 	svcs := client.CoreV1().Services(Namespace)
-	if _, err := svcs.Get(ctx, Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+	if have, err := svcs.Get(ctx, Name, metav1.GetOptions{}); err == nil {
+		// The server serves without it: DNS of the new family is missing
+		// until the next start, not the cluster.
+		if err := upgrade(ctx, client, have, ranges); err != nil {
+			klog.FromContext(ctx).Error(err, "kube-dns keeps its families")
+		}
+		return nil
+	} else if !apierrors.IsNotFound(err) {
 		return err
 	}
 	want := Service(ranges)

@@ -218,3 +218,43 @@ func TestController(t *testing.T) {
 	}
 	expect("kube-dns recreated", "kube-dns-ipv4: n2=203.0.113.12; kube-dns-ipv6: n2=2001:db8:0:1::12")
 }
+
+func TestAddedFamilies(t *testing.T) {
+	v4 := netip.MustParsePrefix("10.96.0.0/16")
+	v6 := netip.MustParsePrefix("fd00:10:96::/108")
+	single := Service([]netip.Prefix{v4})
+	single.Spec.ClusterIPs = []string{"10.96.0.10"}
+	t.Run("a single-stack kube-dns gains the appended family", func(t *testing.T) {
+		got := addedFamilies(single, []netip.Prefix{v4, v6})
+		if got == nil {
+			t.Fatal("no change")
+		}
+		if p := got.Spec.IPFamilyPolicy; p == nil || *p != corev1.IPFamilyPolicyRequireDualStack {
+			t.Errorf("policy %v, want RequireDualStack", p)
+		}
+		if !slices.Equal(got.Spec.IPFamilies, []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}) || !slices.Equal(got.Spec.ClusterIPs, []string{"10.96.0.10", "fd00:10:96::a"}) {
+			t.Errorf("ipFamilies %v clusterIPs %v", got.Spec.IPFamilies, got.Spec.ClusterIPs)
+		}
+		if len(single.Spec.ClusterIPs) != 1 {
+			t.Errorf("the Service given was changed: %v", single.Spec.ClusterIPs)
+		}
+	})
+	selected := single.DeepCopy()
+	selected.Spec.Selector = map[string]string{"k8s-app": "coredns"}
+	for _, tc := range []struct {
+		name   string
+		svc    *corev1.Service
+		ranges []netip.Prefix
+	}{
+		{"same families", single, []netip.Prefix{v4}},
+		{"already dual-stack", Service([]netip.Prefix{v4, v6}), []netip.Prefix{v4, v6}},
+		{"a user's kube-dns with a selector", selected, []netip.Prefix{v4, v6}},
+		{"another primary family", single, []netip.Prefix{v6, v4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := addedFamilies(tc.svc, tc.ranges); got != nil {
+				t.Errorf("changed to ipFamilies %v clusterIPs %v", got.Spec.IPFamilies, got.Spec.ClusterIPs)
+			}
+		})
+	}
+}
