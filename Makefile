@@ -9,12 +9,12 @@ LDFLAGS  := -X github.com/duet-net/duet/internal/version.Version=$(VERSION) \
             -X github.com/duet-net/duet/internal/version.Commit=$(COMMIT)
 FUZZTIME ?= 2m
 
-.PHONY: build test deps vet staticcheck unit bench fuzz clean
+.PHONY: build test deps vet staticcheck unit chaos bench fuzz clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/duet ./cmd/duet
 
-test: deps vet staticcheck unit e2e-upstream
+test: deps vet staticcheck unit chaos e2e-upstream
 
 deps:
 	./hack/install-deps.sh
@@ -27,6 +27,11 @@ staticcheck:
 
 unit:
 	DUET_TEST_REQUIRE_ROOT=1 $(GO) test -race -count=1 -timeout 60m ./...
+
+# Failures injected into `duet up --servers 3` under load (root); see
+# test/chaos. CHAOS_REPEATS, CHAOS_SERVICES, CHAOS_PODS scale it.
+chaos:
+	DUET_TEST_REQUIRE_ROOT=1 $(GO) test -tags chaos -count=1 -timeout 120m -v ./test/chaos/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
@@ -58,7 +63,21 @@ e2e.test:
 ginkgo:
 	cd $(UPSTREAM_DIR) && $(GO) build -o $(CURDIR)/bin/ginkgo github.com/onsi/ginkgo/v2/ginkgo
 
+# CoreDNS, built from its Go module in the separate module test/coredns:
+# upstream's DNS tests run it in pods, and dnsbench compares it with Duet's
+# DNS.
+.PHONY: coredns
+coredns:
+	cd test/coredns && $(GO) build -o $(CURDIR)/bin/coredns .
+
+# Duet's cluster DNS against CoreDNS's kubernetes plugin, side by side on
+# one `duet server` (loopback only; about 5 minutes). DNSBENCH_FLAGS passes
+# flags (go run ./test/dnsbench -h lists them).
+.PHONY: dnsbench
+dnsbench: build coredns
+	$(GO) run ./test/dnsbench $(DNSBENCH_FLAGS)
+
 # Upstream's dual-stack e2e tests against a fresh `duet up` (root). The Go
 # build cache makes the upstream binaries a few minutes warm.
-e2e-upstream: build agnhost e2e.test ginkgo
+e2e-upstream: build agnhost coredns e2e.test ginkgo
 	./hack/e2e-upstream.sh

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/duet-net/duet/internal/agent"
+	"github.com/duet-net/duet/internal/agent/clusterdns"
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/version"
 )
@@ -27,6 +29,9 @@ func newAgentCommand() *cobra.Command {
 	var metricsAddr string
 	var stream streamingFlags
 	var imagesFile string
+	var clusterDomain, resolvConf string
+	var noDNS bool
+	var follow serverFlags
 	cmd := &cobra.Command{
 		Use:   "agent --kubeconfig FILE --node-name NAME --node-ip A[,B] [--netns PATH]",
 		Short: "Run a node agent: register the Node and program its network",
@@ -74,6 +79,11 @@ namespace (as duet up's nodes are) instead of its own.`,
 				}
 			}
 			cfg.MasqConfig, cfg.NoProxy, cfg.NoMasq, cfg.MetricsAddr = masqConfig, noProxy, noMasq, metricsAddr
+			zone, err := clusterdns.CanonicalDomain(clusterDomain)
+			if err != nil {
+				return fmt.Errorf("--cluster-domain: %w", err)
+			}
+			cfg.ClusterDomain, cfg.ResolvConf, cfg.NoDNS = strings.TrimSuffix(zone, "."), resolvConf, noDNS
 			rest, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 			if err != nil {
 				return fmt.Errorf("--kubeconfig: %w", err)
@@ -82,13 +92,18 @@ namespace (as duet up's nodes are) instead of its own.`,
 			// client-go's default of 5 QPS would pace a burst of pod
 			// status updates; the kubelet's defaults are these.
 			rest.QPS, rest.Burst = 50, 100
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", nodeName)
+			runFailover, err := follow.apply(rest, log)
+			if err != nil {
+				return fmt.Errorf("--server: %w", err)
+			}
 			client, err := kubernetes.NewForConfig(rest)
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", nodeName)
+			go runFailover(ctx)
 			if imagesFile != "" {
 				exe, err := os.Executable()
 				if err != nil {
@@ -115,7 +130,11 @@ namespace (as duet up's nodes are) instead of its own.`,
 	fs.StringVar(&metricsAddr, "metrics-bind-address", "", "host:port to serve Prometheus metrics on (/metrics), e.g. 127.0.0.1:10249; empty for none")
 	fs.BoolVar(&noProxy, "no-proxy", false, "do not run the service proxy")
 	fs.BoolVar(&noMasq, "no-masq", false, "do not masquerade egress traffic")
+	fs.StringVar(&clusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain: cluster DNS answers for it, and ClusterFirst pods search it")
+	fs.StringVar(&resolvConf, "resolv-conf", agent.DefaultResolvConf, "the node's resolver configuration: cluster DNS forwards names outside the cluster domain to its nameservers, and dnsPolicy Default pods get it")
+	fs.BoolVar(&noDNS, "no-dns", false, "do not serve cluster DNS on this node's InternalIPs (port 53); kube-dns then sends its queries to other nodes")
 	stream.register(fs)
+	follow.register(fs)
 	fs.StringVar(&imagesFile, "images", "", "image table file (YAML) mapping images to entrypoints and files, added to the built-in table")
 	fs.StringVar(&stateDir, "state-dir", "", "where the node's IPAM store and container logs live (default /var/lib/duet/agent/NODE)")
 	return cmd

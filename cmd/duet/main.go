@@ -32,6 +32,7 @@ Kubernetes API that kubectl and client-go use unchanged.`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCommand(), newServerCommand(), newAgentCommand(), newUpCommand(), newDownCommand(), newExecCommand(), newNSExecCommand(), newNetexecCommand(), newMasqCommand(), newPauseCommand())
+	root.AddCommand(newSnapshotCommand(), newMemberCommand())
 	return root
 }
 

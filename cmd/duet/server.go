@@ -17,6 +17,7 @@ import (
 
 func newServerCommand() *cobra.Command {
 	var f apiserver.Flags
+	var leave bool
 	cmd := &cobra.Command{
 		Use:   "server --data-dir DIR --service-cluster-ip-range A[,B] [flags]",
 		Short: "Run the control plane: the Kubernetes API, its store and Duet's controllers",
@@ -33,6 +34,9 @@ It writes DIR/admin.kubeconfig before it reports ready on /readyz.`,
   kubectl --kubeconfig /var/lib/duet/admin.kubeconfig get ns`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if leave {
+				return runLeave(cmd, f)
+			}
 			f.NodeMasks.IPv4Set = cmd.Flags().Changed("node-cidr-mask-size-ipv4")
 			f.NodeMasks.IPv6Set = cmd.Flags().Changed("node-cidr-mask-size-ipv6")
 			cfg, err := f.Complete()
@@ -71,5 +75,6 @@ It writes DIR/admin.kubeconfig before it reports ready on /readyz.`,
 	fs.StringVar(&f.NodePortRange, "service-node-port-range", "30000-32767", "port range reserved for NodePort (and LoadBalancer) Services, base-end inclusive or base+size")
 	fs.StringVar(&f.MemoryLimit, "memory-limit", "", "soft limit on the server's memory (e.g. 2560Mi), as GOMEMLIMIT: the garbage collector works harder as the heap nears it, trading CPU for memory; 0 or unset: none beyond GOMEMLIMIT's")
 	fs.StringSliceVar(&f.LBPools, "load-balancer-ip-pool", nil, "CIDRs of either family (comma-separated or repeated) from which LoadBalancer Services get status.loadBalancer.ingress IPs; without a pool of a family, that family gets none")
+	registerClusterFlags(fs, &f, &leave)
 	return cmd
 }

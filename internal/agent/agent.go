@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/component-base/metrics/legacyregistry"
 
+	"github.com/duet-net/duet/internal/agent/clusterdns"
 	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/masq"
 	"github.com/duet-net/duet/internal/agent/nodestatus"
@@ -79,6 +80,13 @@ type Config struct {
 	StreamingAddress string
 	// ContainerLogs size and rotate container logs.
 	ContainerLogs crilog.Options
+	// ClusterDomain is the cluster's DNS domain ("" is cluster.local).
+	ClusterDomain string
+	// ResolvConf is the node's resolver configuration ("" is
+	// /etc/resolv.conf): cluster DNS's upstreams, and dnsPolicy Default's.
+	ResolvConf string
+	// NoDNS leaves cluster DNS to other nodes.
+	NoDNS bool
 }
 
 // Event reasons the agent records on its Node.
@@ -86,6 +94,7 @@ const (
 	ReasonMasqFailed  = "MasqueradeConfigFailed"
 	ReasonMasqApplied = "MasqueradeConfigApplied"
 	ReasonProxyFailed = "ServiceProxyFailed"
+	ReasonDNSFailed   = "ClusterDNSFailed"
 )
 
 // serveMetrics serves the agent's Prometheus metrics (pod setup stages,
@@ -93,6 +102,7 @@ const (
 func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 	pods.RegisterMetrics()
 	proxy.RegisterMetrics()
+	clusterdns.RegisterMetrics()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--metrics-bind-address %s: %w", addr, err)
@@ -113,6 +123,8 @@ func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 // Run runs the agent until ctx is done.
 func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) error {
 	reporter := &nodestatus.Reporter{Client: client, NodeName: cfg.NodeName, InternalIPs: cfg.InternalIPs, Version: cfg.Version}
+	dnsListeners, servesDNS := listenDNS(cfg, log)
+	reporter.Annotations = map[string]string{clusterdns.NodeAnnotation: servesDNS}
 	var err error
 	var stream *streaming.Server
 	if cfg.Streaming != nil {
@@ -121,7 +133,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 		}
 		reporter.DaemonPort = int32(stream.Addr().Port)
 		if cfg.StreamingAddress != "" {
-			reporter.Annotations = map[string]string{streaming.AddressAnnotation: cfg.StreamingAddress}
+			reporter.Annotations[streaming.AddressAnnotation] = cfg.StreamingAddress
 		}
 	}
 	// The API may still be starting: retry registration with backoff.
@@ -159,6 +171,15 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 			if err != nil {
 				plog.Error("the service proxy stopped", "err", err)
 				recorder.Eventf(nodeRef, corev1.EventTypeWarning, ReasonProxyFailed, "service proxy: %v", err)
+			}
+		}()
+	}
+	if dnsListeners != nil {
+		dlog := log.With("component", "dns")
+		go func() {
+			if err := serveDNS(ctx, client, cfg, dnsListeners, dlog); err != nil {
+				dlog.Error("cluster DNS stopped", "err", err)
+				recorder.Eventf(nodeRef, corev1.EventTypeWarning, ReasonDNSFailed, "cluster DNS: %v", err)
 			}
 		}()
 	}
@@ -241,11 +262,12 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 	mgr := &pods.Manager{
 		Client: client, NodeName: cfg.NodeName, NodeNS: cfg.NetNS, HostIPs: cfg.InternalIPs,
 		Binary: cfg.Binary, StateDir: cfg.StateDir, Log: log,
-		OnChange:   func(ns, name string) { queue.Add(ns + "/" + name) },
-		LogOptions: cfg.ContainerLogs,
-		Images:     cfg.Images,
-		Services:   services,
-		Events:     recorder,
+		OnChange:      func(ns, name string) { queue.Add(ns + "/" + name) },
+		LogOptions:    cfg.ContainerLogs,
+		Images:        cfg.Images,
+		Services:      services,
+		Events:        recorder,
+		ClusterDomain: cfg.ClusterDomain, ResolvConf: cfg.ResolvConf,
 	}
 	if stream != nil {
 		stream.Serve(ctx, mgr)

@@ -9,21 +9,25 @@ import (
 	"strings"
 
 	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/request/bearertoken"
 	"k8s.io/apiserver/pkg/authentication/request/union"
 	x509request "k8s.io/apiserver/pkg/authentication/request/x509"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+
+	"github.com/duet-net/duet/internal/nodegraph"
 )
 
 // newAuthenticator accepts client certificates signed by the cluster CA
-// (CN is the user, O the groups) and, for the health and version endpoints
-// only, requests without credentials. Any other anonymous request is
-// refused with 401.
-func newAuthenticator(ca *x509.Certificate) authenticator.Request {
+// (CN is the user, O the groups), bearer tokens that tokens accepts
+// (ServiceAccount tokens) and, for the health and version endpoints only,
+// requests without credentials. Any other anonymous request is refused
+// with 401.
+func newAuthenticator(ca *x509.Certificate, tokens authenticator.Token) authenticator.Request {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	certs := x509request.New(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, x509request.CommonNameUserConversion)
-	return union.New(certs, authenticator.RequestFunc(anonymousHealth))
+	return union.New(certs, bearertoken.New(tokens), authenticator.RequestFunc(anonymousHealth))
 }
 
 func isPublicPath(path string) bool {
@@ -42,11 +46,12 @@ func anonymousHealth(req *http.Request) (*authenticator.Response, bool, error) {
 	return &authenticator.Response{User: &user.DefaultInfo{Name: user.Anonymous, Groups: []string{user.AllUnauthenticated}}}, true, nil
 }
 
-// newAuthorizer allows system:masters everything, anyone the public
-// endpoints, and authenticated users the discovery documents; everything
-// else is forbidden.
-func newAuthorizer() authorizer.Authorizer {
-	return authorizer.AuthorizerFunc(func(_ context.Context, a authorizer.Attributes) (authorizer.Decision, string, error) {
+// newAuthorizer allows system:masters everything, nodes what
+// authorizeNode allows them (graph tells which objects their pods refer
+// to), anyone the public endpoints, and authenticated users the discovery
+// documents; everything else is forbidden.
+func newAuthorizer(graph *nodegraph.Graph) authorizer.Authorizer {
+	return authorizer.AuthorizerFunc(func(ctx context.Context, a authorizer.Attributes) (authorizer.Decision, string, error) {
 		u := a.GetUser()
 		if u == nil {
 			return authorizer.DecisionDeny, "no user", nil
@@ -56,7 +61,7 @@ func newAuthorizer() authorizer.Authorizer {
 			return authorizer.DecisionAllow, "", nil
 		}
 		if node, ok := NodeName(u); ok {
-			if d, reason := authorizeNode(node, a); d != authorizer.DecisionNoOpinion {
+			if d, reason := authorizeNode(ctx, graph, node, a); d != authorizer.DecisionNoOpinion {
 				return d, reason, nil
 			}
 		}

@@ -10,6 +10,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/duet-net/duet/internal/controller/kubedns"
+	"github.com/duet-net/duet/internal/controller/nsdefaults"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
@@ -28,8 +30,18 @@ func (s *Server) bootstrap(ctx context.Context, loopback *rest.Config) error {
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("creating namespace %s: %w", name, err)
 		}
+		// The controller would create it too, but only once elected:
+		// pods created the moment the server is ready need it now.
+		_, err = client.CoreV1().ServiceAccounts(name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: nsdefaults.DefaultServiceAccount}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("creating the default ServiceAccount of namespace %s: %w", name, err)
+		}
 	}
-	return s.ensureKubernetesService(ctx, client)
+	if err := s.ensureKubernetesService(ctx, client); err != nil {
+		return err
+	}
+	// The cluster DNS Service, so that the first pods already find it.
+	return kubedns.Ensure(ctx, client, s.cfg.ServiceRanges)
 }
 
 // ensureKubernetesService creates default/kubernetes, with the first

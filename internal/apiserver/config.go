@@ -37,6 +37,10 @@ type Config struct {
 	// MemoryLimit is --memory-limit in bytes: the Go runtime's soft memory
 	// limit (0: none, or GOMEMLIMIT's).
 	MemoryLimit int64
+	// Join are --join's URLs: running servers whose etcd cluster this
+	// one joins; JoinToken and JoinTokenFile are --token and --token-file.
+	Join                     []string
+	JoinToken, JoinTokenFile string
 }
 
 // Flags are the command-line values before validation.
@@ -50,6 +54,8 @@ type Flags struct {
 	NodePortRange                                            string
 	LBPools                                                  []string
 	MemoryLimit                                              string
+	Join                                                     []string
+	JoinToken, JoinTokenFile                                 string
 }
 
 // knownGates are the feature gates Duet understands, with defaults.
@@ -136,6 +142,13 @@ func (f Flags) Complete() (*Config, error) {
 			return nil, fmt.Errorf("--memory-limit %s: must be at least 256Mi", f.MemoryLimit)
 		}
 	}
+	if cfg.Join, err = ParseJoinURLs(f.Join); err != nil {
+		return nil, err
+	}
+	if len(cfg.Join) > 0 && len(f.EtcdServers) > 0 {
+		return nil, errors.New("--join and --etcd-servers exclude each other: servers on an external etcd share it, and only servers with an embedded etcd join one another")
+	}
+	cfg.JoinToken, cfg.JoinTokenFile = strings.TrimSpace(f.JoinToken), f.JoinTokenFile
 	for _, s := range f.EtcdServers {
 		if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {
 			return nil, fmt.Errorf("--etcd-servers: %q must be a URL (http://host:port or https://host:port)", s)

@@ -25,6 +25,7 @@ import (
 	"github.com/duet-net/duet/internal/controller/endpoints"
 	"github.com/duet-net/duet/internal/controller/endpointslice"
 	"github.com/duet-net/duet/internal/controller/events"
+	"github.com/duet-net/duet/internal/controller/kubedns"
 	"github.com/duet-net/duet/internal/controller/lbipam"
 	"github.com/duet-net/duet/internal/controller/namespace"
 	"github.com/duet-net/duet/internal/controller/nodeipam"
@@ -85,6 +86,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	}
 	metrics.Register()
 	go repair.Run(ctx)
+	go s.nodeGraph.Run(ctx, client)
 
 	etcdClient := s.etcdClient
 	store, err := etcdstore.New(etcdClient, "/duet/allocations/nodecidrs/")
@@ -205,6 +207,8 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 	} else {
 		wg.Go(func() { eps.Run(ctx, 4) })
 	}
+	dns := kubedns.New(client, factory.Core().V1().Nodes(), factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices(), s.cfg.ServiceRanges)
+	wg.Go(func() { dns.Run(ctx) })
 	if len(s.cfg.LBPools) > 0 {
 		lbStore, err := etcdstore.New(s.etcdClient, "/duet/allocations/lbips/")
 		if err == nil {

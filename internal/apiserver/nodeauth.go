@@ -6,7 +6,9 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apiserver/pkg/admission"
@@ -14,6 +16,7 @@ import (
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	kubeletapis "k8s.io/kubelet/pkg/apis"
 
+	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
 )
 
@@ -43,12 +46,39 @@ var nodeReadable = map[string]bool{
 	"namespaces": true, "leases": true, "events": true, "ipaddresses": true, "servicecidrs": true,
 }
 
-// authorizeNode decides requests from node identities.
-func authorizeNode(node string, a authorizer.Attributes) (authorizer.Decision, string) {
+// nodeGraphWait is how long a node's read of an object its pods refer to
+// waits for the node graph to learn of a pod just bound.
+var nodeGraphWait = time.Second
+
+// authorizeNode decides requests from node identities. Secrets,
+// ConfigMaps and ServiceAccounts are readable one by one (get, or a list
+// or watch of metadata.name=NAME, as kubelets watch them), and only those
+// the pods bound to the node refer to, as graph knows them.
+func authorizeNode(ctx context.Context, graph *nodegraph.Graph, node string, a authorizer.Attributes) (authorizer.Decision, string) {
 	if !a.IsResourceRequest() {
 		return authorizer.DecisionNoOpinion, ""
 	}
 	res, sub, verb, name := a.GetResource(), a.GetSubresource(), a.GetVerb(), a.GetName()
+	if a.GetAPIGroup() == "" && res == nodegraph.ServiceAccounts && sub == "token" && verb == "create" {
+		// Tokens for the ServiceAccounts of its pods; admission checks
+		// the token is bound to one of them.
+		if ok, why := graph.Allowed(ctx, node, nodegraph.Ref{Resource: res, Namespace: a.GetNamespace(), Name: name}, nodeGraphWait); !ok {
+			return authorizer.DecisionDeny, fmt.Sprintf("node %q may not create a token for serviceaccount %s/%s: %s", node, a.GetNamespace(), name, why)
+		}
+		return authorizer.DecisionAllow, ""
+	}
+	if a.GetAPIGroup() == "" && (res == nodegraph.Secrets || res == nodegraph.ConfigMaps || res == nodegraph.ServiceAccounts) {
+		if sub != "" || (verb != "get" && verb != "list" && verb != "watch") {
+			return authorizer.DecisionDeny, fmt.Sprintf("node %q may not %s %s", node, verb, describe(a))
+		}
+		if name == "" {
+			return authorizer.DecisionDeny, fmt.Sprintf("node %q may only %s %s by name (a fieldSelector of metadata.name for list and watch)", node, verb, res)
+		}
+		if ok, why := graph.Allowed(ctx, node, nodegraph.Ref{Resource: res, Namespace: a.GetNamespace(), Name: name}, nodeGraphWait); !ok {
+			return authorizer.DecisionDeny, fmt.Sprintf("node %q may not %s %s: %s", node, verb, describe(a), why)
+		}
+		return authorizer.DecisionAllow, ""
+	}
 	switch verb {
 	case "get", "list", "watch":
 		if nodeReadable[res] && sub == "" || res == "nodes" && sub == "status" || res == "pods" && sub == "status" {
@@ -110,6 +140,8 @@ func (n *nodeRestriction) Validate(ctx context.Context, a admission.Attributes, 
 		if labels := forbiddenNodeLabels(a); len(labels) > 0 {
 			return forbid("modify labels %s (only an administrator may set node-restriction.kubernetes.io/* labels, and kubernetes.io/* or k8s.io/* labels other than the kubelet's own)", strings.Join(labels, ", "))
 		}
+	case res == "serviceaccounts" && a.GetSubresource() == "token":
+		return n.checkTokenRequest(ctx, node, a, forbid)
 	case res == "leases" && a.GetOperation() == admission.Create:
 		if a.GetName() != node {
 			return forbid("create lease %q", a.GetName())
@@ -133,6 +165,36 @@ func (n *nodeRestriction) Validate(ctx context.Context, a admission.Attributes, 
 		if cur, ok := a.GetObject().(*corev1.Pod); ok && a.GetSubresource() == "status" && !maps.Equal(cur.Labels, pod.Labels) {
 			return forbid("change the labels of pod %s/%s through its status", a.GetNamespace(), a.GetName())
 		}
+	}
+	return nil
+}
+
+// checkTokenRequest lets a node have tokens only bound to a pod of its
+// own, named with its UID, so that they die with the pod.
+func (n *nodeRestriction) checkTokenRequest(ctx context.Context, node string, a admission.Attributes, forbid func(string, ...any) error) error {
+	req, ok := a.GetObject().(*authenticationv1.TokenRequest)
+	if !ok {
+		return forbid("request a token with a %T", a.GetObject())
+	}
+	ref := req.Spec.BoundObjectRef
+	if ref == nil || ref.Kind != "Pod" {
+		return forbid("request a token that is not bound to a pod")
+	}
+	if ref.UID == "" {
+		return forbid("request a token bound to pod %s/%s without its uid", a.GetNamespace(), ref.Name)
+	}
+	pod, err := n.getPod(ctx, a.GetNamespace(), ref.Name)
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return forbid("request a token bound to pod %s/%s, which does not exist", a.GetNamespace(), ref.Name)
+		}
+		return err
+	}
+	if pod.UID != ref.UID {
+		return forbid("request a token bound to pod %s/%s with uid %s, which is not the pod's (%s)", a.GetNamespace(), ref.Name, ref.UID, pod.UID)
+	}
+	if pod.Spec.NodeName != node {
+		return forbid("request a token bound to pod %s/%s, which is bound to %q", a.GetNamespace(), ref.Name, pod.Spec.NodeName)
 	}
 	return nil
 }

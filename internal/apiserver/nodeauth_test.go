@@ -4,15 +4,21 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/duet-net/duet/internal/nodegraph"
 )
 
 func nodeUser(name string) user.Info {
@@ -20,7 +26,7 @@ func nodeUser(name string) user.Info {
 }
 
 func TestNodeAuthorization(t *testing.T) {
-	authz := newAuthorizer()
+	authz := newAuthorizer(nodegraph.New())
 	tests := []struct {
 		name                             string
 		verb, ns, resource, sub, objName string
@@ -223,6 +229,105 @@ func TestNodeMayNotRelabelPodsThroughStatus(t *testing.T) {
 			}
 			if err != nil && !apierrors.IsForbidden(err) {
 				t.Fatalf("error is not Forbidden: %v", err)
+			}
+		})
+	}
+}
+
+// A node reads, one by one, the Secrets, ConfigMaps and ServiceAccounts
+// the pods bound to it refer to, and nothing else of them.
+func TestNodeReadsWhatItsPodsReferTo(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"}, Spec: corev1.PodSpec{
+		NodeName: "n1", ServiceAccountName: "web", Containers: []corev1.Container{{Name: "c"}},
+		Volumes: []corev1.Volume{
+			{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "web-tls"}}},
+			{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "web-cfg"}}}},
+		}}}
+	client := fake.NewClientset(pod)
+	graph := nodegraph.New()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go graph.Run(ctx, client)
+	if ok, why := graph.Allowed(ctx, "n1", nodegraph.Ref{Resource: "secrets", Namespace: "app", Name: "web-tls"}, 10*time.Second); !ok {
+		t.Fatalf("graph never learned of the pod: %s", why)
+	}
+	authz := newAuthorizer(graph)
+	defer func(w time.Duration) { nodeGraphWait = w }(nodeGraphWait)
+	nodeGraphWait = 10 * time.Millisecond
+	for _, tt := range []struct {
+		name                         string
+		node, verb, resource, sub, n string
+		allow                        bool
+	}{
+		{"its pod's secret", "n1", "get", "secrets", "", "web-tls", true},
+		{"its pod's secret, watched by name", "n1", "watch", "secrets", "", "web-tls", true},
+		{"its pod's configmap", "n1", "list", "configmaps", "", "web-cfg", true},
+		{"its pod's service account", "n1", "get", "serviceaccounts", "", "web", true},
+		{"another secret", "n1", "get", "secrets", "", "db-password", false},
+		{"all secrets", "n1", "list", "secrets", "", "", false},
+		{"another node's pod's secret", "n2", "get", "secrets", "", "web-tls", false},
+		{"writing its pod's secret", "n1", "update", "secrets", "", "web-tls", false},
+		{"deleting its pod's configmap", "n1", "delete", "configmaps", "", "web-cfg", false},
+		{"a token for its pod's service account", "n1", "create", "serviceaccounts", "token", "web", true},
+		{"a token for another service account", "n1", "create", "serviceaccounts", "token", "admin", false},
+		{"another node's pod's token", "n2", "create", "serviceaccounts", "token", "web", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d, reason, _ := authz.Authorize(ctx, authorizer.AttributesRecord{
+				User: nodeUser(tt.node), Verb: tt.verb, Namespace: "app", Resource: tt.resource, Subresource: tt.sub,
+				Name: tt.n, ResourceRequest: true,
+			})
+			if got := d == authorizer.DecisionAllow; got != tt.allow {
+				t.Fatalf("allowed = %v (%s), want %v", got, reason, tt.allow)
+			}
+			if !tt.allow && !strings.Contains(reason, tt.node) {
+				t.Errorf("reason %q does not name the node", reason)
+			}
+		})
+	}
+}
+
+// A node's token requests must be bound, by UID, to a pod bound to it.
+func TestNodeRestrictionTokens(t *testing.T) {
+	pods := map[string]*corev1.Pod{
+		"mine":   {ObjectMeta: metav1.ObjectMeta{Name: "mine", Namespace: "app", UID: "u-mine"}, Spec: corev1.PodSpec{NodeName: "n1"}},
+		"theirs": {ObjectMeta: metav1.ObjectMeta{Name: "theirs", Namespace: "app", UID: "u-theirs"}, Spec: corev1.PodSpec{NodeName: "n2"}},
+	}
+	nr := &nodeRestriction{getPod: func(_ context.Context, _, name string) (*corev1.Pod, error) {
+		if p, ok := pods[name]; ok {
+			return p, nil
+		}
+		return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
+	}}
+	bound := func(kind, name, uid string) *authenticationv1.TokenRequest {
+		return &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: kind, APIVersion: "v1", Name: name, UID: types.UID(uid)}}}
+	}
+	for _, tt := range []struct {
+		name    string
+		req     *authenticationv1.TokenRequest
+		wantErr string
+	}{
+		{"bound to its pod", bound("Pod", "mine", "u-mine"), ""},
+		{"not bound", &authenticationv1.TokenRequest{}, "not bound to a pod"},
+		{"bound to a secret", bound("Secret", "s", "u"), "not bound to a pod"},
+		{"without the uid", bound("Pod", "mine", ""), "without its uid"},
+		{"an old uid", bound("Pod", "mine", "u-old"), "which is not the pod's"},
+		{"another node's pod", bound("Pod", "theirs", "u-theirs"), `which is bound to "n2"`},
+		{"a pod that does not exist", bound("Pod", "ghost", "u"), "does not exist"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			attrs := admission.NewAttributesRecord(tt.req, nil, authenticationv1.SchemeGroupVersion.WithKind("TokenRequest"), "app", "web",
+				corev1.SchemeGroupVersion.WithResource("serviceaccounts"), "token", admission.Create, &metav1.CreateOptions{}, false, nodeUser("n1"))
+			err := nr.Validate(context.Background(), attrs, nil)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want Forbidden containing %q", err, tt.wantErr)
 			}
 		})
 	}

@@ -10,12 +10,14 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
-// The pods subresources' options (exec, attach, port-forward, log) arrive
+// The pods subresources' options (exec, attach, port-forward, log, and
+// the pods' and Services' proxies) arrive
 // as query parameters. They are registered under core/v1 and the internal
 // version, like every served type, with conversions from url.Values that
 // Kubernetes generates for its own scheme and k8s.io/api does not ship.
 var podOptionTypes = []runtime.Object{
 	&corev1.PodExecOptions{}, &corev1.PodAttachOptions{}, &corev1.PodPortForwardOptions{}, &corev1.PodLogOptions{},
+	&corev1.PodProxyOptions{}, &corev1.ServiceProxyOptions{},
 }
 
 func init() {
@@ -36,7 +38,8 @@ type parameterCodec struct{ pods, rest runtime.ParameterCodec }
 
 func isPodOptions(obj runtime.Object) bool {
 	switch obj.(type) {
-	case *corev1.PodExecOptions, *corev1.PodAttachOptions, *corev1.PodPortForwardOptions, *corev1.PodLogOptions:
+	case *corev1.PodExecOptions, *corev1.PodAttachOptions, *corev1.PodPortForwardOptions, *corev1.PodLogOptions,
+		*corev1.PodProxyOptions, *corev1.ServiceProxyOptions:
 		return true
 	}
 	return false
@@ -93,6 +96,18 @@ func addPodOptionConversions(s *runtime.Scheme) error {
 			return err
 		}
 		return bools(in, sc, boolField{"stdin", &out.Stdin}, boolField{"stdout", &out.Stdout}, boolField{"stderr", &out.Stderr}, boolField{"tty", &out.TTY})
+	}); err != nil {
+		return err
+	}
+	// The proxies' path is the URL's rest, which the API server passes as
+	// the "path" parameter.
+	if err := s.AddConversionFunc((*url.Values)(nil), (*corev1.PodProxyOptions)(nil), func(a, b any, sc conversion.Scope) error {
+		return str(*a.(*url.Values), "path", &b.(*corev1.PodProxyOptions).Path, sc)
+	}); err != nil {
+		return err
+	}
+	if err := s.AddConversionFunc((*url.Values)(nil), (*corev1.ServiceProxyOptions)(nil), func(a, b any, sc conversion.Scope) error {
+		return str(*a.(*url.Values), "path", &b.(*corev1.ServiceProxyOptions).Path, sc)
 	}); err != nil {
 		return err
 	}

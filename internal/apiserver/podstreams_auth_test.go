@@ -7,6 +7,7 @@ import (
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 
+	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
 )
 
@@ -16,7 +17,7 @@ import (
 // the identity the server presents to agents, should it be used against
 // the API.
 func TestPodStreamsAuthorization(t *testing.T) {
-	authz := newAuthorizer()
+	authz := newAuthorizer(nodegraph.New())
 	admin := &user.DefaultInfo{Name: "duet-admin", Groups: []string{user.SystemPrivilegedGroup, user.AllAuthenticated}}
 	agentClient := &user.DefaultInfo{Name: pki.AgentClientUser, Groups: []string{user.AllAuthenticated}}
 	for _, sub := range []string{"exec", "attach", "portforward", "log"} {

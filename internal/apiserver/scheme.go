@@ -3,6 +3,7 @@
 package apiserver
 
 import (
+	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -42,8 +43,10 @@ func servedTypes() map[schema.GroupVersion][]runtime.Object {
 			&corev1.Secret{}, &corev1.SecretList{},
 			&corev1.ServiceAccount{}, &corev1.ServiceAccountList{},
 		},
-		discoveryv1.SchemeGroupVersion:    {&discoveryv1.EndpointSlice{}, &discoveryv1.EndpointSliceList{}},
-		coordinationv1.SchemeGroupVersion: {&coordinationv1.Lease{}, &coordinationv1.LeaseList{}},
+		discoveryv1.SchemeGroupVersion: {&discoveryv1.EndpointSlice{}, &discoveryv1.EndpointSliceList{}},
+		// Only as the body of serviceaccounts/token.
+		authenticationv1.SchemeGroupVersion: {&authenticationv1.TokenRequest{}},
+		coordinationv1.SchemeGroupVersion:   {&coordinationv1.Lease{}, &coordinationv1.LeaseList{}},
 		networkingv1.SchemeGroupVersion: {
 			&networkingv1.ServiceCIDR{}, &networkingv1.ServiceCIDRList{},
 			&networkingv1.IPAddress{}, &networkingv1.IPAddressList{},

@@ -41,10 +41,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
+	"github.com/duet-net/duet/internal/admission/serviceaccount"
 	"github.com/duet-net/duet/internal/alloc"
 	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
 	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/netaddr"
+	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
 	"github.com/duet-net/duet/internal/registry/coordination"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
@@ -52,6 +54,7 @@ import (
 	"github.com/duet-net/duet/internal/registry/networking"
 	"github.com/duet-net/duet/internal/registry/podconfig"
 	"github.com/duet-net/duet/internal/registry/service"
+	"github.com/duet-net/duet/internal/satoken"
 )
 
 // setServerFeatures turns off the k8s.io/apiserver features whose memory
@@ -143,6 +146,15 @@ type Server struct {
 	ca *pki.CA
 	// agents is how pods' exec, attach, port-forward and logs reach agents.
 	agents registrycore.AgentConnection
+	// tokenIssuer signs ServiceAccount tokens.
+	tokenIssuer *satoken.Issuer
+	// nodeGraph tells which Secrets, ConfigMaps and ServiceAccounts each
+	// node's pods refer to, for the node authorizer.
+	nodeGraph *nodegraph.Graph
+	// cluster serves the servers that join this one's etcd cluster.
+	cluster clusterState
+	// quorum tells whether etcd can commit writes.
+	quorum *quorumMonitor
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API. It
@@ -182,8 +194,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 
 	etcdServers := cfg.EtcdServers
 	if len(etcdServers) == 0 {
-		log.Info("starting embedded etcd", "dir", filepath.Join(cfg.DataDir, "etcd"))
-		if s.etcd, err = StartEmbeddedEtcd(ctx, filepath.Join(cfg.DataDir, "etcd")); err != nil {
+		if s.etcd, err = s.startEtcd(ctx); err != nil {
 			return nil, err
 		}
 		etcdServers = []string{s.etcd.ClientURL}
@@ -200,6 +211,24 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		return nil, err
 	}
 	s.ca = ca
+	if err := recordRanges(ctx, etcdServers, cfg); err != nil {
+		return nil, err
+	}
+	saKey, err := sharedServiceAccountKey(ctx, etcdServers)
+	if err != nil {
+		return nil, err
+	}
+	if s.tokenIssuer, err = satoken.NewIssuer(saKey, satoken.DefaultIssuer); err != nil {
+		return nil, err
+	}
+	if s.etcd != nil {
+		if s.cluster.secret, err = sharedJoinSecret(ctx, etcdServers); err != nil {
+			return nil, err
+		}
+		if err := s.writeJoinToken(); err != nil {
+			return nil, err
+		}
+	}
 
 	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress.String(), strconv.Itoa(cfg.SecurePort)))
 	if err != nil {
@@ -227,6 +256,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	if s.agents, err = agentConnection(ca); err != nil {
 		return nil, err
 	}
+	// With the CA in the chain, a joining server can check it against
+	// the hash in its join token.
+	serving.CertPEM = append(serving.CertPEM, ca.ChainPEM()...)
 	servingCert, servingKey := filepath.Join(pkiDir, "apiserver.crt"), filepath.Join(pkiDir, "apiserver.key")
 	if err := serving.WriteFiles(servingCert, servingKey); err != nil {
 		return nil, err
@@ -249,8 +281,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	// The TLS handshake asks for client certificates only with a client CA.
 	config.SecureServing.ClientCA = clientCA
-	config.Authentication.Authenticator = newAuthenticator(ca.Cert)
-	config.Authorization.Authorizer = newAuthorizer()
+	config.Authentication.Authenticator = newAuthenticator(ca.Cert, s.cluster.withJoin(
+		satoken.NewAuthenticator(&saKey.PublicKey, satoken.DefaultIssuer, []string{satoken.DefaultIssuer}, storageLookup{s})))
+	s.nodeGraph = nodegraph.New()
+	config.Authorization.Authorizer = authorizeJoin(newAuthorizer(s.nodeGraph))
 	config.LoopbackClientConfig.ContentType = runtime.ContentTypeJSON
 	genericapiserver.AuthorizeClientBearerToken(config.LoopbackClientConfig, &config.Authentication, &config.Authorization)
 	// The getters are bound once the APIs are installed, before serving.
@@ -265,6 +299,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 			}
 			return obj.(*corev1.Pod), nil
 		}},
+		serviceaccount.New(func(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+			return serviceaccount.FromStorage(s.coreStorage[podconfig.ServiceAccounts].(rest.Getter))(ctx, namespace, name)
+		}, &serviceaccount.TokenVolume{}),
 	)
 	config.EffectiveVersion = servedVersion{utilcompatibility.DefaultBuildEffectiveVersion()}
 
@@ -292,6 +329,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	config.RESTOptionsGetter = storageEncodings{RESTOptionsGetter: config.RESTOptionsGetter, protobuf: s.storageCodec}
 
+	if err := s.prepareQuorum(config); err != nil {
+		return nil, err
+	}
+
 	client, err := kubernetes.NewForConfig(config.LoopbackClientConfig)
 	if err != nil {
 		return nil, err
@@ -303,6 +344,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		return nil, fmt.Errorf("building the API server: %w", err)
 	}
 	s.generic = generic
+	if err := s.installCluster(); err != nil {
+		return nil, err
+	}
 
 	if err := s.installAPIs(ctx, completed); err != nil {
 		return nil, err
@@ -395,12 +439,15 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 	for k, v := range svcStorage {
 		coreStorage[k] = v
 	}
-	podConfig, err := podconfig.NewStorage(Scheme, optsGetter)
+	podConfig, err := podconfig.NewStorage(Scheme, optsGetter, s.tokenOptions())
 	if err != nil {
 		return err
 	}
 	maps.Copy(coreStorage, podConfig)
 	if err := registrycore.AddPodStreams(coreStorage, s.agents); err != nil {
+		return err
+	}
+	if err := registrycore.AddProxies(coreStorage, s.agents); err != nil {
 		return err
 	}
 	s.coreStorage = coreStorage
@@ -443,6 +490,8 @@ func (s *Server) Run(ctx context.Context) error {
 			select {
 			case err := <-s.etcd.Err():
 				s.log.Error("embedded etcd failed", "err", err)
+			case <-s.etcd.Stopped():
+				s.log.Error("embedded etcd stopped: was this server removed from its cluster? (duet server --leave, or a member remove elsewhere)")
 			case <-ctx.Done():
 			}
 		}()

@@ -5,9 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/duet-net/duet/internal/pki"
 )
@@ -27,14 +24,6 @@ func sharedCA(ctx context.Context, endpoints []string, dir string) (*pki.CA, err
 	if err != nil {
 		return nil, err
 	}
-	client, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("connecting to etcd: %w", err)
-	}
-	defer client.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-
 	certPEM, keyPEM, err := ca.PEM()
 	if err != nil {
 		return nil, err
@@ -43,23 +32,12 @@ func sharedCA(ctx context.Context, endpoints []string, dir string) (*pki.CA, err
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(caKey), "=", 0)).
-		Then(clientv3.OpPut(caKey, string(mine))).
-		Else(clientv3.OpGet(caKey)).
-		Commit()
+	stored, err := firstRecord(ctx, endpoints, caKey, "cluster CA", mine)
 	if err != nil {
-		return nil, fmt.Errorf("recording the cluster CA in etcd: %w", err)
-	}
-	if resp.Succeeded {
-		return ca, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, fmt.Errorf("reading the cluster CA from etcd: %s vanished", caKey)
+		return nil, err
 	}
 	var theirs caRecord
-	if err := json.Unmarshal(kvs[0].Value, &theirs); err != nil {
+	if err := json.Unmarshal(stored, &theirs); err != nil {
 		return nil, fmt.Errorf("reading the cluster CA from etcd: %w", err)
 	}
 	if bytes.Equal(theirs.Cert, certPEM) {

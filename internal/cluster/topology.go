@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/netns"
 )
 
@@ -43,8 +44,15 @@ type Topology struct {
 	Underlay string // namespace holding the underlay bridge
 	External string // namespace standing for the outside world
 	Nodes    []Node
-	ExtIPv4  netip.Addr // the external namespace's underlay addresses
-	ExtIPv6  netip.Addr
+	// Servers are the control plane's namespaces when it has several
+	// servers (duet up --servers N); none when its one server runs in
+	// the host's namespace.
+	Servers []Node
+	ExtIPv4 netip.Addr // the external namespace's underlay addresses
+	ExtIPv6 netip.Addr
+	// Families are the cluster's; Create gives addresses and routes of
+	// these only. Empty is dual-stack.
+	Families []netaddr.Family
 }
 
 // Plan returns the topology of a cluster kept in dataDir. Names derive from
@@ -90,6 +98,9 @@ func NetNSPath(name string) string { return netns.Path(name) }
 func (t Topology) Namespaces() []string {
 	out := []string{t.Underlay, t.External}
 	for _, n := range t.Nodes {
+		out = append(out, n.NetNS)
+	}
+	for _, n := range t.Servers {
 		out = append(out, n.NetNS)
 	}
 	return out
@@ -145,6 +156,9 @@ func (t Topology) Create() (err error) {
 			return err
 		}
 		for _, p := range []netip.Prefix{v4, v6} {
+			if !t.has(netaddr.FamilyOf(p.Addr())) {
+				continue
+			}
 			if err := addAddr(h, eth, p); err != nil {
 				return fmt.Errorf("addressing eth0 in %s: %w", ns, err)
 			}
@@ -165,11 +179,19 @@ func (t Topology) Create() (err error) {
 		return err
 	}
 	for _, p := range []netip.Prefix{netip.PrefixFrom(addrAt(External4, 1), 24), netip.PrefixFrom(addrAt(External6, 1), 48)} {
+		if !t.has(netaddr.FamilyOf(p.Addr())) {
+			continue
+		}
 		if err := addAddr(ext, lo, p); err != nil {
 			return fmt.Errorf("adding the outside world's addresses: %w", err)
 		}
 	}
 
+	for i, n := range t.Servers {
+		if err := attach(n.NetNS, fmt.Sprintf("s%d", i+1), netip.PrefixFrom(n.IPv4, 24), netip.PrefixFrom(n.IPv6, 64)); err != nil {
+			return err
+		}
+	}
 	for i, n := range t.Nodes {
 		if err := attach(n.NetNS, fmt.Sprintf("n%d", i+1), netip.PrefixFrom(n.IPv4, 24), netip.PrefixFrom(n.IPv6, 64)); err != nil {
 			return err
@@ -180,6 +202,9 @@ func (t Topology) Create() (err error) {
 			return err
 		}
 		for _, r := range []struct{ dst, via netip.Addr }{{netip.IPv4Unspecified(), t.ExtIPv4}, {netip.IPv6Unspecified(), t.ExtIPv6}} {
+			if !t.has(netaddr.FamilyOf(r.dst)) {
+				continue
+			}
 			bits := r.dst.BitLen()
 			route := &netlink.Route{Dst: &net.IPNet{IP: r.dst.AsSlice(), Mask: net.CIDRMask(0, bits)}, Gw: r.via.AsSlice()}
 			if err := h.RouteReplace(route); err != nil {

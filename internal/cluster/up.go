@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duet-net/duet/internal/agent/clusterdns"
 	"github.com/duet-net/duet/internal/agent/podroot"
+	"github.com/duet-net/duet/internal/deathsig"
 	"io"
 	"net"
 	"net/netip"
@@ -45,12 +47,22 @@ type Options struct {
 	ClusterCIDR  string
 	ServiceRange string
 	IPv6Primary  bool
+	// SingleStack is "" (the families of ClusterCIDR), ipv4 or ipv6: the
+	// entries of that family of ClusterCIDR, ServiceRange and LBPools.
+	SingleStack string
 	// LBPools are the LoadBalancer IP pools, CIDRs of either family.
 	LBPools string
 	// MasqConfig is an ip-masq-agent config file every agent watches.
 	MasqConfig string
 	// Images is an image table file every agent loads.
 	Images string
+	// ClusterDomain is the cluster's DNS domain ("" is cluster.local);
+	// ResolvConf the resolver configuration whose nameservers every
+	// node's DNS forwards other names to ("" is the host's).
+	ClusterDomain, ResolvConf string
+	// Servers is the number of API servers, each an etcd member; with
+	// more than one, each runs in a namespace of its own (servers.go).
+	Servers int
 	// Binary is the duet executable the server and agents run as.
 	Binary string
 	Out    io.Writer
@@ -68,28 +80,14 @@ func Up(ctx context.Context, o Options) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("duet up needs root: it creates network namespaces and links")
 	}
-	clusterCIDR, err := primaryFirst(o.ClusterCIDR, o.IPv6Primary)
-	if err != nil {
-		return fmt.Errorf("--cluster-cidr: %w", err)
-	}
-	serviceRange, err := primaryFirst(o.ServiceRange, o.IPv6Primary)
-	if err != nil {
-		return fmt.Errorf("--service-cluster-ip-range: %w", err)
-	}
 	// Check the flags here, with the server's own rules, before building
 	// anything.
-	if _, err := netaddr.ParseServiceClusterIPRange(serviceRange); err != nil {
+	st, err := resolveStack(o)
+	if err != nil {
 		return err
 	}
-	if _, err := netaddr.ParseClusterCIDRs(clusterCIDR, netaddr.NodeMaskFlags{}); err != nil {
-		return err
-	}
-	var lbPools []netip.Prefix
-	if o.LBPools != "" {
-		if lbPools, err = netaddr.ParseCIDRList("--load-balancer-ip-pool", o.LBPools); err != nil {
-			return err
-		}
-	}
+	clusterCIDR, serviceRange, lbPools := st.clusterCIDR, st.serviceRange, st.lbPools
+	o.LBPools = st.lbPoolsFlag() // the servers' flag: pools of the cluster's families
 	if o.Images != "" {
 		if o.Images, err = filepath.Abs(o.Images); err != nil {
 			return err
@@ -100,10 +98,27 @@ func Up(ctx context.Context, o Options) (err error) {
 			return err
 		}
 	}
+	if o.ClusterDomain != "" {
+		if _, err := clusterdns.CanonicalDomain(o.ClusterDomain); err != nil {
+			return fmt.Errorf("--cluster-domain: %w", err)
+		}
+	}
+	if o.ResolvConf != "" {
+		if o.ResolvConf, err = filepath.Abs(o.ResolvConf); err != nil {
+			return err
+		}
+	}
 	topo, err := Plan(o.DataDir, o.Nodes)
 	if err != nil {
 		return err
 	}
+	if o.Servers == 0 {
+		o.Servers = 1
+	}
+	if err := topo.planServers(o.Servers); err != nil {
+		return err
+	}
+	topo.Families = st.families
 	if err := os.MkdirAll(filepath.Join(o.DataDir, "logs"), 0o700); err != nil {
 		return err
 	}
@@ -113,7 +128,7 @@ func Up(ctx context.Context, o Options) (err error) {
 	}
 
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
-	say("Creating the network: %d node namespaces on a dual-stack underlay (%s, %s)…", o.Nodes, underlay4, underlay6)
+	say("Creating the network: %d node namespaces on an underlay of %s…", o.Nodes, joinPrefixes(keepFamily([]netip.Prefix{underlay4, underlay6}, st.families...)))
 	if err := topo.Create(); err != nil {
 		return err
 	}
@@ -137,23 +152,13 @@ func Up(ctx context.Context, o Options) (err error) {
 	say("Starting the control plane (cluster CIDRs %s, service ranges %s)…", clusterCIDR, serviceRange)
 	kubeconfig := filepath.Join(o.DataDir, "admin.kubeconfig")
 	_ = os.Remove(kubeconfig)
-	// One port for the cluster's life: a restarted server must be where the
-	// agents' kubeconfigs say it is.
-	port, err := freeLoopbackPort()
-	if err != nil {
-		return err
-	}
-	serverArgs := []string{"server", "--data-dir", o.DataDir, "--secure-port", strconv.Itoa(port),
-		"--service-cluster-ip-range", serviceRange, "--cluster-cidr", clusterCIDR}
-	if o.LBPools != "" {
-		serverArgs = append(serverArgs, "--load-balancer-ip-pool", o.LBPools)
-	}
-	server, err := sup.start("the control plane", o.Binary, filepath.Join(o.DataDir, "logs", "server.log"), serverArgs...)
-	if err != nil {
-		return err
-	}
-	client, err := waitForServer(ctx, kubeconfig, server)
-	if err != nil {
+	var client kubernetes.Interface
+	var ha *controlPlane
+	if len(topo.Servers) > 0 {
+		if ha, client, err = startServers(ctx, o, topo, sup, say, serviceRange, clusterCIDR, kubeconfig); err != nil {
+			return err
+		}
+	} else if client, err = startServer(ctx, o, sup, serviceRange, clusterCIDR, kubeconfig); err != nil {
 		return err
 	}
 
@@ -163,15 +168,19 @@ func Up(ctx context.Context, o Options) (err error) {
 		if err := os.MkdirAll(filepath.Dir(nodeKubeconfig), 0o700); err != nil {
 			return err
 		}
-		if err := pki.WriteNodeKubeconfig(o.DataDir, n.Name, nodeKubeconfig); err != nil {
+		writeKubeconfig := pki.WriteNodeKubeconfig
+		if ha != nil {
+			writeKubeconfig = func(_, name, path string) error { return ha.nodeKubeconfig(name, path) }
+		}
+		if err := writeKubeconfig(o.DataDir, n.Name, nodeKubeconfig); err != nil {
 			return err
 		}
-		ips := []netip.Addr{n.IPv4, n.IPv6}
-		if o.IPv6Primary {
-			ips = []netip.Addr{n.IPv6, n.IPv4}
+		var ips []string
+		for _, ip := range n.IPs(st.families) {
+			ips = append(ips, ip.String())
 		}
 		args := []string{"agent", "--kubeconfig", nodeKubeconfig, "--node-name", n.Name,
-			"--netns", NetNSPath(n.NetNS), "--node-ip", ips[0].String() + "," + ips[1].String(),
+			"--netns", NetNSPath(n.NetNS), "--node-ip", strings.Join(ips, ","),
 			"--state-dir", filepath.Join(o.DataDir, "nodes", n.Name),
 			"--cluster-cidr", clusterCIDR, "--service-cluster-ip-range", serviceRange}
 		if o.MasqConfig != "" {
@@ -180,11 +189,23 @@ func Up(ctx context.Context, o Options) (err error) {
 		if o.Images != "" {
 			args = append(args, "--images", o.Images)
 		}
-		stream, serr := agentStreamingArgs(o.DataDir, n.Name)
-		if serr != nil {
-			return serr
+		if o.ClusterDomain != "" {
+			args = append(args, "--cluster-domain", o.ClusterDomain)
 		}
-		args = append(args, stream...)
+		if o.ResolvConf != "" {
+			args = append(args, "--resolv-conf", o.ResolvConf)
+		}
+		if ha != nil {
+			// Servers in namespaces of their own cannot reach an agent's
+			// streaming port on the host's loopback: no exec or logs yet.
+			args = append(args, ha.agentArgs(n)...)
+		} else {
+			stream, serr := agentStreamingArgs(o.DataDir, n.Name)
+			if serr != nil {
+				return serr
+			}
+			args = append(args, stream...)
+		}
 		if mport, err := freeLoopbackPort(); err == nil {
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mport))
 			args = append(args, "--metrics-bind-address", addr)
@@ -197,7 +218,7 @@ func Up(ctx context.Context, o Options) (err error) {
 	}
 
 	say("Waiting for the nodes to be Ready with a pod CIDR of each family…")
-	podCIDRs, err := waitForNodes(ctx, client, o.Nodes)
+	podCIDRs, err := waitForNodes(ctx, client, o.Nodes, len(st.families))
 	if err != nil {
 		return err
 	}
@@ -205,7 +226,7 @@ func Up(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	if len(lbPools) > 0 {
-		say("LoadBalancer IPs come from %s, routed from the external namespace (duet exec --external).", o.LBPools)
+		say("LoadBalancer IPs come from %s, routed from the external namespace (duet exec --external).", st.lbPoolsFlag())
 	}
 	say("Cluster ready. kubeconfig: %s", kubeconfig)
 	say("Try: kubectl --kubeconfig %s get nodes -o wide", kubeconfig)
@@ -213,6 +234,28 @@ func Up(ctx context.Context, o Options) (err error) {
 	// Run until asked to stop; the supervisor restarts what dies.
 	<-ctx.Done()
 	return nil
+}
+
+// startServer starts the one server of the cluster, in the host's
+// namespace on loopback.
+func startServer(ctx context.Context, o Options, sup *supervisor, serviceRange, clusterCIDR, kubeconfig string) (kubernetes.Interface, error) {
+	// One port for the cluster's life: a restarted server must be where the
+	// agents' kubeconfigs say it is.
+	port, err := freeLoopbackPort()
+	if err != nil {
+		return nil, err
+	}
+	serverArgs := []string{"server", "--data-dir", o.DataDir, "--secure-port", strconv.Itoa(port),
+		"--service-cluster-ip-range", serviceRange, "--cluster-cidr", clusterCIDR}
+	if o.LBPools != "" {
+		serverArgs = append(serverArgs, "--load-balancer-ip-pool", o.LBPools)
+	}
+	server, err := sup.start("the control plane", o.Binary, filepath.Join(o.DataDir, "logs", "server.log"), serverArgs...)
+	if err != nil {
+		return nil, err
+	}
+	return waitForServer(ctx, kubeconfig, server)
+
 }
 
 // primaryFirst reorders a two-entry list so the requested family leads.
@@ -333,7 +376,7 @@ func spawn(binary, logFile string, args ...string) (*exec.Cmd, error) {
 	// Children get their own process group so that a ^C in the terminal
 	// reaches duet up only, which stops them in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	if err := deathsig.Start(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("starting duet %s: %w", args[0], err)
 	}
@@ -378,7 +421,7 @@ func waitForServer(ctx context.Context, kubeconfig string, server *exec.Cmd) (ku
 	return client, nil
 }
 
-func waitForNodes(ctx context.Context, client kubernetes.Interface, want int) (map[string][]netip.Prefix, error) {
+func waitForNodes(ctx context.Context, client kubernetes.Interface, want, families int) (map[string][]netip.Prefix, error) {
 	var last string
 	podCIDRs := map[string][]netip.Prefix{}
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -388,7 +431,7 @@ func waitForNodes(ctx context.Context, client kubernetes.Interface, want int) (m
 		}
 		ready := 0
 		for _, n := range nodes.Items {
-			if isReady(&n) && len(n.Spec.PodCIDRs) == 2 {
+			if isReady(&n) && len(n.Spec.PodCIDRs) == families {
 				ready++
 				podCIDRs[n.Name] = nil
 				for _, c := range n.Spec.PodCIDRs {

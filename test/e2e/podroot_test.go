@@ -19,14 +19,6 @@ import (
 
 const worldManifest = `
 apiVersion: v1
-kind: Service
-metadata: {name: kube-dns, namespace: kube-system}
-spec:
-  ipFamilyPolicy: RequireDualStack
-  selector: {k8s-app: kube-dns}
-  ports: [{name: dns, port: 53, protocol: UDP}]
----
-apiVersion: v1
 kind: Pod
 metadata: {name: world-0, labels: {app: world}}
 spec:

@@ -210,6 +210,20 @@ func NewServer(t testing.TB, opts ServerOptions) *Server {
 	return s
 }
 
+// SetFlag gives flag (as "--name") value at the next Start, replacing
+// its value or adding it: a restart with other flags.
+func (s *Server) SetFlag(flag, value string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := 0; i+1 < len(s.args); i++ {
+		if s.args[i] == flag {
+			s.args[i+1] = value
+			return
+		}
+	}
+	s.args = append(s.args, flag, value)
+}
+
 // Start runs the server process and waits until it is ready, failing t
 // (the calling test) if it does not get there.
 func (s *Server) Start(t testing.TB) {

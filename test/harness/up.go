@@ -39,6 +39,9 @@ func Up(t testing.TB, args ...string) (dataDir, kubeconfig string) {
 	}()
 	var out []string
 	t.Cleanup(func() {
+		if t.Failed() {
+			dumpCluster(t, dataDir)
+		}
 		_ = cmd.Process.Signal(syscall.SIGINT)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
@@ -75,6 +78,18 @@ func Up(t testing.TB, args ...string) (dataDir, kubeconfig string) {
 		case <-deadline:
 			t.Fatalf("duet up not ready after 3 minutes:\n%s", strings.Join(out, "\n"))
 		}
+	}
+}
+
+// dumpCluster logs what a failed test's cluster holds and its logs' last
+// lines, before it is stopped and its data directory removed.
+func dumpCluster(t testing.TB, dataDir string) {
+	kc := filepath.Join(dataDir, "admin.kubeconfig")
+	state, _ := exec.Command("kubectl", "--kubeconfig", kc, "get", "nodes,pods,events", "-A", "-o", "wide").CombinedOutput()
+	t.Logf("the cluster when the test failed:\n%s", state)
+	logs, _ := filepath.Glob(filepath.Join(dataDir, "logs", "*.log"))
+	for _, l := range logs {
+		t.Logf("last lines of %s:\n%s", filepath.Base(l), Tail(l))
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -246,10 +247,12 @@ func TestSchedulerKeepsPodSpec(t *testing.T) {
 		return nil
 	})
 	c := got.Spec.Containers[0]
-	if c.Image != "busybox" || !slices.Equal(c.Command, []string{"sleep", "3600"}) || len(c.Env) != 1 || c.Env[0].Value != "hello" || len(c.VolumeMounts) != 1 {
+	if c.Image != "busybox" || !slices.Equal(c.Command, []string{"sleep", "3600"}) || len(c.Env) != 1 || c.Env[0].Value != "hello" ||
+		!apiequality.Semantic.DeepEqual(c.VolumeMounts, want.Spec.Containers[0].VolumeMounts) {
 		t.Errorf("container changed by binding: %+v", c)
 	}
-	if len(got.Spec.Volumes) != 1 || got.Annotations["note"] != "kept" || got.Labels["app"] != "web" {
+	// As created: scratch, and the API credentials admission added.
+	if len(got.Spec.Volumes) != 2 || got.Spec.Volumes[0].Name != "scratch" || got.Spec.Volumes[1].Name != want.Spec.Volumes[1].Name || got.Annotations["note"] != "kept" || got.Labels["app"] != "web" {
 		t.Errorf("pod changed by binding: volumes %v, annotations %v, labels %v", got.Spec.Volumes, got.Annotations, got.Labels)
 	}
 	if got.UID != want.UID {

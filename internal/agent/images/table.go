@@ -146,6 +146,7 @@ const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 const (
 	Agnhost = "registry.k8s.io/e2e-test-images/agnhost"
 	Pause   = "registry.k8s.io/pause"
+	CoreDNS = "registry.k8s.io/coredns/coredns"
 )
 
 // shellImages have no entrypoint and run sh by default; Duet runs the
@@ -154,32 +155,42 @@ var shellImages = []string{
 	"busybox", "alpine", "debian", "ubuntu", "fedora", "centos", "bash",
 	"registry.k8s.io/e2e-test-images/busybox",
 	"gcr.io/google-containers/busybox", "k8s.gcr.io/busybox", "registry.k8s.io/busybox",
+	// Upstream's DNS test images: shells with dig and getent, which the
+	// host has once dnsutils is installed.
+	"registry.k8s.io/e2e-test-images/jessie-dnsutils", "registry.k8s.io/e2e-test-images/glibc-dns-testing",
+	"gcr.io/kubernetes-e2e-test-images/dnsutils",
 }
 
 // Builtin is the table Duet starts with. exe is the running duet
-// executable: pause images run it (`duet pause`), and upstream's agnhost
+// executable: pause images run it (`duet pause`); upstream's agnhost
 // image runs the agnhost binary found beside it (bin/agnhost, which
-// `make agnhost` builds) or on PATH.
+// `make agnhost` builds) or on PATH, and CoreDNS's image the coredns
+// binary found the same way (bin/coredns, from `make coredns`).
 func Builtin(exe string) *Table {
 	return builtin(exe, exec.LookPath)
 }
 
 func builtin(exe string, lookPath func(string) (string, error)) *Table {
 	t := New()
-	agnhost := Image{Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"}, Env: map[string]string{"PATH": DefaultPath},
-		Files: map[string]string{"/agnhost": ""}}
-	if p := filepath.Join(filepath.Dir(exe), "agnhost"); isExecutable(p) {
-		agnhost.Files["/agnhost"] = p
-	} else if p, err := lookPath("agnhost"); err == nil {
-		if abs, err := filepath.Abs(p); err == nil {
-			agnhost.Files["/agnhost"] = abs
-		}
-	}
-	if agnhost.Files["/agnhost"] == "" {
-		agnhost.hint = map[string]string{"/agnhost": fmt.Sprintf("no agnhost binary beside %s or on PATH; build it with `make agnhost` (it writes bin/agnhost) or map the image to a binary with --images", exe)}
+	agnhost := Image{Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"}, Env: map[string]string{"PATH": DefaultPath}}
+	agnhost.provide("/agnhost", hostProgram(exe, "agnhost", lookPath),
+		fmt.Sprintf("no agnhost binary beside %s or on PATH; build it with `make agnhost` (it writes bin/agnhost) or map the image to a binary with --images", exe))
+	coredns := hostProgram(exe, "coredns", lookPath)
+	// The agnhost image also carries CoreDNS, which upstream's DNS tests
+	// run as its /coredns; without a coredns binary the image still runs
+	// agnhost, and only such a command fails to start.
+	if coredns != "" {
+		agnhost.Files["/coredns"] = coredns
 	}
 	// The built-in names are valid; TestBuiltinKeys checks each.
 	_ = t.Set(Agnhost, agnhost)
+	// CoreDNS's image runs /coredns with the arguments it is given
+	// (-conf <Corefile>), from /.
+	corednsImage := Image{Entrypoint: []string{"/coredns"}, WorkingDir: "/", Env: map[string]string{"PATH": DefaultPath}}
+	corednsImage.provide("/coredns", coredns,
+		fmt.Sprintf("no coredns binary beside %s or on PATH; build it with `make coredns` (it writes bin/coredns) or map the image to a binary with --images", exe))
+	_ = t.Set(CoreDNS, corednsImage)
+	_ = t.Set("coredns/coredns", corednsImage)
 	// The pause image's /pause waits for a signal; so does `duet pause`.
 	pause := Image{Entrypoint: []string{exe, "pause"}, Env: map[string]string{"PATH": DefaultPath}}
 	_ = t.Set(Pause, pause)
@@ -188,6 +199,36 @@ func builtin(exe string, lookPath func(string) (string, error)) *Table {
 		_ = t.Set(name, Image{Cmd: []string{"sh"}, Env: map[string]string{"PATH": DefaultPath}})
 	}
 	return t
+}
+
+// provide makes the host file src the image's file at path; an empty src
+// (a program not found) leaves the file missing, and Lookup fails with
+// hint.
+func (img *Image) provide(path, src, hint string) {
+	if img.Files == nil {
+		img.Files = map[string]string{}
+	}
+	img.Files[path] = src
+	if src == "" {
+		if img.hint == nil {
+			img.hint = map[string]string{}
+		}
+		img.hint[path] = hint
+	}
+}
+
+// hostProgram is the absolute path of the executable name beside exe or,
+// failing that, on PATH; "" when there is none.
+func hostProgram(exe, name string, lookPath func(string) (string, error)) string {
+	if p := filepath.Join(filepath.Dir(exe), name); isExecutable(p) {
+		return p
+	}
+	if p, err := lookPath(name); err == nil {
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs
+		}
+	}
+	return ""
 }
 
 // statReason is why a host file is unusable, without the path the

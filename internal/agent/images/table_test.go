@@ -84,7 +84,7 @@ func TestBuiltinMatching(t *testing.T) {
 func TestBuiltinKeys(t *testing.T) {
 	exe, _ := fakeDuet(t, false)
 	keys := builtin(exe, notFound).Keys()
-	if want := 3 + len(shellImages); len(keys) != want {
+	if want := 5 + len(shellImages); len(keys) != want {
 		t.Errorf("%d built-in keys %q, want %d", len(keys), keys, want)
 	}
 }
@@ -92,7 +92,13 @@ func TestBuiltinKeys(t *testing.T) {
 func TestBuiltinAgnhostLocation(t *testing.T) {
 	t.Run("beside duet", func(t *testing.T) {
 		exe, agnhost := fakeDuet(t, true)
-		img, err := builtin(exe, func(string) (string, error) { return "/elsewhere/agnhost", nil }).Lookup(Agnhost + ":2.66.1")
+		look := func(name string) (string, error) {
+			if name == "agnhost" {
+				return "/elsewhere/agnhost", nil
+			}
+			return "", errors.New("not found")
+		}
+		img, err := builtin(exe, look).Lookup(Agnhost + ":2.66.1")
 		if err != nil || img.Files["/agnhost"] != agnhost {
 			t.Errorf("Lookup = %v, %v; want /agnhost from %s (beside duet wins over PATH)", img.Files, err, agnhost)
 		}
@@ -100,7 +106,13 @@ func TestBuiltinAgnhostLocation(t *testing.T) {
 	t.Run("on PATH", func(t *testing.T) {
 		exe, _ := fakeDuet(t, false)
 		_, onPath := fakeDuet(t, true)
-		img, err := builtin(exe, func(name string) (string, error) { return onPath, nil }).Lookup(Agnhost + ":2.66.1")
+		look := func(name string) (string, error) {
+			if name == "agnhost" {
+				return onPath, nil
+			}
+			return "", errors.New("not found")
+		}
+		img, err := builtin(exe, look).Lookup(Agnhost + ":2.66.1")
 		if err != nil || img.Files["/agnhost"] != onPath {
 			t.Errorf("Lookup = %v, %v; want /agnhost from %s", img.Files, err, onPath)
 		}
@@ -111,6 +123,67 @@ func TestBuiltinAgnhostLocation(t *testing.T) {
 		var fm *FileMissingError
 		if !errors.As(err, &fm) || fm.Path != "/agnhost" || !strings.Contains(err.Error(), "make agnhost") || !strings.Contains(err.Error(), exe) {
 			t.Errorf("Lookup = %v, want a FileMissingError for /agnhost naming %s and make agnhost", err, exe)
+		}
+	})
+}
+
+// fakeProgram writes an executable named name into dir.
+func fakeProgram(t *testing.T, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// CoreDNS's image runs bin/coredns as its /coredns, and so may the
+// agnhost image, which carries CoreDNS too.
+func TestBuiltinCoreDNS(t *testing.T) {
+	t.Run("beside duet", func(t *testing.T) {
+		exe, agnhost := fakeDuet(t, true)
+		coredns := fakeProgram(t, filepath.Dir(exe), "coredns")
+		table := builtin(exe, notFound)
+		for _, ref := range []string{CoreDNS + ":v1.13.1", "coredns/coredns:1.15.0", "docker.io/coredns/coredns"} {
+			img, err := table.Lookup(ref)
+			if err != nil {
+				t.Fatalf("Lookup(%q): %v", ref, err)
+			}
+			if !slices.Equal(img.Entrypoint, []string{"/coredns"}) || img.Cmd != nil || img.WorkingDir != "/" || img.Files["/coredns"] != coredns {
+				t.Errorf("Lookup(%q) = %+v, want entrypoint /coredns from %s, no command, in /", ref, img, coredns)
+			}
+		}
+		img, err := table.Lookup(Agnhost + ":2.66.1")
+		if err != nil || img.Files["/agnhost"] != agnhost || img.Files["/coredns"] != coredns {
+			t.Errorf("agnhost: %v, %v; want /agnhost from %s and /coredns from %s", img.Files, err, agnhost, coredns)
+		}
+	})
+	t.Run("on PATH", func(t *testing.T) {
+		exe, _ := fakeDuet(t, false)
+		onPath := fakeProgram(t, t.TempDir(), "coredns")
+		look := func(name string) (string, error) {
+			if name == "coredns" {
+				return onPath, nil
+			}
+			return "", errors.New("not found")
+		}
+		img, err := builtin(exe, look).Lookup(CoreDNS + ":v1.13.1")
+		if err != nil || img.Files["/coredns"] != onPath {
+			t.Errorf("Lookup = %v, %v; want /coredns from %s", img.Files, err, onPath)
+		}
+	})
+	t.Run("missing", func(t *testing.T) {
+		exe, agnhost := fakeDuet(t, true)
+		table := builtin(exe, notFound)
+		_, err := table.Lookup(CoreDNS + ":v1.13.1")
+		var fm *FileMissingError
+		if !errors.As(err, &fm) || fm.Path != "/coredns" || !strings.Contains(err.Error(), "make coredns") {
+			t.Errorf("Lookup = %v, want a FileMissingError for /coredns naming make coredns", err)
+		}
+		// agnhost runs without it.
+		img, err := table.Lookup(Agnhost + ":2.66.1")
+		if _, has := img.Files["/coredns"]; err != nil || has || img.Files["/agnhost"] != agnhost {
+			t.Errorf("agnhost without coredns: %v, %v; want /agnhost alone", img.Files, err)
 		}
 	})
 }

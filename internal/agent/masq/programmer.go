@@ -80,6 +80,9 @@ type Programmer struct {
 	nft        nft.Interface
 	programmed bool  // the model reflects a successful commit
 	model      model // what the kernel holds as far as the programmer knows
+	// absent are the families (in the order of nft.Families) whose table
+	// the programmer keeps deleted: those a single-stack cluster lacks.
+	absent [len(nft.Families)]bool
 }
 
 // New returns a programmer for the network namespace named netns (a name
@@ -106,7 +109,7 @@ func (p *Programmer) Close() error { return p.nft.Close() }
 // someone changed the tables behind the programmer's back), rebuilds both
 // tables from scratch in one transaction instead.
 func (p *Programmer) Apply(r Rules) error {
-	return p.apply(compile(r))
+	return p.apply(p.compile(r))
 }
 
 func (p *Programmer) apply(want model) error {
@@ -115,7 +118,9 @@ func (p *Programmer) apply(want model) error {
 	}
 	tx := &nft.Transaction{}
 	for i, f := range nft.Families {
-		increment(tx, f, p.model[i], want[i])
+		if !p.absent[i] {
+			increment(tx, f, p.model[i], want[i])
+		}
 	}
 	if tx.Empty() {
 		return nil
@@ -135,12 +140,21 @@ func (p *Programmer) apply(want model) error {
 // does not (deleted, flushed, a rule or an element changed), and applies
 // r, all in one transaction. It reports the families it had to repair.
 func (p *Programmer) Reconcile(r Rules) (repaired []string, err error) {
-	want := compile(r)
+	want := p.compile(r)
 	var broken []nft.Family
 	for i, f := range nft.Families {
 		o, err := p.observe(f)
 		if err != nil {
 			return nil, fmt.Errorf("reading the %s %s table: %w", f.Keyword(), TableName, err)
+		}
+		if p.absent[i] {
+			if o.present {
+				broken = append(broken, f)
+				if p.programmed {
+					repaired = append(repaired, f.Keyword())
+				}
+			}
+			continue
 		}
 		if !p.programmed || !o.present || !o.intact || !o.sets.equal(p.model[i]) {
 			broken = append(broken, f)
@@ -174,6 +188,12 @@ func (p *Programmer) Remove() error {
 func (p *Programmer) rebuild(want model, fams []nft.Family) error {
 	tx := &nft.Transaction{}
 	for i, f := range nft.Families {
+		if p.absent[i] {
+			if slices.Contains(fams, f) {
+				remove(tx, f)
+			}
+			continue
+		}
 		if slices.Contains(fams, f) {
 			rebuild(tx, f, want[i])
 		} else {

@@ -77,6 +77,8 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	defer p.Close()
+	// A single-stack cluster's nodes get the tables of its family only.
+	p.SetFamilies(familiesOf(o.ClusterCIDRs))
 	log.Info("masquerading egress traffic", "config", o.ConfigPath, "clusterCIDRs", o.ClusterCIDRs, "serviceCIDRs", o.ServiceCIDRs)
 
 	r := &runner{o: o, log: log, p: p, interval: DefaultResyncInterval}

@@ -172,13 +172,19 @@ func buildTemplate(p templatePlan) (int, error) {
 // system, without those hidden under another of them and without skip:
 // binding each recursively brings every other mount along.
 func childrenOfRoot(ms []netns.Mount, skip string) []string {
-	var st unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, "/", 0, unix.STATX_MNT_ID, &st); err != nil {
+	id, err := mountIDAt("/")
+	if err != nil {
 		return nil
 	}
+	return childrenOf(ms, id, skip)
+}
+
+// childrenOf returns the mount points of the mounts on mount id, as
+// childrenOfRoot does.
+func childrenOf(ms []netns.Mount, id uint64, skip string) []string {
 	var mps []string
 	for _, m := range ms {
-		if uint64(m.Parent) == st.Mnt_id && m.MountPoint != "/" && m.MountPoint != skip {
+		if uint64(m.Parent) == id && uint64(m.ID) != id && m.MountPoint != "/" && m.MountPoint != skip {
 			mps = append(mps, m.MountPoint)
 		}
 	}
@@ -258,7 +264,7 @@ func buildContainer(tmplFD int, pinnerID uint64, scratch, name string, files [][
 			return err
 		}
 		defer unix.Close(rootFD)
-		w := &world{rootFD: rootFD}
+		w := &world{rootFD: rootFD, rootPath: root, scratch: dir}
 		if w.rootMnt, err = mountID(rootFD); err != nil {
 			return err
 		}
@@ -359,6 +365,90 @@ type world struct {
 	// anywhere else would write to a host file system bound in.
 	rootMnt uint64
 	ours    []uint64
+	// rootPath and scratch, when set, let ensure put an overlay of the
+	// container's own (its layers in scratch) over a host file system
+	// bound in (such as /run on systemd machines) that a mount point must
+	// be created on, as the root itself is one. Without them such a mount
+	// point is refused.
+	rootPath, scratch string
+	overlays          int
+}
+
+// overlayHostMount puts an overlay over the host mount id, bound in the
+// container's root: the host's files below, a writable layer of the
+// container's own above. The mounts on top of it (the host's and the
+// volumes bound so far) are cloned first and put back on the overlay.
+func (w *world) overlayHostMount(id uint64) error {
+	ms, err := netns.Mounts()
+	if err != nil {
+		return err
+	}
+	var mp string
+	for _, m := range ms {
+		if uint64(m.ID) == id {
+			mp = m.MountPoint
+		}
+	}
+	if mp == "" || (mp != w.rootPath && !under(mp, w.rootPath)) {
+		return fmt.Errorf("mount %d is not in the container's root", id)
+	}
+	type child struct {
+		path string
+		tree int
+		ours bool
+	}
+	var children []child
+	defer func() {
+		for _, c := range children {
+			unix.Close(c.tree)
+		}
+	}()
+	for _, cmp := range childrenOf(ms, id, "") {
+		tree, err := unix.OpenTree(unix.AT_FDCWD, cmp, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		if err != nil {
+			return fmt.Errorf("copy mount %s: %w", cmp, err)
+		}
+		c := child{path: cmp, tree: tree}
+		if old, err := mountIDAt(cmp); err == nil && slices.Contains(w.ours, old) {
+			c.ours = true
+		}
+		children = append(children, c)
+	}
+	w.overlays++
+	dir := filepath.Join(w.scratch, fmt.Sprintf("ov.%d", w.overlays))
+	for _, d := range []string{"", scratchUpper, scratchWork} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", mp, filepath.Join(dir, scratchUpper), filepath.Join(dir, scratchWork))
+	if err := unix.Mount("duet-podroot", mp, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("overlay of %s: %w", strings.TrimPrefix(mp, w.rootPath), err)
+	}
+	ovID, err := mountIDAt(mp)
+	if err != nil {
+		return err
+	}
+	w.ours = append(w.ours, ovID)
+	for _, c := range children {
+		if err := unix.MoveMount(c.tree, "", unix.AT_FDCWD, c.path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("put %s back on the overlay: %w", strings.TrimPrefix(c.path, w.rootPath), err)
+		}
+		if c.ours {
+			if nid, err := mountID(c.tree); err == nil {
+				w.ours = append(w.ours, nid)
+			}
+		}
+	}
+	return nil
+}
+
+func mountIDAt(path string) (uint64, error) {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &st); err != nil {
+		return 0, fmt.Errorf("statx %s: %w", path, err)
+	}
+	return st.Mnt_id, nil
 }
 
 func mountID(fd int) (uint64, error) {
@@ -443,6 +533,18 @@ func (w *world) ensure(path string, dir bool) (int, error) {
 	id, err := mountID(parent)
 	if err != nil {
 		return -1, err
+	}
+	if id != w.rootMnt && !slices.Contains(w.ours, id) && w.scratch != "" {
+		unix.Close(parent)
+		if err := w.overlayHostMount(id); err != nil {
+			return -1, fmt.Errorf("%s lies on a file system bound in from the host: %w", "/"+filepath.Dir(rel), err)
+		}
+		if parent, err = openIn(w.rootFD, filepath.Dir(rel)); err != nil {
+			return -1, err
+		}
+		if id, err = mountID(parent); err != nil {
+			return -1, err
+		}
 	}
 	if id != w.rootMnt && !slices.Contains(w.ours, id) {
 		return -1, fmt.Errorf("%s would be created on a file system bound in from the host, which the pod must not change", "/"+rel)

@@ -166,8 +166,13 @@ func (r *Root) EnterArgs(container string) []string {
 // Update writes new content of the pod's content volumes (configMap,
 // secret, downwardAPI, projected), each swapped in at once; volumes that are
 // not content volumes of the world are ignored. Files under subPath mounts
-// do not change, as in Kubernetes.
+// do not change, as in Kubernetes. A world removed meanwhile is not made
+// again.
 func (r *Root) Update(volumes []Volume) error {
+	defer lockUID(r.UID)()
+	if _, err := os.Stat(filepath.Join(r.base, podsName, r.UID, metaName)); err != nil {
+		return fmt.Errorf("updating the volumes of pod %s: %w", r.UID, err)
+	}
 	var errs []error
 	for _, v := range volumes {
 		if !v.content() || !r.volumes[v.Name] {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/duet-net/duet/internal/testutil/roottest"
@@ -400,4 +402,92 @@ func TestCreateTime(t *testing.T) {
 	slices.Sort(create)
 	slices.Sort(remove)
 	t.Logf("Create p50 %v (min %v, max %v); Remove p50 %v", create[len(create)/2], create[0], create[len(create)-1], remove[len(remove)/2])
+}
+
+// TestVolumeOnHostMount mounts a volume where the host has a file system of
+// its own, as /run is on systemd machines (the ServiceAccount token goes to
+// /var/run/secrets/...): the container gets an overlay of that file system,
+// the host's files and the mounts on it included, with the mount point in
+// its own layer; the host's file system is unchanged.
+func TestVolumeOnHostMount(t *testing.T) {
+	roottest.Require(t, "nsenter")
+	const hostFS = "/duet-test-hostfs"
+	if err := os.Mkdir(hostFS, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = unix.Unmount(hostFS+"/sub", unix.MNT_DETACH)
+		_ = unix.Unmount(hostFS, unix.MNT_DETACH)
+		_ = os.Remove(hostFS)
+	})
+	if err := unix.Mount("duet-test", hostFS, "tmpfs", 0, "mode=0755"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hostFS+"/host-file", []byte("host"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(hostFS+"/sub", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("duet-test-sub", hostFS+"/sub", "tmpfs", 0, "mode=0755"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hostFS+"/sub/f", []byte("sub"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := hostSnapshot(t)
+	listing := func() string {
+		des, _ := os.ReadDir(hostFS)
+		var names []string
+		for _, de := range des {
+			names = append(names, de.Name())
+		}
+		return strings.Join(names, " ")
+	}
+	hostBefore := listing()
+
+	state := t.TempDir()
+	spec := &Spec{
+		UID: "uid-hostfs", Namespace: "ns1", Name: "p", Hostname: "p",
+		Addrs: []netip.Addr{netip.MustParseAddr("10.244.1.6")},
+		Volumes: []Volume{
+			{Name: "token", Files: map[string]File{"token": {Data: []byte("t1")}}},
+			{Name: "shared", EmptyDir: &EmptyDir{}},
+		},
+		Containers: []Container{
+			{Name: "a", Mounts: []corev1.VolumeMount{
+				{Name: "shared", MountPath: hostFS + "/first"},
+				{Name: "token", MountPath: hostFS + "/secrets/sa", ReadOnly: true},
+				{Name: "shared", MountPath: hostFS + "/sub/deeper/vol"},
+			}},
+			{Name: "b"},
+		},
+	}
+	r, err := Create(context.Background(), state, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = RemoveAll(state) })
+
+	got := in(t, r, "a", "cat "+hostFS+"/secrets/sa/token "+hostFS+"/host-file "+hostFS+"/sub/f; echo; "+
+		"echo x > "+hostFS+"/first/f; cat "+hostFS+"/sub/deeper/vol/f; echo mine > "+hostFS+"/written; cat "+hostFS+"/written")
+	if got != "t1hostsub\nx\nmine\n" {
+		t.Errorf("container a read %q", got)
+	}
+	inFails(t, r, "a", "echo x > "+hostFS+"/secrets/sa/new")
+	if got := in(t, r, "b", "cat "+hostFS+"/host-file; test -e "+hostFS+"/secrets || test -e "+hostFS+"/written || echo clean"); got != "hostclean\n" {
+		t.Errorf("container b read %q", got)
+	}
+	if got := listing(); got != hostBefore {
+		t.Errorf("the host's file system has %q, had %q", got, hostBefore)
+	}
+	if err := r.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveAll(state); err != nil {
+		t.Fatal(err)
+	}
+	if after := hostSnapshot(t); after != before {
+		t.Errorf("the host changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 }

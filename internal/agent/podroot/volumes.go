@@ -281,3 +281,55 @@ func Project(sources ...map[string]File) (map[string]File, error) {
 	}
 	return out, nil
 }
+
+// TokenFiles makes a serviceAccountToken projection's one file: token at
+// path, with the projected volume's defaultMode, or 0600 when the pod's
+// volume files get an owner (an fsGroup, or a runAsUser all its containers
+// share), as the kubelet writes it, so that only that owner reads it.
+func TokenFiles(pod *corev1.Pod, path, token string, defaultMode *int32) (map[string]File, error) {
+	if err := validFilePath(path); err != nil {
+		return nil, fmt.Errorf("path: %w", err)
+	}
+	m, err := fileMode(nil, defaultMode)
+	if err != nil {
+		return nil, fmt.Errorf("defaultMode: %w", err)
+	}
+	if fsGroup(pod) != nil || fsUser(pod) != nil {
+		m = 0o600
+	}
+	return map[string]File{path: {Data: []byte(token), Mode: m}}, nil
+}
+
+func fsGroup(pod *corev1.Pod) *int64 {
+	if pod.Spec.SecurityContext == nil {
+		return nil
+	}
+	return pod.Spec.SecurityContext.FSGroup
+}
+
+// fsUser is the user every container (init ones included) runs as, by its
+// own securityContext or the pod's; nil when they differ or one has none.
+func fsUser(pod *corev1.Pod) *int64 {
+	var podUser *int64
+	if pod.Spec.SecurityContext != nil {
+		podUser = pod.Spec.SecurityContext.RunAsUser
+	}
+	var user *int64
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range cs {
+			u := podUser
+			if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+				u = c.SecurityContext.RunAsUser
+			}
+			switch {
+			case u == nil:
+				return nil
+			case user == nil:
+				user = u
+			case *user != *u:
+				return nil
+			}
+		}
+	}
+	return user
+}

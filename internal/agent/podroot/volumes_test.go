@@ -56,6 +56,51 @@ func TestKeyFiles(t *testing.T) {
 	}
 }
 
+// A token's file has the projected volume's mode, or 0600 when the pod's
+// volume files get an owner, as the kubelet writes it.
+func TestTokenFiles(t *testing.T) {
+	user := func(u int64) *corev1.SecurityContext { return &corev1.SecurityContext{RunAsUser: ptr(u)} }
+	for _, tc := range []struct {
+		name        string
+		spec        corev1.PodSpec
+		path        string
+		defaultMode *int32
+		want        os.FileMode
+		bad         string
+	}{
+		{name: "no owner: 0644", path: "token", spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}, want: 0o644},
+		{name: "the volume's defaultMode", path: "token", defaultMode: ptr(int32(0o440)), spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}, want: 0o440},
+		{name: "an fsGroup: 0600", path: "token", defaultMode: ptr(int32(0o644)),
+			spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{FSGroup: ptr(int64(2000))}, Containers: []corev1.Container{{Name: "c"}}}, want: 0o600},
+		{name: "the pod's runAsUser: 0600", path: "token",
+			spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{RunAsUser: ptr(int64(1000))}, Containers: []corev1.Container{{Name: "c"}, {Name: "d"}}}, want: 0o600},
+		{name: "one runAsUser in every container, init ones too: 0600", path: "token",
+			spec: corev1.PodSpec{InitContainers: []corev1.Container{{Name: "i", SecurityContext: user(7)}}, Containers: []corev1.Container{{Name: "c", SecurityContext: user(7)}}}, want: 0o600},
+		{name: "containers of different users: the volume's mode", path: "token",
+			spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", SecurityContext: user(7)}, {Name: "d", SecurityContext: user(8)}}}, want: 0o644},
+		{name: "a container overriding the pod's user: the volume's mode", path: "token",
+			spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{RunAsUser: ptr(int64(7))}, Containers: []corev1.Container{{Name: "c"}, {Name: "d", SecurityContext: user(8)}}}, want: 0o644},
+		{name: "one container without a user: the volume's mode", path: "token",
+			spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", SecurityContext: user(7)}, {Name: "d"}}}, want: 0o644},
+		{name: "a path out of the volume", path: "../token", spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}, bad: "'..'"},
+		{name: "a bad mode", path: "token", defaultMode: ptr(int32(0o1000)), spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}, bad: "defaultMode"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := TokenFiles(&corev1.Pod{Spec: tc.spec}, tc.path, "a.b.c", tc.defaultMode)
+			if tc.bad != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.bad) {
+					t.Fatalf("got %v, %v; want an error about %s", got, err, tc.bad)
+				}
+				return
+			}
+			want := map[string]File{tc.path: {Data: []byte("a.b.c"), Mode: tc.want}}
+			if err != nil || !sameFilesMap(got, want) {
+				t.Fatalf("got %v, %v; want %v", got, err, want)
+			}
+		})
+	}
+}
+
 func TestDownwardAPIFiles(t *testing.T) {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", UID: "u-1", Labels: map[string]string{"b": "2", "a": `q"t`}, Annotations: map[string]string{"k": "v"}},

@@ -395,16 +395,38 @@ func (e *testEnv) podAddrs(t *testing.T, uid string) []netip.Addr {
 	return addrs
 }
 
-// fakeWorlds keeps pods' worlds as a set of UIDs.
+// fakeWorlds keeps pods' worlds as a set of UIDs, with the spec each was
+// made from and the volume updates each got.
 type fakeWorlds struct {
-	mu   sync.Mutex
-	uids map[string]bool
+	mu      sync.Mutex
+	uids    map[string]bool
+	specs   map[string]*podroot.Spec
+	updates map[string][][]podroot.Volume
+	// updated is told the UID of every update.
+	updated chan string
 }
 
-type fakeWorld struct{ uid string }
+type fakeWorld struct {
+	uid string
+	f   *fakeWorlds
+}
 
 func (w fakeWorld) EnterArgs(container string) []string {
 	return []string{"--uts=/fake/" + w.uid, "--mount=/fake/" + w.uid + "/" + container}
+}
+
+func (w fakeWorld) Update(volumes []podroot.Volume) error {
+	w.f.mu.Lock()
+	if w.f.updates == nil {
+		w.f.updates = map[string][][]podroot.Volume{}
+	}
+	w.f.updates[w.uid] = append(w.f.updates[w.uid], volumes)
+	ch := w.f.updated
+	w.f.mu.Unlock()
+	if ch != nil {
+		ch <- w.uid
+	}
+	return nil
 }
 
 func (f *fakeWorlds) Create(_ context.Context, s *podroot.Spec) (World, error) {
@@ -412,9 +434,11 @@ func (f *fakeWorlds) Create(_ context.Context, s *podroot.Spec) (World, error) {
 	defer f.mu.Unlock()
 	if f.uids == nil {
 		f.uids = map[string]bool{}
+		f.specs = map[string]*podroot.Spec{}
 	}
 	f.uids[s.UID] = true
-	return fakeWorld{uid: s.UID}, nil
+	f.specs[s.UID] = s
+	return fakeWorld{uid: s.UID, f: f}, nil
 }
 
 func (f *fakeWorlds) Remove(uid string) error {

@@ -33,7 +33,9 @@ import (
 
 	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/images"
+	"github.com/duet-net/duet/internal/agent/objwatch"
 	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/agent/tokens"
 	"github.com/duet-net/duet/internal/alloc"
 	"github.com/duet-net/duet/internal/alloc/boltstore"
 )
@@ -88,6 +90,18 @@ type Manager struct {
 	// Events records Warning events on pods whose containers cannot
 	// start; nil records none.
 	Events record.EventRecorder
+	// Tokens requests and caches pods' ServiceAccount tokens; nil is one
+	// over Client and Clock.
+	Tokens     *tokens.Manager
+	tokensOnce sync.Once
+	// ClusterDomain is the cluster's DNS domain ("" is cluster.local);
+	// ResolvConf the node's resolver configuration ("" is
+	// /etc/resolv.conf).
+	ClusterDomain, ResolvConf string
+	// Sources watches the ConfigMaps and Secrets of pods' volumes; nil is
+	// one over Client.
+	Sources     *objwatch.Watcher
+	sourcesOnce sync.Once
 
 	mu        sync.Mutex
 	podCIDRs  []netip.Prefix
@@ -99,6 +113,7 @@ type podRun struct {
 	pod        *corev1.Pod // as it was started
 	sandbox    *sandbox.Sandbox
 	world      World
+	volumes    *volumeUpdater // nil without volumes to keep current
 	containers map[string]*containerRun
 	cancel     context.CancelFunc
 	started    metav1.Time
@@ -223,6 +238,8 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 		if run, err = m.start(ctx, pod); err != nil {
 			return err
 		}
+	} else {
+		run.volumes.podChanged(pod)
 	}
 	return m.reportStatus(ctx, pod, run)
 }
@@ -268,7 +285,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	}
 	observeStage("sandbox", stage)
 	stage = time.Now()
-	world, err := m.makeWorld(ctx, pod, addrs)
+	world, spec, err := m.makeWorld(ctx, pod, addrs)
 	if err != nil {
 		_ = m.network().Teardown(m.NodeNS, string(pod.UID))
 		return nil, fmt.Errorf("making the world of %s/%s: %w", pod.Namespace, pod.Name, err)
@@ -289,6 +306,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		run.containers[c.Name] = cr
 		go m.supervise(runCtx, pod.DeepCopy(), c, cr, run, m.containerLogDir(pod, c.Name))
 	}
+	run.volumes = m.startVolumeUpdates(runCtx, pod, run, spec)
 	// A bound on the wait, not a timing of the pod's: the real clock.
 	wait := time.NewTimer(5 * time.Second)
 	defer wait.Stop()
@@ -535,6 +553,7 @@ func (m *Manager) stop(uid types.UID) error {
 	}
 	m.release(podAttachment(uid))
 	m.removeLogs(uid)
+	m.tokens().Forget(uid)
 	if ok {
 		m.Log.Info("pod stopped", "uid", uid)
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os/exec"
 	"syscall"
+
+	"github.com/duet-net/duet/internal/deathsig"
 )
 
 // nsenter is util-linux's nsenter, when the node has it.
@@ -38,7 +40,7 @@ func (r NSEnterRunner) Start(spec ProcessSpec) (Process, error) {
 	if spec.TTY {
 		cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = false, true, true, 0
 	}
-	if err := cmd.Start(); err != nil {
+	if err := deathsig.Start(cmd); err != nil {
 		return nil, err
 	}
 	return &hostProcess{cmd: cmd}, nil

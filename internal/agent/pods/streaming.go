@@ -17,6 +17,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/duet-net/duet/internal/agent/streaming"
+	"github.com/duet-net/duet/internal/deathsig"
 	"github.com/duet-net/duet/internal/netns"
 )
 
@@ -158,7 +159,7 @@ func execPlain(ctx context.Context, cmd *exec.Cmd, s streaming.Streams) error {
 			return err
 		}
 	}
-	if err := cmd.Start(); err != nil {
+	if err := deathsig.Start(cmd); err != nil {
 		return fmt.Errorf("starting %q: %w", cmd.Args, err)
 	}
 	defer stopGroup(ctx, cmd)()
@@ -181,7 +182,7 @@ func (m *Manager) execTTY(ctx context.Context, cmd *exec.Cmd, s streaming.Stream
 	defer ptmx.Close()
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = false, true, true, 0
-	err = cmd.Start()
+	err = deathsig.Start(cmd)
 	tty.Close()
 	if err != nil {
 		return fmt.Errorf("starting %q: %w", cmd.Args, err)

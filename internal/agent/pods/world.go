@@ -28,9 +28,11 @@ type Worlds interface {
 }
 
 // World is one pod's: EnterArgs are the nsenter arguments of a
-// container's namespaces in it.
+// container's namespaces in it; Update writes new content of its content
+// volumes (as podroot.Root.Update).
 type World interface {
 	EnterArgs(container string) []string
+	Update(volumes []podroot.Volume) error
 }
 
 // PodRootWorlds keeps the worlds under the agent's state directory.
@@ -111,7 +113,7 @@ func (m *Manager) worldSpec(ctx context.Context, pod *corev1.Pod, addrs []netip.
 		HostNetwork: pod.Spec.HostNetwork, NodeName: m.NodeName,
 		Addrs: addrs, HostAliases: pod.Spec.HostAliases,
 		DNSPolicy: pod.Spec.DNSPolicy, DNSConfig: pod.Spec.DNSConfig,
-		ClusterDNS: m.ClusterDNS,
+		ClusterDNS: m.ClusterDNS, ClusterDomain: m.ClusterDomain, HostResolvConf: m.ResolvConf,
 	}
 	if len(s.ClusterDNS) == 0 {
 		dns, err := m.kubeDNS(ctx)
@@ -177,9 +179,11 @@ func (m *Manager) volume(ctx context.Context, pod *corev1.Pod, info podroot.PodI
 				f, err = m.secretFiles(ctx, pod.Namespace, src.Secret.Name, src.Secret.Items, v.Projected.DefaultMode, src.Secret.Optional)
 			case src.DownwardAPI != nil:
 				f, err = podroot.DownwardAPIFiles(info, src.DownwardAPI.Items, v.Projected.DefaultMode)
+			case src.ServiceAccountToken != nil:
+				f, err = m.tokenFiles(ctx, pod, src.ServiceAccountToken, v.Projected.DefaultMode)
 			default:
-				// Service account tokens need the TokenRequest API, which
-				// Duet does not serve yet: the source is left out.
+				// clusterTrustBundle and podCertificate sources need APIs
+				// Duet does not serve: the source is left out.
 				continue
 			}
 			if err != nil {
@@ -196,7 +200,7 @@ func (m *Manager) volume(ctx context.Context, pod *corev1.Pod, info podroot.PodI
 
 func (m *Manager) configMapFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, mode *int32, optional *bool) (map[string]podroot.File, error) {
 	opt := optional != nil && *optional
-	cm, err := m.Client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	cm, err := m.configMap(ctx, ns, name)
 	if apierrors.IsNotFound(err) && opt {
 		return map[string]podroot.File{}, nil
 	}
@@ -208,7 +212,7 @@ func (m *Manager) configMapFiles(ctx context.Context, ns, name string, items []c
 
 func (m *Manager) secretFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, mode *int32, optional *bool) (map[string]podroot.File, error) {
 	opt := optional != nil && *optional
-	sec, err := m.Client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	sec, err := m.secret(ctx, ns, name)
 	if apierrors.IsNotFound(err) && opt {
 		return map[string]podroot.File{}, nil
 	}
@@ -425,13 +429,15 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// makeWorld makes a pod's world, with its addresses in /etc/hosts.
-func (m *Manager) makeWorld(ctx context.Context, pod *corev1.Pod, addrs []netip.Addr) (World, error) {
+// makeWorld makes a pod's world, with its addresses in /etc/hosts, and
+// returns the spec it was made from.
+func (m *Manager) makeWorld(ctx context.Context, pod *corev1.Pod, addrs []netip.Addr) (World, *podroot.Spec, error) {
 	spec, err := m.worldSpec(ctx, pod, addrs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return m.worlds().Create(ctx, spec)
+	w, err := m.worlds().Create(ctx, spec)
+	return w, spec, err
 }
 
 // addrs are the pod's addresses, primary family first.

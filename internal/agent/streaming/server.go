@@ -39,6 +39,7 @@ const (
 //	GET|POST /attach/NAMESPACE/POD/CONTAINER?input=1&output=1&error=1&tty=1
 //	GET|POST /portforward/NAMESPACE/POD[?port=P]
 //	GET      /containerLogs/NAMESPACE/POD/CONTAINER?follow=&previous=&tailLines=&sinceSeconds=&sinceTime=&timestamps=&limitBytes=
+//	ANY      /proxy/NAMESPACE/POD/SCHEME/PORT/PATH (when rt is a PodDialer)
 func Handler(rt Runtime, log *slog.Logger) http.Handler {
 	h := &handler{rt: rt, log: log}
 	mux := http.NewServeMux()
@@ -48,6 +49,9 @@ func Handler(rt Runtime, log *slog.Logger) http.Handler {
 		mux.HandleFunc(m+" /portforward/{namespace}/{pod}", h.portForward)
 	}
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", h.logs)
+	if d, ok := rt.(PodDialer); ok {
+		mux.HandleFunc(proxyPath+"{path...}", h.proxy(d))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	return mux
 }

@@ -115,7 +115,6 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		PrepareForCreateFunc: func(_ context.Context, obj runtime.Object) {
 			pod := obj.(*corev1.Pod)
 			setPodDefaults(pod)
-			defaultServiceAccount(pod)
 			pod.Status = corev1.PodStatus{Phase: corev1.PodPending, QOSClass: corev1.PodQOSBestEffort}
 		},
 		PrepareForUpdateFunc: func(_ context.Context, obj, _ runtime.Object) {
@@ -211,20 +210,6 @@ func eventFields(obj runtime.Object) fields.Set {
 
 // setPodDefaults is the subset of Kubernetes' pod defaulting that clients
 // see in what they read back.
-// defaultServiceAccount names the pod's ServiceAccount, `default` when it
-// names none, in both the field and its deprecated alias, as the
-// ServiceAccount admission plugin does; it cannot change after creation.
-func defaultServiceAccount(pod *corev1.Pod) {
-	s := &pod.Spec
-	if s.ServiceAccountName == "" {
-		s.ServiceAccountName = s.DeprecatedServiceAccount
-	}
-	if s.ServiceAccountName == "" {
-		s.ServiceAccountName = "default"
-	}
-	s.DeprecatedServiceAccount = s.ServiceAccountName
-}
-
 func setPodDefaults(pod *corev1.Pod) {
 	s := &pod.Spec
 	if s.RestartPolicy == "" {

@@ -41,18 +41,3 @@ func TestPodGracefulDelete(t *testing.T) {
 		t.Error("nil options: graceful")
 	}
 }
-
-func TestDefaultServiceAccount(t *testing.T) {
-	for _, tc := range []struct{ name, deprecated, want string }{
-		{"", "", "default"},
-		{"builder", "", "builder"},
-		{"", "old", "old"},
-		{"new", "old", "new"},
-	} {
-		pod := &corev1.Pod{Spec: corev1.PodSpec{ServiceAccountName: tc.name, DeprecatedServiceAccount: tc.deprecated}}
-		defaultServiceAccount(pod)
-		if pod.Spec.ServiceAccountName != tc.want || pod.Spec.DeprecatedServiceAccount != tc.want {
-			t.Errorf("%q/%q: got %q/%q, want %q", tc.name, tc.deprecated, pod.Spec.ServiceAccountName, pod.Spec.DeprecatedServiceAccount, tc.want)
-		}
-	}
-}

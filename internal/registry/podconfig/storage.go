@@ -29,8 +29,9 @@ const (
 )
 
 // NewStorage returns the stores of ConfigMaps, Secrets and
-// ServiceAccounts, keyed by resource path.
-func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter) (map[string]rest.Storage, error) {
+// ServiceAccounts, keyed by resource path, and with tokens the
+// serviceaccounts/token subresource.
+func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter, tokens *TokenOptions) (map[string]rest.Storage, error) {
 	out := map[string]rest.Storage{}
 	for _, o := range []registry.Options{
 		{
@@ -57,6 +58,9 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 			return nil, fmt.Errorf("building %s storage: %w", o.Resource, err)
 		}
 		out[o.Resource] = s
+	}
+	if tokens != nil {
+		out[ServiceAccounts+"/token"] = &TokenREST{sas: out[ServiceAccounts].(rest.Getter), secrets: out[Secrets].(rest.Getter), opts: *tokens}
 	}
 	return out, nil
 }

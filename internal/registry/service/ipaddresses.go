@@ -150,12 +150,42 @@ func (s *IPAddressStore) flush() {
 			return
 		}
 		s.mu.Unlock()
+		slow := time.AfterFunc(handOverAfter, s.handOver)
 		retry := s.commit(batch)
+		mine := slow.Stop()
+		s.mu.Lock()
 		if len(retry) > 0 {
-			s.mu.Lock()
 			s.queue = append(retry, s.queue...)
-			s.mu.Unlock()
 		}
+		if !mine {
+			// Another flusher took over while this commit hung: leave
+			// the queue to it, or start one if it has finished already.
+			if len(s.queue) > 0 && !s.flushing {
+				s.flushing = true
+				go s.flush()
+			}
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// handOverAfter is how long a commit may take before the writes queued
+// behind it go in another transaction. A commit hangs when etcd's leader
+// dies under it: etcd answers it only after its request timeout (about
+// 9 s), while a new leader takes writes after 2 to 4 s; without a hand
+// over every Service create would wait for that one answer.
+const handOverAfter = 2 * time.Second
+
+// handOver starts another flusher beside one whose commit is slow.
+func (s *IPAddressStore) handOver() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) > 0 {
+		go s.flush()
+	} else {
+		s.flushing = false
 	}
 }
 

@@ -38,7 +38,11 @@ var (
 // allocating (families the cluster lacks, RequireDualStack on a
 // single-stack cluster...), and the 1.16 spec.ipFamily rules.
 func ValidateCreate(svc *core.Service, cfg Config) field.ErrorList {
-	errs := validateService(svc)
+	// Service names are RFC 1123 labels, so they may start with a digit
+	// (RelaxedServiceNameValidation, locked on since Kubernetes 1.37); the
+	// cluster DNS names a Service by it all the same.
+	errs := apivalidation.ValidateObjectMeta(&svc.ObjectMeta, true, apivalidation.NameIsDNSLabel, field.NewPath("metadata"))
+	errs = append(errs, validateService(svc)...)
 	return append(errs, familyErrors(svc, nil, cfg)...)
 }
 
@@ -73,11 +77,12 @@ func familyErrors(svc, old *core.Service, cfg Config) field.ErrorList {
 	return append(errs, validateLegacyIPFamily(svc, old, cfg)...)
 }
 
-// validateService is Kubernetes' ValidateService without the cluster IP
-// and family fields, which familyErrors checks.
+// validateService is Kubernetes' ValidateService without the object
+// metadata (which ValidateCreate and ValidateUpdate check) and the cluster
+// IP and family fields (which familyErrors checks).
 func validateService(svc *core.Service) field.ErrorList {
 	metaPath := field.NewPath("metadata")
-	errs := apivalidation.ValidateObjectMeta(&svc.ObjectMeta, true, apivalidation.NameIsDNS1035Label, metaPath)
+	var errs field.ErrorList
 
 	hints, hintsSet := svc.Annotations[corev1.DeprecatedAnnotationTopologyAwareHints]
 	mode, modeSet := svc.Annotations[corev1.AnnotationTopologyMode]

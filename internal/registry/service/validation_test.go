@@ -32,8 +32,11 @@ func TestValidateService(t *testing.T) {
 		// Metadata.
 		{name: "no name", mods: []func(*core.Service){named("ns", "")},
 			errs: []string{"metadata.name: Required value: name or generateName is required"}},
-		{name: "a name that is not a DNS-1035 label", mods: []func(*core.Service){named("ns", "1web")},
-			errs: []string{`metadata.name: Invalid value: "1web": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')`}},
+		{name: "a name that starts with a digit (an RFC 1123 label)", mods: []func(*core.Service){named("ns", "1web")}},
+		{name: "a name that is not an RFC 1123 label", mods: []func(*core.Service){named("ns", "web_1")},
+			errs: []string{`metadata.name: Invalid value: "web_1": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`}},
+		{name: "a name that ends with a dash", mods: []func(*core.Service){named("ns", "web-")},
+			errs: []string{`metadata.name: Invalid value: "web-": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`}},
 		{name: "no namespace", mods: []func(*core.Service){named("", "web")},
 			errs: []string{"metadata.namespace: Required value"}},
 		{name: "topology annotations that disagree",
