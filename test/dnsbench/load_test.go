@@ -17,7 +17,7 @@ import (
 type testServer struct {
 	addr       string
 	ready      atomic.Bool
-	readyAfter int32
+	readyAfter atomic.Int32 // set by tests while the server runs
 	notYet     atomic.Int32
 }
 
@@ -40,7 +40,7 @@ func newTestServer(t *testing.T) *testServer {
 			m.Answer = append(m.Answer, rr)
 		} else {
 			m.Rcode = dns.RcodeNameError
-			if strings.HasSuffix(q.Name, "later.") && ts.notYet.Add(1) == ts.readyAfter {
+			if strings.HasSuffix(q.Name, "later.") && ts.notYet.Add(1) == ts.readyAfter.Load() {
 				ts.ready.Store(true)
 			}
 		}
@@ -92,7 +92,7 @@ func TestFixedRate(t *testing.T) {
 
 func TestFirstAnswerWaitsForTheName(t *testing.T) {
 	ts := newTestServer(t)
-	ts.readyAfter = 3
+	ts.readyAfter.Store(3)
 	stop := make(chan struct{})
 	at, err := firstAnswer(ts.addr, "svc.later.", time.Millisecond, stop)
 	if err != nil || at.IsZero() {
