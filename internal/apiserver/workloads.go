@@ -1,0 +1,38 @@
+package apiserver
+
+import (
+	"context"
+	"sync"
+
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+
+	"github.com/duet-net/duet/internal/controller/gc"
+	"github.com/duet-net/duet/internal/controller/workloads"
+)
+
+// workloadControllers builds the Deployment, ReplicaSet and DaemonSet
+// controllers and the garbage collector on factory, before it starts. The
+// returned run starts them on wg once factory has been started; a
+// controller that could not be built is logged and left out.
+func workloadControllers(ctx context.Context, config *rest.Config, client kubernetes.Interface, factory informers.SharedInformerFactory) (run func(wg *sync.WaitGroup)) {
+	apps, err := workloads.New(ctx, client, factory, workloads.Options{})
+	if err != nil {
+		klog.ErrorS(err, "starting the workload controllers")
+	}
+	collector, err := gc.New(ctx, config, client, factory, gc.Options{})
+	if err != nil {
+		klog.ErrorS(err, "starting the garbage collector")
+	}
+	return func(wg *sync.WaitGroup) {
+		if apps != nil {
+			wg.Go(func() { apps.Run(ctx) })
+		}
+		if collector != nil {
+			collector.Started()
+			wg.Go(func() { collector.Run(ctx) })
+		}
+	}
+}
