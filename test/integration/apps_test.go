@@ -511,7 +511,9 @@ func testGarbageCollection(t *testing.T, srv *Server) {
 		}
 		return nil
 	}
-	policy := func(p metav1.DeletionPropagation) metav1.DeleteOptions { return metav1.DeleteOptions{PropagationPolicy: &p} }
+	policy := func(p metav1.DeletionPropagation) metav1.DeleteOptions {
+		return metav1.DeleteOptions{PropagationPolicy: &p}
+	}
 
 	t.Run("Background", func(t *testing.T) {
 		d := deploy("bg")
@@ -696,7 +698,9 @@ func testWorkloadsKubectl(t *testing.T, srv *Server) {
 			t.Errorf("rollout status: %s", out)
 		}
 	}
-	image := func() string { return k("get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}") }
+	image := func() string {
+		return k("get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}")
+	}
 
 	k("create", "deployment", "web", "--image="+agnhost, "--replicas=3", "--", "/agnhost", "serve-hostname")
 	status()
