@@ -53,6 +53,8 @@ func TestWorkloads(t *testing.T) {
 	t.Run("GarbageCollection", func(t *testing.T) { testGarbageCollection(t, srv) })
 	t.Run("DaemonSet", func(t *testing.T) { testDaemonSet(t, srv) })
 	t.Run("Kubectl", func(t *testing.T) { testWorkloadsKubectl(t, srv) })
+	// Last: it restarts the server.
+	t.Run("KilledDuringRollout", func(t *testing.T) { testKilledDuringRollout(t, srv) })
 }
 
 // testNamespace creates a namespace for one part of a test.
@@ -758,4 +760,43 @@ func testWorkloadsKubectl(t *testing.T, srv *Server) {
 		}
 		return nil
 	})
+}
+
+// testKilledDuringRollout kills the server with SIGKILL while a rollout
+// waits for its first new pod, and checks that the rollout completes once
+// the server is back.
+func testKilledDuringRollout(t *testing.T, srv *Server) {
+	ns := testNamespace(t, srv, "restart")
+	ctx := ctxT(t)
+	// Until the kill, pods of the new template do not get ready.
+	startKubelet(t, srv.Client, ns, func(p *corev1.Pod) bool { return p.Spec.Containers[0].Image != agnhostNext })
+	zero, one := intstr.FromInt32(0), intstr.FromInt32(1)
+	_, err := srv.Client.AppsV1().Deployments(ns).Create(ctx, webDeployment("web", 3, func(d *appsv1.Deployment) {
+		d.Spec.Strategy.RollingUpdate = &appsv1.RollingUpdateDeployment{MaxSurge: &one, MaxUnavailable: &zero}
+	}), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := waitComplete(t, srv.Client, ns, "web")
+	d.Spec.Template.Spec.Containers[0].Image = agnhostNext
+	if _, err := srv.Client.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, rollout, "the rollout waiting for its first new pod", func() error {
+		d, err := srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if s := d.Status; s.ObservedGeneration != 2 || s.UpdatedReplicas != 1 || s.Replicas != 4 || s.AvailableReplicas != 3 {
+			return fmt.Errorf("status %+v", s)
+		}
+		return nil
+	})
+	srv.Kill(t)
+	srv.Restart(t)
+	startKubelet(t, srv.Client, ns, nil)
+	d = waitComplete(t, srv.Client, ns, "web")
+	if rss := replicaSetsOf(t, srv.Client, d); len(rss) != 2 || *rss[0].Spec.Replicas != 0 || rss[1].Spec.Template.Spec.Containers[0].Image != agnhostNext {
+		t.Errorf("after the restart: %d ReplicaSets, want the old one at 0 and the new one", len(rss))
+	}
 }
