@@ -135,7 +135,7 @@ func testRollingUpdate(t *testing.T, srv *Server) {
 	c, ctx := srv.Client, ctxT(t)
 	startKubelet(t, c, ns, nil)
 	one := intstr.FromInt32(1)
-	d, err := c.AppsV1().Deployments(ns).Create(ctx, webDeployment("web", 4, func(d *appsv1.Deployment) {
+	_, err := c.AppsV1().Deployments(ns).Create(ctx, webDeployment("web", 4, func(d *appsv1.Deployment) {
 		d.Spec.Strategy.RollingUpdate = &appsv1.RollingUpdateDeployment{MaxSurge: &one, MaxUnavailable: &one}
 	}), metav1.CreateOptions{})
 	if err != nil {
@@ -146,7 +146,7 @@ func testRollingUpdate(t *testing.T, srv *Server) {
 	// Watch every change of the ReplicaSets (maxSurge bounds their
 	// replicas) and of the pods (maxUnavailable bounds the ready ones).
 	w := watchBounds(t, c, ns, 4+1, 4-1)
-	d, err = c.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	d, err := c.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,13 +325,13 @@ func testRecreate(t *testing.T, srv *Server) {
 	ns := testNamespace(t, srv, "recreate")
 	c, ctx := srv.Client, ctxT(t)
 	startKubelet(t, c, ns, nil)
-	d, err := c.AppsV1().Deployments(ns).Create(ctx, webDeployment("web", 2, func(d *appsv1.Deployment) {
+	_, err := c.AppsV1().Deployments(ns).Create(ctx, webDeployment("web", 2, func(d *appsv1.Deployment) {
 		d.Spec.Strategy = appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType}
 	}), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d = waitComplete(t, c, ns, "web")
+	d := waitComplete(t, c, ns, "web")
 	pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)

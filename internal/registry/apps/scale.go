@@ -180,6 +180,7 @@ func (u *scaleUpdate) UpdatedObject(ctx context.Context, oldObj runtime.Object) 
 	}
 	if scale.UID != "" && scale.UID != m.GetUID() {
 		return nil, apierrors.NewConflict(schema.GroupResource{Group: appsv1.GroupName, Resource: u.kind.resource + "/scale"}, m.GetName(),
+			//lint:ignore ST1005 Kubernetes' own message, which clients may match.
 			fmt.Errorf("Precondition failed: UID in precondition: %v, UID in object meta: %v", scale.UID, m.GetUID()))
 	}
 	u.kind.setReplicas(obj, scale.Spec.Replicas)
