@@ -58,7 +58,7 @@ func TestWorkloads(t *testing.T) {
 }
 
 // testNamespace creates a namespace for one part of a test.
-func testNamespace(t *testing.T, srv *Server, name string) string {
+func testNamespace(t testing.TB, srv *Server, name string) string {
 	t.Helper()
 	if _, err := srv.Client.CoreV1().Namespaces().Create(ctxT(t), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func webDeployment(name string, replicas int32, mutate ...func(*appsv1.Deploymen
 // waitComplete waits until the Deployment has rolled out its current
 // generation, as `kubectl rollout status` decides it, and no pod of it is
 // terminating; it returns the Deployment.
-func waitComplete(t *testing.T, c kubernetes.Interface, ns, name string) *appsv1.Deployment {
+func waitComplete(t testing.TB, c kubernetes.Interface, ns, name string) *appsv1.Deployment {
 	t.Helper()
 	var d *appsv1.Deployment
 	eventually(t, rollout, "Deployment "+name+" rolled out", func() error {

@@ -33,7 +33,7 @@ type fakeKubelet struct {
 }
 
 // startKubelet runs a fake kubelet for ns until the test ends.
-func startKubelet(t *testing.T, client kubernetes.Interface, ns string, ready func(*corev1.Pod) bool) *fakeKubelet {
+func startKubelet(t testing.TB, client kubernetes.Interface, ns string, ready func(*corev1.Pod) bool) *fakeKubelet {
 	t.Helper()
 	k := &fakeKubelet{client: client, ns: ns, Ready: ready,
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](10*time.Millisecond, time.Second))}
@@ -70,17 +70,6 @@ func startKubelet(t *testing.T, client kubernetes.Interface, ns string, ready fu
 		factory.Shutdown()
 	})
 	return k
-}
-
-// Requeue looks at every pod again, for a Ready that has changed its mind.
-func (k *fakeKubelet) Requeue(t *testing.T) {
-	pods, err := k.client.CoreV1().Pods(k.ns).List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range pods.Items {
-		k.queue.Add(p.Namespace + "/" + p.Name)
-	}
 }
 
 func (k *fakeKubelet) sync(ctx context.Context, key string) error {
