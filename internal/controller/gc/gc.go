@@ -5,7 +5,8 @@
 // lists in discovery, Duet's own included. It is the collector of
 // kube-controller-manager, wired as it wires it: a metadata client, a
 // RESTMapper from discovery, and the typed informers other controllers
-// already keep, with metadata-only informers for the rest.
+// already keep, with metadata-only informers (managedFields dropped) for
+// the rest.
 package gc
 
 import (
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -23,6 +25,8 @@ import (
 	"k8s.io/controller-manager/pkg/informerfactory"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/controller/garbagecollector"
+
+	"github.com/duet-net/duet/internal/controller/trim"
 )
 
 // ControllerName names the collector in logs and events.
@@ -31,6 +35,12 @@ const ControllerName = "garbage-collector-controller"
 // Options tune the collector; zero values take kube-controller-manager's
 // defaults.
 type Options struct {
+	// Shared lists the resources whose typed informers the other
+	// controllers keep in the factory given to New: the collector
+	// watches those through them. Every other resource it watches
+	// metadata-only, rather than holding whole objects (Secrets,
+	// ConfigMaps, IPAddresses) no controller reads.
+	Shared []schema.GroupVersionResource
 	// Workers is how many objects are deleted or orphaned at once (20).
 	Workers int
 	// SyncPeriod is how often discovery is read again for resources
@@ -68,8 +78,12 @@ func New(ctx context.Context, config *rest.Config, client kubernetes.Interface, 
 	cached := memory.NewMemCacheClient(client.Discovery())
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(cached)
 	c := &Collector{opts: opts, client: client, started: make(chan struct{})}
-	c.gc, err = garbagecollector.NewGarbageCollector(ctx, client, md, mapper, garbagecollector.DefaultIgnoredResources(),
-		informerfactory.NewInformerFactory(typed, metadatainformer.NewSharedInformerFactory(md, 0)), c.started)
+	factory := &informerFactory{typed: typed, shared: map[schema.GroupVersionResource]bool{},
+		metadata: metadatainformer.NewSharedInformerFactoryWithOptions(md, 0, metadatainformer.WithTransform(trim.ForControllers))}
+	for _, r := range opts.Shared {
+		factory.shared[r] = true
+	}
+	c.gc, err = garbagecollector.NewGarbageCollector(ctx, client, md, mapper, garbagecollector.DefaultIgnoredResources(), factory, c.started)
 	if err != nil {
 		return nil, fmt.Errorf("garbage collector: %w", err)
 	}
@@ -94,3 +108,26 @@ func (c *Collector) Run(ctx context.Context) {
 // no monitor delivers events before every controller has registered its
 // informers.
 func (c *Collector) Started() { close(c.started) }
+
+// informerFactory hands the collector the shared typed informer of a
+// resource the other controllers watch anyway, and a metadata-only one
+// for any other.
+type informerFactory struct {
+	typed    informers.SharedInformerFactory
+	shared   map[schema.GroupVersionResource]bool
+	metadata metadatainformer.SharedInformerFactory
+}
+
+var _ informerfactory.InformerFactory = &informerFactory{}
+
+func (f *informerFactory) ForResource(r schema.GroupVersionResource) (informers.GenericInformer, error) {
+	if f.shared[r] {
+		return f.typed.ForResource(r)
+	}
+	return f.metadata.ForResource(r), nil
+}
+
+func (f *informerFactory) Start(stop <-chan struct{}) {
+	f.typed.Start(stop)
+	f.metadata.Start(stop)
+}
