@@ -22,8 +22,10 @@ func newServerCommand() *cobra.Command {
 		Short: "Run the control plane: the Kubernetes API, its store and Duet's controllers",
 		Long: `duet server serves the Kubernetes API (core/v1 Nodes, Pods, Services, Endpoints,
 Events, Namespaces; discovery/v1 EndpointSlices; coordination/v1 Leases;
-networking/v1 ServiceCIDRs and IPAddresses) with dual-stack Service, Node and Pod
-semantics. Without --etcd-servers it runs an embedded etcd in --data-dir.
+networking/v1 ServiceCIDRs and IPAddresses; apps/v1 Deployments, ReplicaSets,
+DaemonSets and ControllerRevisions) with dual-stack Service, Node and Pod
+semantics, and runs the controllers behind them, Kubernetes' garbage collector
+among them. Without --etcd-servers it runs an embedded etcd in --data-dir.
 
 It writes DIR/admin.kubeconfig before it reports ready on /readyz.`,
 		Example: `  # A dual-stack control plane, IPv4 primary, on a free port:

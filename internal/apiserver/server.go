@@ -17,6 +17,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -48,6 +49,7 @@ import (
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
+	registryapps "github.com/duet-net/duet/internal/registry/apps"
 	"github.com/duet-net/duet/internal/registry/coordination"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
 	"github.com/duet-net/duet/internal/registry/discovery"
@@ -294,7 +296,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	config.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
 	config.OpenAPIV3Config.Info.Title = "Duet"
 
-	storedVersions := []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion}
+	storedVersions := []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion, appsv1.SchemeGroupVersion}
 	jsonCodec := Codecs.LegacyCodec(storedVersions...)
 	if s.storageCodec, err = protobufStorageCodec(storedVersions); err != nil {
 		return nil, err
@@ -441,6 +443,7 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 		{discoveryv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return discovery.NewStorage(Scheme, optsGetter) }},
 		{coordinationv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return coordination.NewStorage(Scheme, optsGetter) }},
 		{networkingv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return netStorage, nil }},
+		{appsv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return registryapps.NewStorage(Scheme, optsGetter) }},
 	} {
 		st, err := g.new()
 		if err != nil {

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 
 	"github.com/duet-net/duet/internal/controller/worker"
 )
@@ -172,14 +173,16 @@ func (s *Scheduler) pick(pod *corev1.Pod) (string, error) {
 			count[node]++
 		}
 	}
+	// Required node affinity is how a DaemonSet's pod names its node.
+	affinity := nodeaffinity.GetRequiredNodeAffinity(pod)
 	var candidates []*corev1.Node
 	for _, n := range nodes {
-		if !n.Spec.Unschedulable && n.DeletionTimestamp == nil {
+		if ok, _ := affinity.Match(n); ok && !n.Spec.Unschedulable && n.DeletionTimestamp == nil {
 			candidates = append(candidates, n)
 		}
 	}
 	if len(candidates) == 0 {
-		return "", fmt.Errorf("0/%d nodes are available: no schedulable node matches the pod's node selector %v", len(nodes), pod.Spec.NodeSelector)
+		return "", fmt.Errorf("0/%d nodes are available: no schedulable node matches the pod's node selector %v and required node affinity", len(nodes), pod.Spec.NodeSelector)
 	}
 	sort.Slice(candidates, func(i, j int) bool {
 		ci, cj := count[candidates[i].Name], count[candidates[j].Name]

@@ -47,6 +47,16 @@ func TestScheduler(t *testing.T) {
 	if _, err := client.CoreV1().Pods("default").Create(ctx, pod("pinned", map[string]string{"zone": "2"}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// A DaemonSet's pods name their node by required node affinity.
+	for name, target := range map[string]string{"daemon-a": "a", "daemon-gone": "gone"} {
+		p := pod(name, nil)
+		p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+			NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{target}}}}},
+		}}}
+		if _, err := client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	other := pod("other", nil)
 	other.Spec.SchedulerName = "someone-else"
 	if _, err := client.CoreV1().Pods("default").Create(ctx, other, metav1.CreateOptions{}); err != nil {
@@ -67,16 +77,22 @@ func TestScheduler(t *testing.T) {
 			if p.Name == "other" && p.Spec.NodeName != "" {
 				return false, fmt.Errorf("a pod for another scheduler was bound")
 			}
+			if p.Name == "daemon-a" && p.Spec.NodeName != "" && p.Spec.NodeName != "a" {
+				return false, fmt.Errorf("pod with node affinity for a went to %s", p.Spec.NodeName)
+			}
+			if p.Name == "daemon-gone" && p.Spec.NodeName != "" {
+				return false, fmt.Errorf("pod with node affinity for a missing node went to %s", p.Spec.NodeName)
+			}
 			if p.Spec.NodeName != "" {
 				perNode[p.Spec.NodeName]++
 			}
 		}
-		return perNode["a"]+perNode["b"] == 7, nil
+		return perNode["a"]+perNode["b"] == 8, nil
 	})
 	if err != nil {
 		t.Fatalf("pods per node %v: %v", perNode, err)
 	}
 	if perNode["c"] != 0 || perNode["a"] < 3 || perNode["b"] < 3 {
-		t.Fatalf("pods per node = %v, want 7 spread over a and b, none on unschedulable c", perNode)
+		t.Fatalf("pods per node = %v, want 8 spread over a and b, none on unschedulable c", perNode)
 	}
 }

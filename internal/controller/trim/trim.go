@@ -31,8 +31,9 @@ func ForControllers(obj any) (any, error) {
 var _ cache.TransformFunc = ForControllers
 
 // Pod keeps of pod its identity, labels, deletion state, where it runs
-// and is meant to run, its hostname, its containers' names and ports, its
-// phase, addresses and conditions. It reuses pod's fields, so pod must not
+// and is meant to run (node selector, affinity, tolerations), its
+// hostname, its containers' names and ports, its phase, addresses and
+// conditions. It reuses pod's fields, so pod must not
 // be used afterwards; informers hand a transform objects of their own.
 func Pod(pod *corev1.Pod) *corev1.Pod {
 	out := &corev1.Pod{
@@ -44,6 +45,8 @@ func Pod(pod *corev1.Pod) *corev1.Pod {
 			Hostname:      pod.Spec.Hostname,
 			Subdomain:     pod.Spec.Subdomain,
 			RestartPolicy: pod.Spec.RestartPolicy,
+			Affinity:      pod.Spec.Affinity,
+			Tolerations:   pod.Spec.Tolerations,
 		},
 		Status: corev1.PodStatus{
 			Phase:      pod.Status.Phase,

@@ -27,6 +27,10 @@ func fullPod() *corev1.Pod {
 			NodeName: "node1", NodeSelector: map[string]string{"zone": "a"}, SchedulerName: "default-scheduler",
 			Hostname: "web-1", Subdomain: "web", RestartPolicy: corev1.RestartPolicyAlways,
 			Volumes: []corev1.Volume{{Name: "data"}},
+			Affinity: &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+				NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"node1"}}}}},
+			}}},
+			Tolerations: []corev1.Toleration{{Key: "node.kubernetes.io/unschedulable", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
 			Containers: []corev1.Container{{
 				Name: "c", Image: "nginx", Command: []string{"nginx"}, Env: []corev1.EnvVar{{Name: "A", Value: "b"}},
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}},
@@ -71,6 +75,8 @@ func TestPodKeepsWhatControllersRead(t *testing.T) {
 		{"nodeName", pod.Spec.NodeName, want.Spec.NodeName},
 		{"nodeSelector", pod.Spec.NodeSelector, want.Spec.NodeSelector},
 		{"schedulerName", pod.Spec.SchedulerName, want.Spec.SchedulerName},
+		{"affinity", pod.Spec.Affinity, want.Spec.Affinity},
+		{"tolerations", pod.Spec.Tolerations, want.Spec.Tolerations},
 		{"hostname", pod.Spec.Hostname, want.Spec.Hostname},
 		{"subdomain", pod.Spec.Subdomain, want.Spec.Subdomain},
 		{"container ports", pod.Spec.Containers[0].Ports, want.Spec.Containers[0].Ports},
