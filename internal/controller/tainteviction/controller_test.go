@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -129,15 +130,14 @@ func (h *harness) eventually(what string, check func() error) {
 // gone tells whether pod was deleted, and checks it was marked first.
 func (h *harness) gone(name string) bool {
 	h.t.Helper()
-	acts := h.client.Actions()
-	marked := false
-	for _, a := range acts {
-		if a.GetVerb() == "patch" && a.GetSubresource() == "status" && a.GetResource().Resource == "pods" {
-			marked = true
-		}
-	}
 	_, err := h.client.CoreV1().Pods("default").Get(h.ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
+		marked := false
+		for _, a := range h.client.Actions() {
+			if p, ok := a.(clienttesting.PatchAction); ok && a.GetSubresource() == "status" && p.GetName() == name {
+				marked = true
+			}
+		}
 		if !marked {
 			h.t.Errorf("pod %s deleted without the DisruptionTarget condition", name)
 		}
