@@ -16,14 +16,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// fakeAgent registers a node as an agent would (Ready, allocatable cpu,
-// memory and pods, its hostname label plus labels) and renews its Lease
-// every second until stop is called or the test ends.
-type fakeAgent struct {
-	stop func()
-}
-
-func startFakeAgent(t testing.TB, client kubernetes.Interface, name string, labels map[string]string) *fakeAgent {
+// registerNode registers a node as an agent would: Ready, allocatable cpu
+// (2), memory (4Gi) and pods (110), its hostname label plus labels.
+func registerNode(t testing.TB, client kubernetes.Interface, name string, labels map[string]string) {
 	t.Helper()
 	ctx := ctxT(t)
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{corev1.LabelHostname: name}}}
@@ -40,6 +35,19 @@ func startFakeAgent(t testing.TB, client kubernetes.Interface, name string, labe
 	node.Status.Capacity = node.Status.Allocatable
 	_, err = client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 	fatalIf(t, err)
+}
+
+// fakeAgent registers a node as an agent would (Ready, allocatable cpu,
+// memory and pods, its hostname label plus labels) and renews its Lease
+// every second until stop is called or the test ends.
+type fakeAgent struct {
+	stop func()
+}
+
+func startFakeAgent(t testing.TB, client kubernetes.Interface, name string, labels map[string]string) *fakeAgent {
+	t.Helper()
+	ctx := ctxT(t)
+	registerNode(t, client, name, labels)
 	renew := func(ctx context.Context) {
 		leases := client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
 		now := metav1.NewMicroTime(time.Now())
