@@ -144,7 +144,7 @@ func nodeChangeMatters(old, cur *corev1.Node) bool {
 		return true
 	}
 	for i := range old.Spec.Taints {
-		if !old.Spec.Taints[i].MatchTaint(&cur.Spec.Taints[i]) {
+		if o, c := &old.Spec.Taints[i], &cur.Spec.Taints[i]; !o.MatchTaint(c) || o.Value != c.Value {
 			return true
 		}
 	}

@@ -207,3 +207,28 @@ func TestSchedulerRetriesWhenRoomIsFreed(t *testing.T) {
 		return nil
 	})
 }
+
+func TestNodeChangeMatters(t *testing.T) {
+	base := mkNode("n", taints(gpuNoSchedule))
+	heartbeat := base.DeepCopy()
+	heartbeat.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}}
+	tests := []struct {
+		name   string
+		mutate func(*corev1.Node)
+		want   bool
+	}{
+		{"a heartbeat", func(n *corev1.Node) { n.Status.Conditions = heartbeat.Status.Conditions }, false},
+		{"a label", func(n *corev1.Node) { n.Labels["disk"] = "ssd" }, true},
+		{"cordoned", cordoned, true},
+		{"a taint removed", func(n *corev1.Node) { n.Spec.Taints = nil }, true},
+		{"a taint's value", func(n *corev1.Node) { n.Spec.Taints[0].Value = "false" }, true},
+		{"allocatable", func(n *corev1.Node) { n.Status.Allocatable[corev1.ResourceCPU] = *resourceMust("8") }, true},
+	}
+	for _, tt := range tests {
+		cur := base.DeepCopy()
+		tt.mutate(cur)
+		if got := nodeChangeMatters(base, cur); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
