@@ -37,6 +37,7 @@ type Config struct {
 	// MemoryLimit is --memory-limit in bytes: the Go runtime's soft memory
 	// limit (0: none, or GOMEMLIMIT's).
 	MemoryLimit int64
+	NodeHealth  NodeHealth
 }
 
 // Flags are the command-line values before validation.
@@ -50,6 +51,7 @@ type Flags struct {
 	NodePortRange                                            string
 	LBPools                                                  []string
 	MemoryLimit                                              string
+	NodeHealth                                               NodeHealth
 }
 
 // knownGates are the feature gates Duet understands, with defaults.
@@ -64,6 +66,10 @@ func (f Flags) Complete() (*Config, error) {
 	if cfg.RepairInterval <= 0 {
 		cfg.RepairInterval = 30 * time.Second
 	}
+	if err := f.NodeHealth.validate(); err != nil {
+		return nil, err
+	}
+	cfg.NodeHealth = f.NodeHealth
 	if f.SecurePort < 0 || f.SecurePort > 65535 {
 		return nil, fmt.Errorf("--secure-port %d must be between 0 and 65535", f.SecurePort)
 	}

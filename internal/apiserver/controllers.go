@@ -183,8 +183,9 @@ func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config
 		defaults := nsdefaults.New(client, factory.Core().V1().Namespaces(), caPEM)
 		wg.Go(func() { defaults.Run(ctx, 2) })
 	}
-	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), recorder(scheduler.Name))
+	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), factory.Core().V1().Namespaces(), recorder(scheduler.Name))
 	wg.Go(func() { sched.Run(ctx, 8) })
+	s.runNodeHealth(ctx, &wg, client, factory, recorder)
 	if len(allocators) > 0 {
 		ipam, err := nodeipam.New(client, factory.Core().V1().Nodes(), s.cfg.ClusterCIDRs, allocators, store, recorder(nodeipam.ControllerName), nodeipam.Options{})
 		if err != nil {

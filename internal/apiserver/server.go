@@ -41,6 +41,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/duet-net/duet/internal/admission/defaulttolerations"
 	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
 	"github.com/duet-net/duet/internal/admission/serviceaccount"
 	"github.com/duet-net/duet/internal/alloc"
@@ -277,6 +278,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		namespacelifecycle.New(func(ctx context.Context, name string) (*corev1.Namespace, error) {
 			return namespacelifecycle.FromStorage(s.coreStorage["namespaces"].(rest.Getter))(ctx, name)
 		}),
+		defaulttolerations.New(s.cfg.NodeHealth.NotReadyTolerationSeconds, s.cfg.NodeHealth.UnreachableTolerationSeconds),
 		&nodeRestriction{getPod: func(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 			obj, err := s.coreStorage["pods"].(rest.Getter).Get(genericapirequest.WithNamespace(ctx, namespace), name, &metav1.GetOptions{})
 			if err != nil {
