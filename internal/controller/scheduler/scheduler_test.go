@@ -79,19 +79,34 @@ func TestSchedulerBindsAndSpreads(t *testing.T) {
 	create(t, client, mkPod("pinned", nodeSelector("zone", "2")))
 	create(t, client, mkPod("other", func(p *corev1.Pod) { p.Spec.SchedulerName = "someone-else" }))
 	create(t, client, mkPod("manual", on("c")))
+	// A DaemonSet's pods name their node by required node affinity on
+	// metadata.name.
+	for name, target := range map[string]string{"daemon-a": "a", "daemon-gone": "gone"} {
+		create(t, client, mkPod(name, func(p *corev1.Pod) {
+			p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+				NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{target}}}}},
+			}}}
+		}))
+	}
 
-	pods := waitFor(t, client, "7 pods bound", func(pods map[string]*corev1.Pod) error {
+	pods := waitFor(t, client, "8 pods bound", func(pods map[string]*corev1.Pod) error {
 		bound := 0
 		for _, p := range pods {
 			if p.Spec.NodeName != "" && p.Name != "manual" {
 				bound++
 			}
 		}
-		if bound != 7 {
+		if bound != 8 {
 			return fmt.Errorf("%d bound", bound)
 		}
 		return nil
 	})
+	if pods["daemon-a"].Spec.NodeName != "a" {
+		t.Errorf("pod with node affinity for a went to %q", pods["daemon-a"].Spec.NodeName)
+	}
+	if pods["daemon-gone"].Spec.NodeName != "" {
+		t.Errorf("pod with node affinity for a missing node went to %q", pods["daemon-gone"].Spec.NodeName)
+	}
 	perNode := map[string]int{}
 	for _, p := range pods {
 		perNode[p.Spec.NodeName]++
@@ -106,7 +121,7 @@ func TestSchedulerBindsAndSpreads(t *testing.T) {
 		t.Errorf("a pod with spec.nodeName moved to %q", pods["manual"].Spec.NodeName)
 	}
 	if perNode["c"] != 1 || perNode["a"] < 3 || perNode["b"] < 3 {
-		t.Errorf("pods per node = %v, want 7 spread over a and b, only the manual one on cordoned c", perNode)
+		t.Errorf("pods per node = %v, want 8 spread over a and b, only the manual one on cordoned c", perNode)
 	}
 }
 
