@@ -35,16 +35,14 @@ const (
 func TestWorkloads(t *testing.T) {
 	t.Parallel()
 	srv := StartServer(t, ServerOptions{ServiceRanges: "10.96.0.0/16,fd00:10:96::/108", ClusterCIDR: "10.244.0.0/16,fd00:10:244::/56"})
-	ctx := ctxT(t)
+	// Nodes that renew their Leases: the node lifecycle controller taints
+	// silent ones, and the scheduler leaves tainted nodes alone.
 	for _, n := range []string{"w1", "w2", "w3"} {
-		node := newNode(n)
-		node.Labels = map[string]string{corev1.LabelHostname: n}
+		var labels map[string]string
 		if n != "w3" {
-			node.Labels["role"] = "edge"
+			labels = map[string]string{"role": "edge"}
 		}
-		if _, err := srv.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		startFakeAgent(t, srv.Client, n, labels)
 	}
 	t.Run("RollingUpdate", func(t *testing.T) { testRollingUpdate(t, srv) })
 	t.Run("Recreate", func(t *testing.T) { testRecreate(t, srv) })

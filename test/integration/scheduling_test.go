@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 )
 
 // registerNode registers a node as an agent would: Ready, allocatable cpu
@@ -25,15 +26,23 @@ func registerNode(t testing.TB, client kubernetes.Interface, name string, labels
 	for k, v := range labels {
 		node.Labels[k] = v
 	}
-	node, err := client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	_, err := client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	fatalIf(t, err)
-	now := metav1.Now()
-	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "TestAgentReady", LastHeartbeatTime: now, LastTransitionTime: now}}
-	node.Status.Allocatable = corev1.ResourceList{
-		corev1.ResourceCPU: resource.MustParse("2"), corev1.ResourceMemory: resource.MustParse("4Gi"), corev1.ResourcePods: resource.MustParse("110"),
-	}
-	node.Status.Capacity = node.Status.Allocatable
-	_, err = client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+	// Controllers (node IPAM) may write the new node first.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		node, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		now := metav1.Now()
+		node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "TestAgentReady", LastHeartbeatTime: now, LastTransitionTime: now}}
+		node.Status.Allocatable = corev1.ResourceList{
+			corev1.ResourceCPU: resource.MustParse("2"), corev1.ResourceMemory: resource.MustParse("4Gi"), corev1.ResourcePods: resource.MustParse("110"),
+		}
+		node.Status.Capacity = node.Status.Allocatable
+		_, err = client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		return err
+	})
 	fatalIf(t, err)
 }
 
