@@ -12,13 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FOCUS=${FOCUS:-'Feature:IPv6DualStack|\[sig-network\] DNS'}
-# SCTP: this kernel has none. The other six create Deployments (apps/v1 is
-# the next issue). Of the DNS tests: those of the "DNS configMap" suite edit
+# SCTP: this kernel has none. Of the DNS tests: those of the "DNS configMap" suite edit
 # CoreDNS's ConfigMap and one runs a CoreDNS pod (Duet serves DNS from its
 # agents, not CoreDNS); the Service named 1kubernetes needs the
 # RelaxedServiceNameValidation gate, which Duet's Service validation does
 # not implement; GCE's needs GCE.
-SKIP=${SKIP:-'SCTPConnectivity|should be able to reach pod on ipv4 and ipv6 ip|should create (a single stack )?service with|DNS configMap|should support configurable pod resolv.conf|service name that starts with a digit|Provider:gce'}
+SKIP=${SKIP:-'SCTPConnectivity|DNS configMap|should support configurable pod resolv.conf|service name that starts with a digit|Provider:gce'}
 NODES=${NODES:-2}
 TIMEOUT=${TIMEOUT:-45m}
 ARTIFACTS=${ARTIFACTS:-$(mktemp -d /tmp/duet-e2e-upstream.XXXXXX)}
