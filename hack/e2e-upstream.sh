@@ -12,9 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FOCUS=${FOCUS:-'Feature:IPv6DualStack|\[sig-network\] DNS'}
-# SCTP: this kernel has none. Of the DNS tests: those of the "DNS configMap" suite edit
-# CoreDNS's ConfigMap and one runs a CoreDNS pod (Duet serves DNS from its
-# agents, not CoreDNS); the Service named 1kubernetes needs the
+# SCTP: this kernel has none. Of the DNS tests: those of the "DNS
+# configMap" suite edit CoreDNS's ConfigMap and one runs a CoreDNS pod
+# (Duet serves DNS from its agents, not CoreDNS); the Service named 1kubernetes needs the
 # RelaxedServiceNameValidation gate, which Duet's Service validation does
 # not implement; GCE's needs GCE.
 SKIP=${SKIP:-'SCTPConnectivity|DNS configMap|should support configurable pod resolv.conf|service name that starts with a digit|Provider:gce'}
