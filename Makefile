@@ -50,7 +50,8 @@ clean:
 
 # Upstream's referee: Kubernetes' own e2e.test and agnhost, built from the Go
 # module k8s.io/kubernetes in the separate module test/upstream (Duet's own
-# go.mod never requires k8s.io/kubernetes). About 18 minutes cold on 2 cores.
+# go.mod uses only its controllers and API validation, not its test tree).
+# About 18 minutes cold on 2 cores.
 UPSTREAM_DIR := test/upstream
 
 .PHONY: agnhost e2e.test ginkgo e2e-upstream

@@ -13,12 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FOCUS=${FOCUS:-'Feature:IPv6DualStack|\[sig-network\] DNS'}
-# SCTP: this kernel has none. The other six create Deployments (apps/v1 is
-# the next issue). Of the DNS tests, those of the "DNS configMap" suite edit
-# CoreDNS's ConfigMap in kube-system (Duet serves cluster DNS from its
-# agents, not CoreDNS; the test that runs CoreDNS in a pod of its own
+# SCTP: this kernel has none. Of the DNS tests, those of the "DNS configMap"
+# suite edit CoreDNS's ConfigMap in kube-system (Duet serves cluster DNS from
+# its agents, not CoreDNS; the test that runs CoreDNS in a pod of its own
 # passes); GCE's needs GCE.
-SKIP=${SKIP:-'SCTPConnectivity|should be able to reach pod on ipv4 and ipv6 ip|should create (a single stack )?service with|DNS configMap|Provider:gce'}
+SKIP=${SKIP:-'SCTPConnectivity|DNS configMap|Provider:gce'}
 NODES=${NODES:-2}
 TIMEOUT=${TIMEOUT:-45m}
 ARTIFACTS=${ARTIFACTS:-$(mktemp -d /tmp/duet-e2e-upstream.XXXXXX)}

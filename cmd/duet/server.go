@@ -23,8 +23,10 @@ func newServerCommand() *cobra.Command {
 		Short: "Run the control plane: the Kubernetes API, its store and Duet's controllers",
 		Long: `duet server serves the Kubernetes API (core/v1 Nodes, Pods, Services, Endpoints,
 Events, Namespaces; discovery/v1 EndpointSlices; coordination/v1 Leases;
-networking/v1 ServiceCIDRs and IPAddresses) with dual-stack Service, Node and Pod
-semantics. Without --etcd-servers it runs an embedded etcd in --data-dir.
+networking/v1 ServiceCIDRs and IPAddresses; apps/v1 Deployments, ReplicaSets,
+DaemonSets and ControllerRevisions) with dual-stack Service, Node and Pod
+semantics, and runs the controllers behind them, Kubernetes' garbage collector
+among them. Without --etcd-servers it runs an embedded etcd in --data-dir.
 
 It writes DIR/admin.kubeconfig before it reports ready on /readyz.`,
 		Example: `  # A dual-stack control plane, IPv4 primary, on a free port:
@@ -71,6 +73,9 @@ It writes DIR/admin.kubeconfig before it reports ready on /readyz.`,
 	fs.StringToStringVar(&f.FeatureGates, "feature-gates", nil, "feature gates, e.g. IPv6DualStack=false")
 	fs.StringSliceVar(&f.EtcdServers, "etcd-servers", nil, "external etcd URLs (comma-separated); without it an embedded etcd runs in --data-dir")
 	fs.DurationVar(&f.RepairInterval, "repair-interval", 30*time.Second, "how often cluster IP records are reconciled with Services")
+	fs.DurationVar(&f.NodeHealth.MonitorGracePeriod, "node-monitor-grace-period", apiserver.DefaultNodeHealth.MonitorGracePeriod, "how long a node may go without renewing its Lease or posting Ready before it is Unknown and tainted unreachable")
+	fs.Int64Var(&f.NodeHealth.NotReadyTolerationSeconds, "default-not-ready-toleration-seconds", apiserver.DefaultNodeHealth.NotReadyTolerationSeconds, "seconds pods created without such a toleration tolerate node.kubernetes.io/not-ready:NoExecute")
+	fs.Int64Var(&f.NodeHealth.UnreachableTolerationSeconds, "default-unreachable-toleration-seconds", apiserver.DefaultNodeHealth.UnreachableTolerationSeconds, "seconds pods created without such a toleration tolerate node.kubernetes.io/unreachable:NoExecute")
 	_ = fs.MarkHidden("repair-interval")
 	fs.StringVar(&f.NodePortRange, "service-node-port-range", "30000-32767", "port range reserved for NodePort (and LoadBalancer) Services, base-end inclusive or base+size")
 	fs.StringVar(&f.MemoryLimit, "memory-limit", "", "soft limit on the server's memory (e.g. 2560Mi), as GOMEMLIMIT: the garbage collector works harder as the heap nears it, trading CPU for memory; 0 or unset: none beyond GOMEMLIMIT's")

@@ -41,6 +41,7 @@ type Config struct {
 	// one joins; JoinToken and JoinTokenFile are --token and --token-file.
 	Join                     []string
 	JoinToken, JoinTokenFile string
+	NodeHealth               NodeHealth
 }
 
 // Flags are the command-line values before validation.
@@ -56,6 +57,7 @@ type Flags struct {
 	MemoryLimit                                              string
 	Join                                                     []string
 	JoinToken, JoinTokenFile                                 string
+	NodeHealth                                               NodeHealth
 }
 
 // knownGates are the feature gates Duet understands, with defaults.
@@ -70,6 +72,10 @@ func (f Flags) Complete() (*Config, error) {
 	if cfg.RepairInterval <= 0 {
 		cfg.RepairInterval = 30 * time.Second
 	}
+	if err := f.NodeHealth.validate(); err != nil {
+		return nil, err
+	}
+	cfg.NodeHealth = f.NodeHealth
 	if f.SecurePort < 0 || f.SecurePort > 65535 {
 		return nil, fmt.Errorf("--secure-port %d must be between 0 and 65535", f.SecurePort)
 	}

@@ -157,7 +157,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 				Callbacks: leaderelection.LeaderCallbacks{
 					OnStartedLeading: func(leaderCtx context.Context) {
 						klog.InfoS("leading: starting cluster-wide controllers", "identity", id)
-						s.runLeaderControllers(leaderCtx, client, broadcaster, allocators, store)
+						s.runLeaderControllers(leaderCtx, loopback, client, broadcaster, allocators, store)
 					},
 					OnStoppedLeading: func() { klog.InfoS("no longer leading", "identity", id) },
 				},
@@ -169,7 +169,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 
 // runLeaderControllers runs until leadership is lost; every start builds
 // its state afresh from the API and the store.
-func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Interface, broadcaster *events.Broadcaster, allocators []*alloc.NodeCIDRs, store alloc.Store) {
+func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config, client kubernetes.Interface, broadcaster *events.Broadcaster, allocators []*alloc.NodeCIDRs, store alloc.Store) {
 	recorder := func(component string) record.EventRecorder {
 		return broadcaster.Recorder(corev1.EventSource{Component: component})
 	}
@@ -183,8 +183,9 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 		defaults := nsdefaults.New(client, factory.Core().V1().Namespaces(), caPEM)
 		wg.Go(func() { defaults.Run(ctx, 2) })
 	}
-	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), recorder(scheduler.Name))
+	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), factory.Core().V1().Namespaces(), recorder(scheduler.Name))
 	wg.Go(func() { sched.Run(ctx, 8) })
+	s.runNodeHealth(ctx, &wg, client, factory, recorder)
 	if len(allocators) > 0 {
 		ipam, err := nodeipam.New(client, factory.Core().V1().Nodes(), s.cfg.ClusterCIDRs, allocators, store, recorder(nodeipam.ControllerName), nodeipam.Options{})
 		if err != nil {
@@ -222,7 +223,9 @@ func (s *Server) runLeaderControllers(ctx context.Context, client kubernetes.Int
 			klog.ErrorS(err, "starting load balancer IPAM")
 		}
 	}
+	runWorkloads := workloadControllers(ctx, loopback, client, factory)
 	factory.Start(ctx.Done())
+	runWorkloads(&wg)
 	wg.Wait()
 	factory.Shutdown()
 }

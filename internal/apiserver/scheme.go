@@ -3,7 +3,9 @@
 package apiserver
 
 import (
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -51,6 +53,14 @@ func servedTypes() map[schema.GroupVersion][]runtime.Object {
 			&networkingv1.ServiceCIDR{}, &networkingv1.ServiceCIDRList{},
 			&networkingv1.IPAddress{}, &networkingv1.IPAddressList{},
 		},
+		appsv1.SchemeGroupVersion: {
+			&appsv1.Deployment{}, &appsv1.DeploymentList{},
+			&appsv1.ReplicaSet{}, &appsv1.ReplicaSetList{},
+			&appsv1.DaemonSet{}, &appsv1.DaemonSetList{},
+			&appsv1.ControllerRevision{}, &appsv1.ControllerRevisionList{},
+		},
+		// The scale subresource of Deployments and ReplicaSets.
+		autoscalingv1.SchemeGroupVersion: {&autoscalingv1.Scale{}},
 	}
 }
 
@@ -85,6 +95,7 @@ var selectableFields = map[schema.GroupVersionKind][]string{
 	corev1.SchemeGroupVersion.WithKind("Namespace"):       {"status.phase"},
 	corev1.SchemeGroupVersion.WithKind("Secret"):          {"type"},
 	networkingv1.SchemeGroupVersion.WithKind("IPAddress"): {"spec.parentRef.resource", "spec.parentRef.namespace", "spec.parentRef.name"},
+	appsv1.SchemeGroupVersion.WithKind("ReplicaSet"):      {"status.replicas"},
 }
 
 func addFieldLabelConversions(s *runtime.Scheme) error {

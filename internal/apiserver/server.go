@@ -17,6 +17,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -40,6 +41,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/duet-net/duet/internal/admission/defaulttolerations"
 	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
 	"github.com/duet-net/duet/internal/admission/serviceaccount"
 	"github.com/duet-net/duet/internal/alloc"
@@ -48,6 +50,7 @@ import (
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
+	registryapps "github.com/duet-net/duet/internal/registry/apps"
 	"github.com/duet-net/duet/internal/registry/coordination"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
 	"github.com/duet-net/duet/internal/registry/discovery"
@@ -292,6 +295,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		namespacelifecycle.New(func(ctx context.Context, name string) (*corev1.Namespace, error) {
 			return namespacelifecycle.FromStorage(s.coreStorage["namespaces"].(rest.Getter))(ctx, name)
 		}),
+		defaulttolerations.New(s.cfg.NodeHealth.NotReadyTolerationSeconds, s.cfg.NodeHealth.UnreachableTolerationSeconds),
 		&nodeRestriction{getPod: func(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 			obj, err := s.coreStorage["pods"].(rest.Getter).Get(genericapirequest.WithNamespace(ctx, namespace), name, &metav1.GetOptions{})
 			if err != nil {
@@ -311,7 +315,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	config.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
 	config.OpenAPIV3Config.Info.Title = "Duet"
 
-	storedVersions := []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion}
+	storedVersions := []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion, appsv1.SchemeGroupVersion}
 	jsonCodec := Codecs.LegacyCodec(storedVersions...)
 	if s.storageCodec, err = protobufStorageCodec(storedVersions); err != nil {
 		return nil, err
@@ -465,6 +469,7 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 		{discoveryv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return discovery.NewStorage(Scheme, optsGetter) }},
 		{coordinationv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return coordination.NewStorage(Scheme, optsGetter) }},
 		{networkingv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return netStorage, nil }},
+		{appsv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return registryapps.NewStorage(Scheme, optsGetter) }},
 	} {
 		st, err := g.new()
 		if err != nil {

@@ -220,8 +220,7 @@ func TestSchedulerKeepsPodSpec(t *testing.T) {
 	t.Parallel()
 	srv := StartServer(t, ServerOptions{ServiceRanges: v4Range})
 	ctx := ctxT(t)
-	_, err := srv.Client.CoreV1().Nodes().Create(ctx, newNode("only"), metav1.CreateOptions{})
-	fatalIf(t, err)
+	startFakeAgent(t, srv.Client, "only", nil) // a node must report Ready and allocatable to be scheduled to
 	pods := srv.Client.CoreV1().Pods("default")
 	want, err := pods.Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "full", Annotations: map[string]string{"note": "kept"}, Labels: map[string]string{"app": "web"}},

@@ -1,6 +1,6 @@
 // Module upstream builds Kubernetes' own end-to-end test binary (e2e.test) and
 // its agnhost test image binary from k8s.io/kubernetes, apart from Duet's own
-// module so that Duet never imports k8s.io/kubernetes.
+// module so that Duet's build never pulls in upstream's test tree.
 module github.com/duet-net/duet/test/upstream
 
 go 1.26.0

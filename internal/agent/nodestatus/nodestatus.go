@@ -14,7 +14,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -46,7 +45,10 @@ type Reporter struct {
 	// served); Annotations are set on the Node (where it is reachable).
 	DaemonPort  int32
 	Annotations map[string]string
-	Now         func() time.Time
+	// Capacity is what the node offers pods (reported as both capacity
+	// and allocatable: Duet reserves nothing); nil: the machine's.
+	Capacity corev1.ResourceList
+	Now      func() time.Time
 }
 
 func (r *Reporter) now() time.Time {
@@ -132,9 +134,12 @@ func (r *Reporter) UpdateStatus(ctx context.Context, node *corev1.Node) (*corev1
 	if !replaced {
 		n.Status.Conditions = append(n.Status.Conditions, ready)
 	}
-	pods := *resource.NewQuantity(MaxPods, resource.DecimalSI)
-	n.Status.Capacity = corev1.ResourceList{corev1.ResourcePods: pods}
-	n.Status.Allocatable = corev1.ResourceList{corev1.ResourcePods: pods}
+	capacity := r.Capacity
+	if capacity == nil {
+		capacity = machineCapacity()
+	}
+	n.Status.Capacity = capacity.DeepCopy()
+	n.Status.Allocatable = capacity.DeepCopy()
 	n.Status.DaemonEndpoints.KubeletEndpoint.Port = r.DaemonPort
 	n.Status.NodeInfo.KubeletVersion = r.Version
 	n.Status.NodeInfo.OperatingSystem = runtime.GOOS

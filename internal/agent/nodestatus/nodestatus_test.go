@@ -51,6 +51,10 @@ func TestRegisterAndHeartbeat(t *testing.T) {
 		if !ready || node.Labels[corev1.LabelHostname] != tt.name {
 			t.Fatalf("%s not Ready or unlabelled: %+v", tt.name, node)
 		}
+		if node.Status.Allocatable.Cpu().Value() < 1 || node.Status.Allocatable.Memory().Value() <= 0 || node.Status.Allocatable.Pods().Value() != MaxPods ||
+			!node.Status.Capacity.Cpu().Equal(*node.Status.Allocatable.Cpu()) {
+			t.Fatalf("%s reports capacity %v, allocatable %v: want the machine's cpu, memory and %d pods", tt.name, node.Status.Capacity, node.Status.Allocatable, MaxPods)
+		}
 		if tt.name == "n2" && (node.Labels["keep"] != "me" || len(node.Spec.PodCIDRs) != 2) {
 			t.Fatalf("re-registration lost existing fields: %+v", node)
 		}

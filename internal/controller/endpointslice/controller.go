@@ -13,9 +13,9 @@
 // refuses to act on an informer cache that has not yet seen this
 // controller's own writes.
 //
-// Duet has no garbage collector, so unlike Kubernetes the controller
-// deletes the slices of a deleted Service (or of one turned ExternalName)
-// itself, including slices orphaned while no replica ran it.
+// The slices of a deleted Service name it as their owner, and the garbage
+// collector deletes them, as in Kubernetes; unlike Kubernetes, the
+// controller deletes the slices of a Service turned ExternalName itself.
 package endpointslice
 
 import (
@@ -231,8 +231,8 @@ func (c *Controller) newRunState() *runState {
 }
 
 // queueSlices queues every Service named by a slice of this controller:
-// that is where slices of Services deleted while no replica ran the
-// controller are found.
+// that is where slices of Services turned ExternalName while no replica
+// ran the controller are found.
 func (c *Controller) queueSlices(r *runState) error {
 	slices, err := c.slices.List(labels.SelectorFromSet(labels.Set{discovery.LabelManagedBy: ManagedBy}))
 	if err != nil {
@@ -280,7 +280,10 @@ func (c *Controller) syncService(ctx context.Context, r *runState, key string) e
 	case err != nil:
 		return err
 	case svc == nil:
-		return c.removeSlices(ctx, r, ns, name)
+		// Its slices are the garbage collector's: they name it as
+		// their owner.
+		r.forget(key)
+		return nil
 	case svc.Spec.Type == v1.ServiceTypeExternalName:
 		// An ExternalName Service is a DNS alias and has no endpoints; one
 		// that was another type before keeps no stale slices.
@@ -372,10 +375,8 @@ func (c *Controller) liveSlices(ctx context.Context, ns, name string) ([]*discov
 	return slices, nil
 }
 
-// removeSlices deletes this controller's slices of a Service that is gone
-// or is ExternalName, and forgets the Service. The owner references the
-// reconciler sets would let a garbage collector do this in Kubernetes;
-// Duet has none.
+// removeSlices deletes this controller's slices of an ExternalName
+// Service, and forgets the Service.
 func (c *Controller) removeSlices(ctx context.Context, r *runState, ns, name string) error {
 	slices, err := c.currentSlices(ctx, r, &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
 	if err != nil {
@@ -400,10 +401,23 @@ func (c *Controller) removeSlices(ctx context.Context, r *runState, ns, name str
 	if len(errs) > 0 {
 		return utilerrors.NewAggregate(errs)
 	}
+	r.forget(ns + "/" + name)
+	return nil
+}
+
+// forget drops what this run knows of a Service that has no slices to
+// keep: one deleted or turned ExternalName.
+func (r *runState) forget(key string) {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return
+	}
+	r.untrackedMu.Lock()
+	delete(r.untracked, key)
+	r.untrackedMu.Unlock()
 	r.tracker.DeleteService(ns, name)
 	r.Triggers.DeleteService(ns, name)
 	r.reconciler.DeleteService(ns, name)
-	return nil
 }
 
 // onNode queues the Services of the Pods on a Node that appears or whose

@@ -482,35 +482,6 @@ func TestFamilyChanges(t *testing.T) {
 	c.waitEndpoints("web", map[discovery.AddressType][]string{ipv6: {a6}})
 }
 
-func TestServiceDeletionRemovesItsSlices(t *testing.T) {
-	// Someone else's slice for the Service: not the controller's to delete.
-	foreign := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-manual", Namespace: ns, UID: "manual",
-			Labels: map[string]string{discovery.LabelServiceName: "web", discovery.LabelManagedBy: "someone-else"}},
-		AddressType: ipv4,
-	}
-	c := startedCluster(t, testOptions(),
-		node("n1", nil), service("web", v4v6), service("api", v4), foreign,
-		pod("a", "web", "n1", true, 8080, "10.0.0.1", "fd00::1"),
-		pod("b", "api", "n1", true, 8080, "10.0.0.2", "fd00::2"),
-	)
-	c.waitFor("slices of both Services", func() (bool, string) {
-		n, m := len(c.slicesOf("web")), len(c.slicesOf("api"))
-		return n == 3 && m == 1, fmt.Sprintf("web has %d slices, api %d", n, m)
-	})
-	if err := c.client.CoreV1().Services(ns).Delete(c.ctx, "web", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("only the foreign slice of the deleted Service left", func() (bool, string) {
-		var names []string
-		for _, s := range c.slicesOf("web") {
-			names = append(names, s.Name)
-		}
-		return slices.Equal(names, []string{"web-manual"}), fmt.Sprintf("slices of web: %v", names)
-	})
-	c.waitEndpoints("api", map[discovery.AddressType][]string{ipv4: {readyEP("10.0.0.2", "b", "n1", "-", "http:8080")}})
-}
-
 func TestHeadlessServiceGetsSlices(t *testing.T) {
 	svc := service("db", v4v6, func(s *v1.Service) {
 		s.Spec.ClusterIP = v1.ClusterIPNone
@@ -548,6 +519,9 @@ func TestServicesThatGetNoSlices(t *testing.T) {
 		wantDeleted []string
 	}{
 		{"a Service without selector keeps the slices its owner wrote", service("ext", v4, func(s *v1.Service) { s.Spec.Selector = nil }), nil},
+		// The slices name the Service as their owner: the garbage
+		// collector deletes them.
+		{"a deleted Service's slices are left to the garbage collector", nil, nil},
 		{"an ExternalName Service has none, and loses those it had as another type", service("ext", nil, func(s *v1.Service) {
 			s.Spec.Type = v1.ServiceTypeExternalName
 			s.Spec.ExternalName = "example.com"
@@ -555,8 +529,11 @@ func TestServicesThatGetNoSlices(t *testing.T) {
 		}), []string{"ext-ours"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newCluster(t, testOptions(), node("n1", nil), tc.svc, userSlice.DeepCopy(), ourSlice.DeepCopy(),
-				pod("a", "ext", "n1", true, 8080, "10.0.0.1"))
+			objs := []runtime.Object{node("n1", nil), userSlice.DeepCopy(), ourSlice.DeepCopy(), pod("a", "ext", "n1", true, 8080, "10.0.0.1")}
+			if tc.svc != nil {
+				objs = append(objs, tc.svc)
+			}
+			c := newCluster(t, testOptions(), objs...)
 			if !cache.WaitForCacheSync(c.ctx.Done(), c.ctrl.loop.HasSynced) {
 				t.Fatal("caches did not sync")
 			}
@@ -583,15 +560,9 @@ func TestServicesThatGetNoSlices(t *testing.T) {
 }
 
 // TestStartReconcilesWhatChangedWhileStopped covers a new leader: slices
-// left by a Service deleted meanwhile, slices that no longer match their
-// Pods, and a controller that is stopped and run again.
+// that no longer match their Pods, Pods and Services added meanwhile, and
+// a controller that is stopped and run again.
 func TestStartReconcilesWhatChangedWhileStopped(t *testing.T) {
-	orphan := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "gone-abc", Namespace: ns, UID: "orphan",
-			Labels: map[string]string{discovery.LabelServiceName: "gone", discovery.LabelManagedBy: ManagedBy}},
-		AddressType: ipv4,
-		Endpoints:   []discovery.Endpoint{{Addresses: []string{"10.0.9.9"}}},
-	}
 	outdated := &discovery.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: "web-old", Namespace: ns, UID: "outdated",
 			Labels:          map[string]string{discovery.LabelServiceName: "web", discovery.LabelManagedBy: ManagedBy},
@@ -599,21 +570,17 @@ func TestStartReconcilesWhatChangedWhileStopped(t *testing.T) {
 		AddressType: ipv4,
 		Endpoints:   []discovery.Endpoint{{Addresses: []string{"10.0.9.8"}, TargetRef: &v1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "long-gone"}}},
 	}
-	c := newCluster(t, testOptions(), node("n1", nil), service("web", v4), orphan, outdated,
+	c := newCluster(t, testOptions(), node("n1", nil), service("web", v4), outdated,
 		pod("a", "web", "n1", true, 8080, "10.0.0.1"))
 	stop := c.start(1)
 	a := readyEP("10.0.0.1", "a", "n1", "-", "http:8080")
 	c.waitEndpoints("web", map[discovery.AddressType][]string{ipv4: {a}})
-	c.waitEndpoints("gone", map[discovery.AddressType][]string{})
 
-	// While no controller runs, the Service is deleted and a Pod added.
+	// While no controller runs, a Pod and a Service are added.
 	stop()
 	c.create(pod("b", "web", "n1", true, 8080, "10.0.0.2"), service("new", v4), pod("x", "new", "n1", true, 8080, "10.0.0.3"))
-	if err := c.client.CoreV1().Services(ns).Delete(c.ctx, "web", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	c.start(1)
-	c.waitEndpoints("web", map[discovery.AddressType][]string{})
+	c.waitEndpoints("web", map[discovery.AddressType][]string{ipv4: {a, readyEP("10.0.0.2", "b", "n1", "-", "http:8080")}})
 	c.waitEndpoints("new", map[discovery.AddressType][]string{ipv4: {readyEP("10.0.0.3", "x", "n1", "-", "http:8080")}})
 }
 

@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -435,6 +436,23 @@ type content struct {
 // contents is every namespaced resource Duet serves, in deletion order:
 // workloads first, their events last.
 var contents = []content{
+	// Controllers before what they make, so nothing is made again.
+	{schema.GroupResource{Group: "apps", Resource: "deployments"}, func(c kubernetes.Interface, ns string) collection {
+		x := c.AppsV1().Deployments(ns)
+		return typed[*appsv1.DeploymentList]{c: x, all: x}
+	}},
+	{schema.GroupResource{Group: "apps", Resource: "daemonsets"}, func(c kubernetes.Interface, ns string) collection {
+		x := c.AppsV1().DaemonSets(ns)
+		return typed[*appsv1.DaemonSetList]{c: x, all: x}
+	}},
+	{schema.GroupResource{Group: "apps", Resource: "replicasets"}, func(c kubernetes.Interface, ns string) collection {
+		x := c.AppsV1().ReplicaSets(ns)
+		return typed[*appsv1.ReplicaSetList]{c: x, all: x}
+	}},
+	{schema.GroupResource{Group: "apps", Resource: "controllerrevisions"}, func(c kubernetes.Interface, ns string) collection {
+		x := c.AppsV1().ControllerRevisions(ns)
+		return typed[*appsv1.ControllerRevisionList]{c: x, all: x}
+	}},
 	{schema.GroupResource{Resource: "pods"}, func(c kubernetes.Interface, ns string) collection {
 		x := c.CoreV1().Pods(ns)
 		return typed[*corev1.PodList]{c: x, all: x}

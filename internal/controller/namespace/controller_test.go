@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -45,6 +46,10 @@ var kinds = map[schema.GroupVersionResource]schema.GroupVersionKind{
 	corev1.SchemeGroupVersion.WithResource("configmaps"):          corev1.SchemeGroupVersion.WithKind("ConfigMap"),
 	corev1.SchemeGroupVersion.WithResource("secrets"):             corev1.SchemeGroupVersion.WithKind("Secret"),
 	corev1.SchemeGroupVersion.WithResource("serviceaccounts"):     corev1.SchemeGroupVersion.WithKind("ServiceAccount"),
+	appsv1.SchemeGroupVersion.WithResource("deployments"):         appsv1.SchemeGroupVersion.WithKind("Deployment"),
+	appsv1.SchemeGroupVersion.WithResource("daemonsets"):          appsv1.SchemeGroupVersion.WithKind("DaemonSet"),
+	appsv1.SchemeGroupVersion.WithResource("replicasets"):         appsv1.SchemeGroupVersion.WithKind("ReplicaSet"),
+	appsv1.SchemeGroupVersion.WithResource("controllerrevisions"): appsv1.SchemeGroupVersion.WithKind("ControllerRevision"),
 }
 
 // deletedNamespace is a Namespace as the server holds it after
@@ -74,6 +79,10 @@ func contentOf(ns string) []runtime.Object {
 		return metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name)}
 	}
 	return []runtime.Object{
+		&appsv1.Deployment{ObjectMeta: om("web")},
+		&appsv1.ReplicaSet{ObjectMeta: om("web-5d4f")},
+		&appsv1.DaemonSet{ObjectMeta: om("agent")},
+		&appsv1.ControllerRevision{ObjectMeta: om("agent-6c8b")},
 		&corev1.Pod{ObjectMeta: om("web")},
 		&corev1.Pod{ObjectMeta: om("db")},
 		&corev1.Service{ObjectMeta: om("web")},

@@ -1,14 +1,29 @@
-// Package scheduler binds pods without spec.nodeName to a node: the one
-// with the fewest pods among the schedulable nodes that match the pod's
-// nodeSelector, ties broken by name. It is deliberately simple: Duet is a
-// networking system, and this is enough to spread pods over nodes.
+// Package scheduler binds pods without spec.nodeName to nodes, as
+// Kubernetes' default scheduler decides for the constraints workloads use:
+// nodeSelector and node affinity (required and preferred), pod affinity
+// and anti-affinity (required and preferred) on any topology key, taints
+// and tolerations, host ports, and resource requests against the nodes'
+// allocatable. Among the nodes that fit it prefers, with the default
+// profile's weights, tolerated taints, preferred affinities, fewer
+// replicas of the same workload and the most resources left.
+//
+// A pod that fits no node gets the condition PodScheduled=False (reason
+// Unschedulable) with Kubernetes' message ("0/2 nodes are available: …")
+// and a FailedScheduling event, and is tried again when nodes or pods
+// change, and with backoff. Not done: preemption, priority order, topology
+// spread constraints, volumes, scheduling gates being lifted (Duet's API
+// keeps them immutable, so a gated pod waits).
+//
+// The node checks come from k8s.io/component-helpers (node affinity,
+// tolerations, pod requests), the library Kubernetes' own scheduler uses;
+// the scheduler framework itself (k8s.io/kubernetes/pkg/scheduler) wants
+// informers for APIs Duet does not serve (storage, DRA) and is not used.
 package scheduler
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
@@ -24,6 +39,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/controller/worker"
 )
@@ -32,67 +48,176 @@ import (
 // name are left alone.
 const Name = corev1.DefaultSchedulerName
 
+// ReasonUnschedulable is the PodScheduled condition's reason for a pod
+// that fits no node.
+const ReasonUnschedulable = corev1.PodReasonUnschedulable
+
 // Scheduler binds pending pods to nodes.
 type Scheduler struct {
-	client   kubernetes.Interface
-	pods     corelisters.PodLister
-	nodes    corelisters.NodeLister
-	synced   []cache.InformerSynced
-	recorder record.EventRecorder
-	queue    workqueue.TypedRateLimitingInterface[string]
-	// mu makes choosing a node and counting it one step, so that workers
-	// binding concurrently still spread a burst.
-	mu sync.Mutex
-	// assumed counts bindings made but not yet seen in the pod cache, so a
-	// burst spreads instead of piling onto the node that looked emptiest.
-	assumed map[string]string // pod key -> node
+	client     kubernetes.Interface
+	pods       corelisters.PodLister
+	namespaces corelisters.NamespaceLister // nil: namespace selectors see no labels
+	synced     []cache.InformerSynced
+	recorder   record.EventRecorder
+	queue      workqueue.TypedRateLimitingInterface[string]
+
+	// mu makes deciding and counting the decision one step, and guards
+	// what follows.
+	mu    sync.Mutex
+	cache *clusterState
+	// waiting holds the pods that fit no node, until a change to nodes
+	// or pods may let them fit; true for those with pod affinity terms,
+	// which a new or relabelled pod may satisfy.
+	waiting map[string]bool
 }
 
-// New returns a scheduler over the given informers.
-func New(client kubernetes.Interface, pods coreinformers.PodInformer, nodes coreinformers.NodeInformer, recorder record.EventRecorder) *Scheduler {
+// New returns a scheduler over the given informers; namespaces may be nil.
+func New(client kubernetes.Interface, pods coreinformers.PodInformer, nodes coreinformers.NodeInformer, namespaces coreinformers.NamespaceInformer, recorder record.EventRecorder) *Scheduler {
 	s := &Scheduler{
-		client: client, pods: pods.Lister(), nodes: nodes.Lister(), recorder: recorder,
+		client: client, pods: pods.Lister(), recorder: recorder,
 		synced: []cache.InformerSynced{pods.Informer().HasSynced, nodes.Informer().HasSynced},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 30*time.Second),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "scheduler"}),
-		assumed: map[string]string{},
+		cache:   newClusterState(),
+		waiting: map[string]bool{},
+	}
+	if namespaces != nil {
+		s.namespaces = namespaces.Lister()
+		s.synced = append(s.synced, namespaces.Informer().HasSynced)
+		_, _ = namespaces.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			UpdateFunc: func(old, cur any) {
+				o, ok1 := old.(*corev1.Namespace)
+				c, ok2 := cur.(*corev1.Namespace)
+				if ok1 && ok2 && !labels.Equals(o.Labels, c.Labels) {
+					s.wake(false)
+				}
+			},
+		})
 	}
 	_, _ = pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    s.enqueuePod,
-		UpdateFunc: func(_, obj any) { s.enqueuePod(obj) },
+		AddFunc:    func(obj any) { s.podChanged(nil, obj) },
+		UpdateFunc: s.podChanged,
+		DeleteFunc: s.podDeleted,
 	})
-	// A new or changed node may make waiting pods schedulable.
 	_, _ = nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { s.enqueuePending() },
-		UpdateFunc: func(_, _ any) { s.enqueuePending() },
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*corev1.Node); ok {
+				s.mu.Lock()
+				s.cache.setNode(n)
+				s.mu.Unlock()
+				s.wake(true)
+			}
+		},
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*corev1.Node)
+			n, ok2 := cur.(*corev1.Node)
+			if !ok1 || !ok2 {
+				return
+			}
+			s.mu.Lock()
+			s.cache.setNode(n)
+			s.mu.Unlock()
+			if nodeChangeMatters(o, n) {
+				s.wake(true)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if n, ok := obj.(*corev1.Node); ok {
+				s.mu.Lock()
+				s.cache.removeNode(n.Name)
+				s.mu.Unlock()
+			}
+		},
 	})
 	return s
 }
 
-func (s *Scheduler) enqueuePod(obj any) {
+// nodeChangeMatters tells whether a node update may let a waiting pod fit:
+// heartbeats do not.
+func nodeChangeMatters(old, cur *corev1.Node) bool {
+	if old.Spec.Unschedulable != cur.Spec.Unschedulable || !labels.Equals(old.Labels, cur.Labels) ||
+		len(old.Spec.Taints) != len(cur.Spec.Taints) || len(old.Status.Allocatable) != len(cur.Status.Allocatable) {
+		return true
+	}
+	for i := range old.Spec.Taints {
+		if o, c := &old.Spec.Taints[i], &cur.Spec.Taints[i]; !o.MatchTaint(c) || o.Value != c.Value {
+			return true
+		}
+	}
+	for name, q := range old.Status.Allocatable {
+		if c, ok := cur.Status.Allocatable[name]; !ok || c.Cmp(q) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Scheduler) podChanged(old, obj any) {
 	pod, ok := obj.(*corev1.Pod)
-	if !ok || !needsBinding(pod) {
+	if !ok {
 		return
 	}
-	if key, err := cache.MetaNamespaceKeyFunc(pod); err == nil {
+	key := pod.Namespace + "/" + pod.Name
+	if needsBinding(pod) {
 		s.queue.Add(key)
+	}
+	s.mu.Lock()
+	_, wasCounted := s.cache.podNode[key]
+	s.cache.setPod(pod)
+	_, isCounted := s.cache.podNode[key]
+	s.mu.Unlock()
+	switch {
+	case wasCounted && !isCounted:
+		s.wake(true) // it left room behind
+	case isCounted && !wasCounted:
+		s.wake(false) // pods waiting for company may find it
+	case isCounted:
+		if o, ok := old.(*corev1.Pod); ok && !labels.Equals(o.Labels, pod.Labels) {
+			s.wake(false)
+		}
 	}
 }
 
-func (s *Scheduler) enqueuePending() {
-	pods, err := s.pods.List(labels.Everything())
-	if err != nil {
+func (s *Scheduler) podDeleted(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
 		return
 	}
-	for _, p := range pods {
-		s.enqueuePod(p)
+	key := pod.Namespace + "/" + pod.Name
+	s.mu.Lock()
+	_, wasCounted := s.cache.podNode[key]
+	s.cache.removePod(key)
+	delete(s.waiting, key)
+	s.mu.Unlock()
+	if wasCounted {
+		s.wake(true)
+	}
+}
+
+// wake queues the waiting pods again: all of them, or (all false) those
+// with pod affinity terms.
+func (s *Scheduler) wake(all bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, affinity := range s.waiting {
+		if all || affinity {
+			s.queue.Add(key)
+			delete(s.waiting, key)
+		}
 	}
 }
 
 func needsBinding(pod *corev1.Pod) bool {
 	return pod.Spec.NodeName == "" && pod.DeletionTimestamp == nil &&
 		(pod.Spec.SchedulerName == "" || pod.Spec.SchedulerName == Name) &&
+		len(pod.Spec.SchedulingGates) == 0 &&
 		pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
 }
 
@@ -111,6 +236,17 @@ func (s *Scheduler) Run(ctx context.Context, workers int) {
 	})
 }
 
+func (s *Scheduler) nsLabels(name string) labels.Set {
+	if s.namespaces == nil {
+		return nil
+	}
+	ns, err := s.namespaces.Get(name)
+	if err != nil {
+		return nil
+	}
+	return ns.Labels
+}
+
 func (s *Scheduler) schedule(ctx context.Context, key string) error {
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
@@ -118,79 +254,47 @@ func (s *Scheduler) schedule(ctx context.Context, key string) error {
 	}
 	pod, err := s.pods.Pods(ns).Get(name)
 	if apierrors.IsNotFound(err) {
-		s.mu.Lock()
-		delete(s.assumed, key)
-		s.mu.Unlock()
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
 	if !needsBinding(pod) {
-		delete(s.assumed, key)
-		s.mu.Unlock()
 		return nil
 	}
-	node, ok := s.assumed[key]
-	if !ok {
-		node, err = s.pick(pod)
-		if err != nil {
+	s.mu.Lock()
+	delete(s.waiting, key)
+	var node string
+	if s.cache.assumed[key] {
+		node = s.cache.podNode[key] // a binding already under way
+	} else {
+		p := newPodInfo(pod)
+		var fe *fitError
+		if node, fe = s.cache.pick(newAttempt(s.cache, p, s.nsLabels)); fe != nil {
+			s.waiting[key] = p.hasRequiredAffinity()
 			s.mu.Unlock()
-			s.recorder.Event(pod, corev1.EventTypeWarning, "FailedScheduling", err.Error())
-			return err
+			s.unschedulable(ctx, pod, fe.Error())
+			return fe
 		}
-		s.assumed[key] = node
+		s.cache.assume(p, node)
 	}
 	s.mu.Unlock()
-	return s.bind(ctx, pod, node)
+	if err := s.bind(ctx, pod, node); err != nil {
+		s.mu.Lock()
+		s.cache.forget(key)
+		s.mu.Unlock()
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		s.recorder.Eventf(pod, corev1.EventTypeWarning, "FailedScheduling", "Binding rejected: %v", err)
+		return fmt.Errorf("binding %s to %s: %w", key, node, err)
+	}
+	s.recorder.Eventf(pod, corev1.EventTypeNormal, "Scheduled", "Successfully assigned %s to %s", key, node)
+	return nil
 }
 
-// pick returns the matching schedulable node with the fewest pods; s.mu
-// is held.
-func (s *Scheduler) pick(pod *corev1.Pod) (string, error) {
-	nodes, err := s.nodes.List(labels.SelectorFromSet(pod.Spec.NodeSelector))
-	if err != nil {
-		return "", err
-	}
-	pods, err := s.pods.List(labels.Everything())
-	if err != nil {
-		return "", err
-	}
-	count := map[string]int{}
-	seen := map[string]bool{}
-	for _, p := range pods {
-		if p.Spec.NodeName != "" && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-			count[p.Spec.NodeName]++
-			seen[p.Namespace+"/"+p.Name] = true
-		}
-	}
-	for key, node := range s.assumed {
-		if seen[key] {
-			delete(s.assumed, key) // the cache has caught up
-		} else {
-			count[node]++
-		}
-	}
-	var candidates []*corev1.Node
-	for _, n := range nodes {
-		if !n.Spec.Unschedulable && n.DeletionTimestamp == nil {
-			candidates = append(candidates, n)
-		}
-	}
-	if len(candidates) == 0 {
-		return "", fmt.Errorf("0/%d nodes are available: no schedulable node matches the pod's node selector %v", len(nodes), pod.Spec.NodeSelector)
-	}
-	sort.Slice(candidates, func(i, j int) bool {
-		ci, cj := count[candidates[i].Name], count[candidates[j].Name]
-		if ci != cj {
-			return ci < cj
-		}
-		return candidates[i].Name < candidates[j].Name
-	})
-	return candidates[0].Name, nil
-}
-
+// bind sets the pod's spec.nodeName. The API server marks the pod
+// PodScheduled=True as it does for a Binding.
 func (s *Scheduler) bind(ctx context.Context, pod *corev1.Pod, node string) error {
 	// A patch, not an update of the informer's copy: that copy is trimmed
 	// (see package trim). The resourceVersion makes it fail, as an update
@@ -203,12 +307,37 @@ func (s *Scheduler) bind(ctx context.Context, pod *corev1.Pod, node string) erro
 		return err
 	}
 	_, err = s.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
-	if err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil
+	return err
+}
+
+// unschedulable reports that pod fits no node: a FailedScheduling event,
+// and the PodScheduled=False condition, written when its message changed.
+func (s *Scheduler) unschedulable(ctx context.Context, pod *corev1.Pod, msg string) {
+	s.recorder.Event(pod, corev1.EventTypeWarning, "FailedScheduling", msg)
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == ReasonUnschedulable && c.Message == msg {
+			return
 		}
-		return fmt.Errorf("binding %s/%s to %s: %w", pod.Namespace, pod.Name, node, err)
 	}
-	s.recorder.Eventf(pod, corev1.EventTypeNormal, "Scheduled", "Successfully assigned %s/%s to %s", pod.Namespace, pod.Name, node)
-	return nil
+	cond := corev1.PodCondition{
+		Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: ReasonUnschedulable, Message: msg,
+		LastTransitionTime: metav1.Now(),
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+			cond.LastTransitionTime = c.LastTransitionTime
+		}
+	}
+	// A strategic merge patch replaces the one condition of its type and
+	// keeps the others.
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"uid": pod.UID},
+		"status":   map[string]any{"conditions": []corev1.PodCondition{cond}},
+	})
+	if err == nil {
+		_, err = s.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		klog.FromContext(ctx).V(2).Info("Recording that a pod is unschedulable failed", "pod", klog.KObj(pod), "err", err)
+	}
 }

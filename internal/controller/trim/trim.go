@@ -31,8 +31,10 @@ func ForControllers(obj any) (any, error) {
 var _ cache.TransformFunc = ForControllers
 
 // Pod keeps of pod its identity, labels, deletion state, where it runs
-// and is meant to run, its hostname, its containers' names and ports, its
-// phase, addresses and conditions. It reuses pod's fields, so pod must not
+// and is meant to run, what the scheduler and the taint eviction read
+// (affinity, tolerations, priority, gates, resource requests and
+// limits), its hostname, its containers' names and ports, its phase,
+// addresses and conditions. It reuses pod's fields, so pod must not
 // be used afterwards; informers hand a transform objects of their own.
 func Pod(pod *corev1.Pod) *corev1.Pod {
 	out := &corev1.Pod{
@@ -44,6 +46,14 @@ func Pod(pod *corev1.Pod) *corev1.Pod {
 			Hostname:      pod.Spec.Hostname,
 			Subdomain:     pod.Spec.Subdomain,
 			RestartPolicy: pod.Spec.RestartPolicy,
+			HostNetwork:   pod.Spec.HostNetwork,
+			// scheduling
+			Affinity:        pod.Spec.Affinity,
+			Tolerations:     pod.Spec.Tolerations,
+			Priority:        pod.Spec.Priority,
+			SchedulingGates: pod.Spec.SchedulingGates,
+			Overhead:        pod.Spec.Overhead,
+			Resources:       pod.Spec.Resources,
 		},
 		Status: corev1.PodStatus{
 			Phase:      pod.Status.Phase,
@@ -64,15 +74,17 @@ func Pod(pod *corev1.Pod) *corev1.Pod {
 	return out
 }
 
-// containers keeps the name and ports of each container, and the restart
-// policy that makes an init container a sidecar whose ports Services use.
+// containers keeps the name, ports and resources of each container, and
+// the restart policy that makes an init container a sidecar whose ports
+// Services use.
 func containers(in []corev1.Container) []corev1.Container {
 	if len(in) == 0 {
 		return nil
 	}
 	out := make([]corev1.Container, len(in))
 	for i, c := range in {
-		out[i] = corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy}
+		out[i] = corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy,
+			Resources: corev1.ResourceRequirements{Requests: c.Resources.Requests, Limits: c.Resources.Limits}}
 	}
 	return out
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -26,9 +27,20 @@ func fullPod() *corev1.Pod {
 		Spec: corev1.PodSpec{
 			NodeName: "node1", NodeSelector: map[string]string{"zone": "a"}, SchedulerName: "default-scheduler",
 			Hostname: "web-1", Subdomain: "web", RestartPolicy: corev1.RestartPolicyAlways,
-			Volumes: []corev1.Volume{{Name: "data"}},
+			Volumes:     []corev1.Volume{{Name: "data"}},
+			HostNetwork: true,
+			Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{
+				{TopologyKey: corev1.LabelHostname, LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}},
+			}}},
+			Tolerations:     []corev1.Toleration{{Key: corev1.TaintNodeUnreachable, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}},
+			SchedulingGates: []corev1.PodSchedulingGate{{Name: "wait"}},
+			Priority:        ptr(int32(10)),
 			Containers: []corev1.Container{{
 				Name: "c", Image: "nginx", Command: []string{"nginx"}, Env: []corev1.EnvVar{{Name: "A", Value: "b"}},
+				Resources: corev1.ResourceRequirements{
+					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m")},
+					Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
+				},
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}},
 			}},
 			InitContainers: []corev1.Container{{
@@ -77,6 +89,12 @@ func TestPodKeepsWhatControllersRead(t *testing.T) {
 		{"container name", pod.Spec.Containers[0].Name, want.Spec.Containers[0].Name},
 		{"sidecar restartPolicy", pod.Spec.InitContainers[0].RestartPolicy, want.Spec.InitContainers[0].RestartPolicy},
 		{"sidecar ports", pod.Spec.InitContainers[0].Ports, want.Spec.InitContainers[0].Ports},
+		{"container resources", pod.Spec.Containers[0].Resources, want.Spec.Containers[0].Resources},
+		{"hostNetwork", pod.Spec.HostNetwork, want.Spec.HostNetwork},
+		{"affinity", pod.Spec.Affinity, want.Spec.Affinity},
+		{"tolerations", pod.Spec.Tolerations, want.Spec.Tolerations},
+		{"schedulingGates", pod.Spec.SchedulingGates, want.Spec.SchedulingGates},
+		{"priority", pod.Spec.Priority, want.Spec.Priority},
 		{"phase", pod.Status.Phase, want.Status.Phase},
 		{"conditions", pod.Status.Conditions, want.Status.Conditions},
 		{"podIP", pod.Status.PodIP, want.Status.PodIP},

@@ -117,8 +117,9 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 			setPodDefaults(pod)
 			pod.Status = corev1.PodStatus{Phase: corev1.PodPending, QOSClass: corev1.PodQOSBestEffort}
 		},
-		PrepareForUpdateFunc: func(_ context.Context, obj, _ runtime.Object) {
+		PrepareForUpdateFunc: func(_ context.Context, obj, old runtime.Object) {
 			setPodDefaults(obj.(*corev1.Pod))
+			markScheduled(obj.(*corev1.Pod), old.(*corev1.Pod))
 		},
 		ValidateFunc: func(_ context.Context, obj runtime.Object) field.ErrorList {
 			return validatePodSpec(&obj.(*corev1.Pod).Spec)

@@ -41,3 +41,42 @@ func TestPodGracefulDelete(t *testing.T) {
 		t.Error("nil options: graceful")
 	}
 }
+
+func TestMarkScheduled(t *testing.T) {
+	unschedulable := corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable, Message: "0/1 nodes are available"}
+	ready := corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionFalse}
+	for _, tc := range []struct {
+		name            string
+		oldNode, node   string
+		conds           []corev1.PodCondition
+		wantScheduled   corev1.ConditionStatus // "" for no condition
+		wantConditions  int
+		wantReasonEmpty bool
+	}{
+		{name: "binding replaces Unschedulable", node: "n1", conds: []corev1.PodCondition{ready, unschedulable}, wantScheduled: corev1.ConditionTrue, wantConditions: 2, wantReasonEmpty: true},
+		{name: "binding adds the condition", node: "n1", wantScheduled: corev1.ConditionTrue, wantConditions: 1, wantReasonEmpty: true},
+		{name: "an update of an unbound pod leaves it", conds: []corev1.PodCondition{unschedulable}, wantScheduled: corev1.ConditionFalse, wantConditions: 1},
+		{name: "an update of a bound pod leaves it", oldNode: "n1", node: "n1", wantConditions: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := &corev1.Pod{Spec: corev1.PodSpec{NodeName: tc.oldNode}}
+			pod := &corev1.Pod{Spec: corev1.PodSpec{NodeName: tc.node}, Status: corev1.PodStatus{Conditions: append([]corev1.PodCondition{}, tc.conds...)}}
+			markScheduled(pod, old)
+			if len(pod.Status.Conditions) != tc.wantConditions {
+				t.Fatalf("conditions %+v, want %d", pod.Status.Conditions, tc.wantConditions)
+			}
+			var got corev1.ConditionStatus
+			for _, c := range pod.Status.Conditions {
+				if c.Type == corev1.PodScheduled {
+					got = c.Status
+					if tc.wantReasonEmpty && (c.Reason != "" || c.Message != "") {
+						t.Errorf("PodScheduled kept reason %q message %q", c.Reason, c.Message)
+					}
+				}
+			}
+			if got != tc.wantScheduled {
+				t.Errorf("PodScheduled %q, want %q", got, tc.wantScheduled)
+			}
+		})
+	}
+}

@@ -138,6 +138,9 @@ type StatusStrategy struct {
 	// KeepMeta lists the metadata a status write may not change either,
 	// as Kubernetes' strategy for the resource resets it.
 	KeepMeta []MetaField
+	// ValidatesMeta says ValidateStatusUpdateFunc checks the metadata
+	// update itself (as Kubernetes' own status validation functions do).
+	ValidatesMeta bool
 	// PrepareForUpdateFunc, if set, runs after the reset, for what the
 	// resource guarantees of its metadata whoever writes it.
 	PrepareForUpdateFunc     func(ctx context.Context, obj, old runtime.Object)
@@ -193,11 +196,20 @@ func (s *StatusStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.
 func (s *StatusStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
 	// Checks the immutable metadata and the syntax of what may change
 	// (labels, annotations, owner references).
-	errs := validation.ValidateObjectMetaAccessorUpdate(mustMeta(obj), mustMeta(old), field.NewPath("metadata"))
+	var errs field.ErrorList
+	if !s.ValidatesMeta {
+		errs = validation.ValidateObjectMetaAccessorUpdate(mustMeta(obj), mustMeta(old), field.NewPath("metadata"))
+	}
 	if s.ValidateStatusUpdateFunc != nil {
 		errs = append(errs, s.ValidateStatusUpdateFunc(ctx, obj, old)...)
 	}
 	return errs
+}
+
+// WarningsOnUpdate has nothing to say: warnings are about what users
+// write, the spec, which a status write keeps.
+func (s *StatusStrategy) WarningsOnUpdate(context.Context, runtime.Object, runtime.Object) []string {
+	return nil
 }
 
 func (s *StatusStrategy) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
