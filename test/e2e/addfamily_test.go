@@ -119,6 +119,9 @@ spec:
 		return path
 	}
 	c := &servicesCluster{dataDir: dataDir, kubeconfig: kubeconfig, pods: map[string][]string{}, topo: topo}
+	for name, p := range before {
+		c.pods[name] = []string{p.Status.PodIP}
+	}
 	c.waitSlices(t, "web", web...)
 	svc4 := c.service(t, "web").Spec.ClusterIPs[0]
 	remote := web[len(web)-1] // a pod of node2; the client is on node1
