@@ -25,6 +25,7 @@ import (
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/test/harness"
 )
 
 // addFamilyPodsPerNode is how many web pods each node runs in
@@ -77,6 +78,14 @@ spec:
 		}
 	}
 	manifest.WriteString(`---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node2}
+  hostNetwork: true
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "18080"]}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: client}
@@ -248,7 +257,11 @@ spec:
 		if p.Status.PodIPs[0].IP != b.Status.PodIP || p.Status.PodIP != b.Status.PodIP {
 			t.Errorf("pod %s: podIPs %v; want its IPv4 address %s kept first", name, p.Status.PodIPs, b.Status.PodIP)
 		}
-		if a := netip.MustParseAddr(p.Status.PodIPs[1].IP); !a.Is6() || !netip.MustParsePrefix("fd00:10:244::/56").Contains(a) {
+		if name == "hostnet" {
+			if want := []corev1.PodIP{{IP: topo.Nodes[1].IPv4.String()}, {IP: topo.Nodes[1].IPv6.String()}}; !slices.Equal(p.Status.PodIPs, want) {
+				t.Errorf("hostNetwork pod: podIPs %v; want node2's addresses %v", p.Status.PodIPs, want)
+			}
+		} else if a := netip.MustParseAddr(p.Status.PodIPs[1].IP); !a.Is6() || !netip.MustParsePrefix("fd00:10:244::/56").Contains(a) {
 			t.Errorf("pod %s: second address %s is not of fd00:10:244::/56", name, a)
 		}
 		if b.UID != p.UID || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].RestartCount != 0 ||
@@ -291,6 +304,24 @@ spec:
 	})
 	if err != nil {
 		t.Errorf("the IPv6 cluster IP %s answered from %v; want pods of both nodes (%s, %s)", u6, seen, web[0], remote)
+	}
+
+	// Cluster DNS answers on kube-dns's new IPv6 cluster IP (served by the
+	// nodes' listeners on their new addresses) with the Service's IPv6
+	// address.
+	dns := c.serviceIn(t, "kube-system", "kube-dns")
+	if len(dns.Spec.ClusterIPs) != 2 {
+		t.Errorf("kube-dns clusterIPs %v; want an IPv6 one added", dns.Spec.ClusterIPs)
+	} else {
+		var out []byte
+		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+			out, _ = exec.Command(harness.Bin, "exec", "--data-dir", dataDir, "client", "--", "dig", "+short", "+tries=1", "+time=2",
+				"@"+dns.Spec.ClusterIPs[1], "web.default.svc.cluster.local", "AAAA").CombinedOutput()
+			return strings.TrimSpace(string(out)) == svc.Spec.ClusterIPs[1], nil
+		})
+		if err != nil {
+			t.Errorf("dig @%s web AAAA answered %q; want %s", dns.Spec.ClusterIPs[1], out, svc.Spec.ClusterIPs[1])
+		}
 	}
 
 	stopLoop()
