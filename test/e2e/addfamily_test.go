@@ -29,7 +29,7 @@ import (
 )
 
 // addFamilyPodsPerNode is how many web pods each node runs in
-// TestRestartingTheServerAddsIPv6Live (DUET_ADDFAMILY_PODS overrides it,
+// TestRestartingTheServerAddsAFamilyLive (DUET_ADDFAMILY_PODS overrides it,
 // for the measurement at 110).
 func addFamilyPodsPerNode(t *testing.T) int {
 	if s := os.Getenv("DUET_ADDFAMILY_PODS"); s != "" {
@@ -42,22 +42,41 @@ func addFamilyPodsPerNode(t *testing.T) int {
 	return 2
 }
 
-// The upstream way to go dual-stack, live: an IPv4-only cluster's server
-// is restarted with an IPv6 range appended to --cluster-cidr and
-// --service-cluster-ip-range (duet up restarts it with the arguments of
-// server-args.json), and nothing else is restarted. Running pods gain an
-// IPv6 address in place while IPv4 traffic flows without a single failure.
-func TestRestartingTheServerAddsIPv6Live(t *testing.T) {
-	dataDir, kubeconfig := up(t, "--single-stack", "ipv4")
+// addedFamily is one direction of TestRestartingTheServerAddsAFamilyLive.
+type addedFamily struct {
+	single               string // --single-stack
+	is6                  bool   // the added family is IPv6
+	clusterCIDR, svcCIDR string // appended to the server's flags
+	underlay             func(cluster.Node) netip.Prefix
+	dnsType              string
+}
+
+// The upstream way to go dual-stack, live: a single-stack cluster's
+// server is restarted with a range of the other family appended to
+// --cluster-cidr and --service-cluster-ip-range (duet up restarts it with
+// the arguments of server-args.json), and nothing else is restarted.
+// Running pods gain an address of the new family in place while traffic
+// of the first family flows without a single failure.
+func TestRestartingTheServerAddsAFamilyLive(t *testing.T) {
+	for _, tc := range []addedFamily{
+		{"ipv4", true, "fd00:10:244::/56", "fd00:10:96::/108", func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv6, 64) }, "AAAA"},
+		{"ipv6", false, "10.244.0.0/16", "10.96.0.0/16", func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv4, 24) }, "A"},
+	} {
+		t.Run(tc.single+" to dual-stack", func(t *testing.T) { addFamilyLive(t, tc) })
+	}
+}
+
+func addFamilyLive(t *testing.T, tc addedFamily) {
+	dataDir, kubeconfig := up(t, "--single-stack", tc.single)
 	topo, _ := cluster.Plan(dataDir, 2)
 	client := clientFor(t, kubeconfig)
 	perNode := addFamilyPodsPerNode(t)
 
-	// The nodes' underlay gets its IPv6 addresses first, as an operator
-	// gives hosts IPv6 before turning a cluster dual-stack.
+	// The nodes' underlay gets addresses of the new family first, as an
+	// operator gives hosts IPv6 before turning a cluster dual-stack.
 	for _, n := range topo.Nodes {
-		if out, err := exec.Command("ip", "-n", n.NetNS, "addr", "add", netip.PrefixFrom(n.IPv6, 64).String(), "dev", "eth0", "nodad").CombinedOutput(); err != nil {
-			t.Fatalf("adding %s to %s: %v\n%s", n.IPv6, n.Name, err, out)
+		if out, err := exec.Command("ip", "-n", n.NetNS, "addr", "add", tc.underlay(n).String(), "dev", "eth0").CombinedOutput(); err != nil {
+			t.Fatalf("adding %s to %s: %v\n%s", tc.underlay(n), n.Name, err, out)
 		}
 	}
 
@@ -113,8 +132,8 @@ spec:
 		t.Fatal(err)
 	}
 	for _, p := range pods.Items {
-		if len(p.Status.PodIPs) != 1 || !netip.MustParseAddr(p.Status.PodIPs[0].IP).Is4() {
-			t.Fatalf("pod %s has podIPs %v before the change; want one IPv4 address", p.Name, p.Status.PodIPs)
+		if len(p.Status.PodIPs) != 1 || netip.MustParseAddr(p.Status.PodIPs[0].IP).Is6() == tc.is6 {
+			t.Fatalf("pod %s has podIPs %v before the change; want one address of the first family", p.Name, p.Status.PodIPs)
 		}
 		before[p.Name] = p
 	}
@@ -188,9 +207,9 @@ spec:
 	for i := range args[:len(args)-1] {
 		switch args[i] {
 		case "--cluster-cidr":
-			args[i+1] += ",fd00:10:244::/56"
+			args[i+1] += "," + tc.clusterCIDR
 		case "--service-cluster-ip-range":
-			args[i+1] += ",fd00:10:96::/108"
+			args[i+1] += "," + tc.svcCIDR
 		}
 	}
 	data, _ = json.Marshal(args)
@@ -202,7 +221,7 @@ spec:
 	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
 		return ok4.Load() >= 10, nil
 	}); err != nil {
-		t.Fatalf("the IPv4 client loop does not get answers before the change: %d answered, %d failed", ok4.Load(), failed4.Load())
+		t.Fatalf("the client loop over the first family gets no answers before the change: %d answered, %d failed", ok4.Load(), failed4.Load())
 	}
 	changed := time.Now()
 	// SIGKILL, not SIGTERM: the server's graceful stop waits a minute for
@@ -228,7 +247,7 @@ spec:
 		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("the nodes did not get an IPv6 pod CIDR: %v\n%s", err, kubectl(t, kubeconfig, "get", "nodes", "-o", "yaml"))
+		t.Fatalf("the nodes did not get a pod CIDR of the new family: %v\n%s", err, kubectl(t, kubeconfig, "get", "nodes", "-o", "yaml"))
 	}
 	var lastAt time.Time
 	after := map[string]corev1.Pod{}
@@ -247,22 +266,26 @@ spec:
 		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("within 10 s of the nodes' IPv6 pod CIDRs, not every pod had an IPv6 address: %v\n%s", err, kubectl(t, kubeconfig, "get", "pods", "-o", "wide"))
+		t.Fatalf("within 10 s of the nodes' new pod CIDRs, not every pod had an address of the new family: %v\n%s", err, kubectl(t, kubeconfig, "get", "pods", "-o", "wide"))
 	}
-	t.Logf("%d pods on 2 nodes: the server stopped to the nodes' IPv6 CIDRs %v; to the last pod's IPv6 address %v (%v after the nodes' CIDRs)",
+	t.Logf("%d pods on 2 nodes: the server stopped to the nodes' new pod CIDRs %v; to the last pod's new address %v (%v after the nodes' CIDRs)",
 		len(after), nodesAt.Sub(changed).Round(time.Millisecond), lastAt.Sub(changed).Round(time.Millisecond), lastAt.Sub(nodesAt).Round(time.Millisecond))
 
 	for name, p := range after {
 		b := before[name]
 		if p.Status.PodIPs[0].IP != b.Status.PodIP || p.Status.PodIP != b.Status.PodIP {
-			t.Errorf("pod %s: podIPs %v; want its IPv4 address %s kept first", name, p.Status.PodIPs, b.Status.PodIP)
+			t.Errorf("pod %s: podIPs %v; want its address %s kept first", name, p.Status.PodIPs, b.Status.PodIP)
 		}
 		if name == "hostnet" {
-			if want := []corev1.PodIP{{IP: topo.Nodes[1].IPv4.String()}, {IP: topo.Nodes[1].IPv6.String()}}; !slices.Equal(p.Status.PodIPs, want) {
+			want := []corev1.PodIP{{IP: topo.Nodes[1].IPv4.String()}, {IP: topo.Nodes[1].IPv6.String()}}
+			if !tc.is6 {
+				want[0], want[1] = want[1], want[0]
+			}
+			if !slices.Equal(p.Status.PodIPs, want) {
 				t.Errorf("hostNetwork pod: podIPs %v; want node2's addresses %v", p.Status.PodIPs, want)
 			}
-		} else if a := netip.MustParseAddr(p.Status.PodIPs[1].IP); !a.Is6() || !netip.MustParsePrefix("fd00:10:244::/56").Contains(a) {
-			t.Errorf("pod %s: second address %s is not of fd00:10:244::/56", name, a)
+		} else if a := netip.MustParseAddr(p.Status.PodIPs[1].IP); !netip.MustParsePrefix(tc.clusterCIDR).Contains(a) {
+			t.Errorf("pod %s: second address %s is not of %s", name, a, tc.clusterCIDR)
 		}
 		if b.UID != p.UID || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].RestartCount != 0 ||
 			p.Status.ContainerStatuses[0].ContainerID != b.Status.ContainerStatuses[0].ContainerID {
@@ -291,8 +314,8 @@ spec:
 	// cluster IP from pods of both nodes.
 	kubectl(t, kubeconfig, "patch", "svc", "web", "-p", `{"spec":{"ipFamilyPolicy":"PreferDualStack"}}`)
 	svc := c.service(t, "web")
-	if len(svc.Spec.ClusterIPs) != 2 || svc.Spec.ClusterIPs[0] != svc4 || !netip.MustParseAddr(svc.Spec.ClusterIPs[1]).Is6() {
-		t.Fatalf("the Service's clusterIPs after PreferDualStack: %v; want %s and an IPv6 address", svc.Spec.ClusterIPs, svc4)
+	if len(svc.Spec.ClusterIPs) != 2 || svc.Spec.ClusterIPs[0] != svc4 || !netip.MustParsePrefix(tc.svcCIDR).Contains(netip.MustParseAddr(svc.Spec.ClusterIPs[1])) {
+		t.Fatalf("the Service's clusterIPs after PreferDualStack: %v; want %s and one of the new family", svc.Spec.ClusterIPs, svc4)
 	}
 	u6 := urlOf(svc.Spec.ClusterIPs[1], 80, "/hostname")
 	seen := map[string]bool{}
@@ -303,7 +326,7 @@ spec:
 		return seen[web[0]] && seen[remote], nil
 	})
 	if err != nil {
-		t.Errorf("the IPv6 cluster IP %s answered from %v; want pods of both nodes (%s, %s)", u6, seen, web[0], remote)
+		t.Errorf("the new cluster IP %s answered from %v; want pods of both nodes (%s, %s)", u6, seen, web[0], remote)
 	}
 
 	// Cluster DNS answers on kube-dns's new IPv6 cluster IP (served by the
@@ -311,24 +334,24 @@ spec:
 	// address.
 	dns := c.serviceIn(t, "kube-system", "kube-dns")
 	if len(dns.Spec.ClusterIPs) != 2 {
-		t.Errorf("kube-dns clusterIPs %v; want an IPv6 one added", dns.Spec.ClusterIPs)
+		t.Errorf("kube-dns clusterIPs %v; want one of the new family added", dns.Spec.ClusterIPs)
 	} else {
 		var out []byte
 		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
 			out, _ = exec.Command(harness.Bin, "exec", "--data-dir", dataDir, "client", "--", "dig", "+short", "+tries=1", "+time=2",
-				"@"+dns.Spec.ClusterIPs[1], "web.default.svc.cluster.local", "AAAA").CombinedOutput()
+				"@"+dns.Spec.ClusterIPs[1], "web.default.svc.cluster.local", tc.dnsType).CombinedOutput()
 			return strings.TrimSpace(string(out)) == svc.Spec.ClusterIPs[1], nil
 		})
 		if err != nil {
-			t.Errorf("dig @%s web AAAA answered %q; want %s", dns.Spec.ClusterIPs[1], out, svc.Spec.ClusterIPs[1])
+			t.Errorf("dig @%s web %s answered %q; want %s", dns.Spec.ClusterIPs[1], tc.dnsType, out, svc.Spec.ClusterIPs[1])
 		}
 	}
 
 	stopLoop()
 	failures.Range(func(k, v any) bool { t.Logf("failure at %s: %s", k, v); return true })
-	t.Logf("IPv4 client loop: %d requests answered, %d failed; the kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
+	t.Logf("client loop over the first family: %d requests answered, %d failed; the kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
 	if failed4.Load() != 0 || keptBroke.Load() != 0 || ok4.Load() < 50 {
-		t.Errorf("IPv4 traffic was disturbed by the change: %d answered, %d failed, kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
+		t.Errorf("the first family's traffic was disturbed by the change: %d answered, %d failed, kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
 	}
 }
 
