@@ -121,6 +121,10 @@ func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 
 // Run runs the agent until ctx is done.
 func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) error {
+	known := cfg.InternalIPs
+	cfg.InternalIPs = withNodeFamilies(ctx, client, cfg, func(is4 bool) (netip.Addr, error) { // familyadd.go
+		return nodeAddrOfFamily(cfg.NetNS, known, is4)
+	})
 	reporter := &nodestatus.Reporter{Client: client, NodeName: cfg.NodeName, InternalIPs: cfg.InternalIPs, Version: cfg.Version}
 	dnsListeners, servesDNS := listenDNS(cfg, log)
 	reporter.Annotations = map[string]string{clusterdns.NodeAnnotation: servesDNS}

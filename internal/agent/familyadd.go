@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -355,4 +356,30 @@ func nodeAddrOfFamily(nsPath string, known []netip.Addr, is4 bool) (netip.Addr, 
 		fam = "IPv4"
 	}
 	return netip.Addr{}, fmt.Errorf("the interface holding %v has no global %s address", known, fam)
+}
+
+// withNodeFamilies returns the node's InternalIPs for an agent starting
+// on a node whose Node already has a pod CIDR of a family --node-ip lacks
+// (an agent restarted after the cluster gained the family): the node's
+// address of that family is added before the Node is registered again, so
+// that other nodes keep their routes to its pods of that family. Without
+// the Node (a new node, or the server unreachable) it returns the flag's.
+func withNodeFamilies(ctx context.Context, client kubernetes.Interface, cfg Config, find func(is4 bool) (netip.Addr, error)) []netip.Addr {
+	ips := slices.Clone(cfg.InternalIPs)
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	node, err := client.CoreV1().Nodes().Get(gctx, cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return ips
+	}
+	for _, c := range parsePrefixes(node.Spec.PodCIDRs) {
+		is4 := c.Addr().Is4()
+		if slices.ContainsFunc(ips, func(a netip.Addr) bool { return a.Is4() == is4 }) {
+			continue
+		}
+		if a, err := find(is4); err == nil {
+			ips = append(ips, a)
+		}
+	}
+	return ips
 }

@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 func node(name string, cidrs ...string) *corev1.Node {
@@ -63,5 +67,40 @@ func TestSendLatestKeepsTheNewest(t *testing.T) {
 	case v := <-c:
 		t.Errorf("a second value %d was queued", v)
 	default:
+	}
+}
+
+func TestWithNodeFamilies(t *testing.T) {
+	v4 := netip.MustParseAddr("203.0.113.11")
+	v6 := netip.MustParseAddr("2001:db8:0:1::11")
+	find := func(is4 bool) (netip.Addr, error) {
+		if is4 {
+			return netip.Addr{}, errors.New("none")
+		}
+		return v6, nil
+	}
+	cfg := Config{NodeName: "node1", InternalIPs: []netip.Addr{v4}}
+	for _, tt := range []struct {
+		name  string
+		nodes []runtime.Object
+		want  []netip.Addr
+	}{
+		{"no Node yet", nil, []netip.Addr{v4}},
+		{"a Node of the flag's family", []runtime.Object{node("node1", "10.244.1.0/24")}, []netip.Addr{v4}},
+		{"a Node that gained IPv6", []runtime.Object{node("node1", "10.244.1.0/24", "fd00:10:244:1::/64")}, []netip.Addr{v4, v6}},
+		{"another node's CIDRs do not count", []runtime.Object{node("node2", "10.244.1.0/24", "fd00:10:244:1::/64")}, []netip.Addr{v4}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := withNodeFamilies(context.Background(), fake.NewClientset(tt.nodes...), cfg, find)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+	// A family the node has no address of stays out.
+	v6cfg := Config{NodeName: "node1", InternalIPs: []netip.Addr{v6}}
+	got := withNodeFamilies(context.Background(), fake.NewClientset(node("node1", "fd00:10:244:1::/64", "10.244.1.0/24")), v6cfg, find)
+	if !slices.Equal(got, []netip.Addr{v6}) {
+		t.Errorf("got %v, want %v", got, []netip.Addr{v6})
 	}
 }

@@ -216,7 +216,7 @@ spec:
 	if err := os.WriteFile(argsFile, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	serverPID := serverPIDOf(t, dataDir)
+	serverPID := pidOf(t, dataDir, 0, "server")
 	// IPv4 traffic flows before the change too.
 	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
 		return ok4.Load() >= 10, nil
@@ -353,6 +353,82 @@ spec:
 	if failed4.Load() != 0 || keptBroke.Load() != 0 || ok4.Load() < 50 {
 		t.Errorf("the first family's traffic was disturbed by the change: %d answered, %d failed, kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
 	}
+
+	// kill -9 of node2's agent after the change (started with --node-ip
+	// of the first family only): it comes back with the node's address of
+	// the new family, and node2's pods keep both their addresses and are
+	// reachable on the new one from node1.
+	agentPID := pidOf(t, dataDir, 2, "node2")
+	if err := syscall.Kill(agentPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		if pid, ok := pidIn(dataDir, 2); !ok || pid == agentPID {
+			return false, nil
+		}
+		pods, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range pods.Items {
+			if p.Spec.NodeName != "node2" || p.Name == "hostnet" {
+				continue
+			}
+			if !slices.Equal(p.Status.PodIPs, after[p.Name].Status.PodIPs) || p.Status.Phase != corev1.PodRunning {
+				return false, nil
+			}
+			if _, err := getBody(fresh, urlOf(p.Status.PodIPs[1].IP, 8080, "/hostname")); err != nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("after kill -9 of node2's agent, its pods do not keep and answer on both addresses:\n%s", kubectl(t, kubeconfig, "get", "pods", "-o", "wide"))
+	}
+	n2, err := client.CoreV1().Nodes().Get(context.Background(), "node2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var internal []string
+	for _, a := range n2.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			internal = append(internal, a.Address)
+		}
+	}
+	if len(internal) != 2 {
+		t.Errorf("node2's InternalIPs after its agent's restart: %v; want both families", internal)
+	}
+}
+
+// pidIn is the PID duet up records at index i of up.json (0 the server,
+// then the agents in node order).
+func pidIn(dataDir string, i int) (int, bool) {
+	data, err := os.ReadFile(filepath.Join(dataDir, "up.json"))
+	if err != nil {
+		return 0, false
+	}
+	var st struct {
+		PIDs []int `json:"pids"`
+	}
+	if json.Unmarshal(data, &st) != nil || len(st.PIDs) <= i {
+		return 0, false
+	}
+	return st.PIDs[i], true
+}
+
+// pidOf is pidIn checked: the process's command line names what.
+func pidOf(t *testing.T, dataDir string, i int, what string) int {
+	t.Helper()
+	pid, ok := pidIn(dataDir, i)
+	if !ok {
+		t.Fatalf("up.json has no PID %d", i)
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if !strings.Contains(string(cmdline), what) {
+		t.Fatalf("process %d is not %s: %q", pid, what, cmdline)
+	}
+	return pid
 }
 
 func get(c *http.Client, url string) error {
@@ -374,25 +450,4 @@ func getBody(c *http.Client, url string) (string, error) {
 		return "", fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	return strings.TrimSpace(string(body)), nil
-}
-
-// serverPIDOf is the PID of duet up's server (the first process it
-// records in up.json).
-func serverPIDOf(t *testing.T, dataDir string) int {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dataDir, "up.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st struct {
-		PIDs []int `json:"pids"`
-	}
-	if err := json.Unmarshal(data, &st); err != nil || len(st.PIDs) == 0 {
-		t.Fatalf("up.json %s: %v", data, err)
-	}
-	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.PIDs[0]))
-	if !strings.Contains(string(cmdline), "server") {
-		t.Fatalf("process %d is not duet server: %q", st.PIDs[0], cmdline)
-	}
-	return st.PIDs[0]
 }
