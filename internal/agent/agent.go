@@ -33,7 +33,6 @@ import (
 
 	"github.com/duet-net/duet/internal/agent/clusterdns"
 	"github.com/duet-net/duet/internal/agent/crilog"
-	"github.com/duet-net/duet/internal/agent/masq"
 	"github.com/duet-net/duet/internal/agent/nodestatus"
 	"github.com/duet-net/duet/internal/agent/pods"
 	"github.com/duet-net/duet/internal/agent/proxy"
@@ -122,6 +121,10 @@ func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 
 // Run runs the agent until ctx is done.
 func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) error {
+	known := cfg.InternalIPs
+	cfg.InternalIPs = withNodeFamilies(ctx, client, cfg, func(is4 bool) (netip.Addr, error) { // familyadd.go
+		return nodeAddrOfFamily(cfg.NetNS, known, is4)
+	})
 	reporter := &nodestatus.Reporter{Client: client, NodeName: cfg.NodeName, InternalIPs: cfg.InternalIPs, Version: cfg.Version}
 	dnsListeners, servesDNS := listenDNS(cfg, log)
 	reporter.Annotations = map[string]string{clusterdns.NodeAnnotation: servesDNS}
@@ -161,19 +164,10 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.Recorder(corev1.EventSource{Component: "duet-agent", Host: cfg.NodeName})
 	nodeRef := &corev1.ObjectReference{Kind: "Node", Name: cfg.NodeName, UID: types.UID(cfg.NodeName)}
-	if !cfg.NoProxy {
-		plog := log.With("component", "proxy")
-		go func() {
-			err := proxy.Run(ctx, client, proxy.Options{
-				NodeName: cfg.NodeName, NetNS: cfg.NetNS, NodeIPs: cfg.InternalIPs,
-				ClusterCIDRs: cfg.ClusterCIDRs, Log: plog,
-			})
-			if err != nil {
-				plog.Error("the service proxy stopped", "err", err)
-				recorder.Eventf(nodeRef, corev1.EventTypeWarning, ReasonProxyFailed, "service proxy: %v", err)
-			}
-		}()
-	}
+	// Proxy and masquerading follow the families the cluster gains
+	// (familyadd.go).
+	fol := newFollower(client, cfg, log, reporter, recorder, nodeRef)
+	fol.start(ctx)
 	if dnsListeners != nil {
 		dlog := log.With("component", "dns")
 		go func() {
@@ -183,26 +177,6 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 			}
 		}()
 	}
-	if !cfg.NoMasq {
-		mlog := log.With("component", "masq")
-		go func() {
-			err := masq.Run(ctx, masq.Options{
-				NetNS: cfg.NetNS, ConfigPath: cfg.MasqConfig,
-				ClusterCIDRs: cfg.ClusterCIDRs, ServiceCIDRs: cfg.ServiceCIDRs, Log: mlog,
-				OnError: func(err error) {
-					recorder.Eventf(nodeRef, corev1.EventTypeWarning, ReasonMasqFailed, "egress masquerading: %v", err)
-				},
-				OnApplied: func(c masq.Config) {
-					recorder.Eventf(nodeRef, corev1.EventTypeNormal, ReasonMasqApplied, "egress masquerading: configuration in force, %d nonMasqueradeCIDRs", len(c.NonMasqueradeCIDRs))
-				},
-			})
-			if err != nil {
-				mlog.Error("egress masquerading could not start", "err", err)
-				recorder.Eventf(nodeRef, corev1.EventTypeWarning, ReasonMasqFailed, "egress masquerading could not start: %v", err)
-			}
-		}()
-	}
-
 	programmer, err := routes.NewProgrammer(cfg.NetNS)
 	if err != nil {
 		return err
@@ -224,6 +198,9 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	}); err != nil {
 		return err
 	}
+	if err := fol.watch(ctx, nodes.Informer(), nodes.Lister()); err != nil {
+		return err
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), nodes.Informer().HasSynced, services.Informer().HasSynced) {
@@ -235,7 +212,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	}
 	go wait.UntilWithContext(ctx, func(context.Context) { queue.Add("routes") }, resync)
 
-	if err := runPods(ctx, client, cfg, log, stream, services.Lister(), recorder); err != nil {
+	if err := runPods(ctx, client, cfg, log, stream, services.Lister(), recorder, fol.mgr.Store); err != nil {
 		return err
 	}
 
@@ -257,7 +234,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 // runPods starts the pod loop: it waits for the node's pod CIDRs, removes
 // what a previous run left for pods no longer here, then keeps every pod
 // bound to the node running.
-func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger, stream *streaming.Server, services corelisters.ServiceLister, recorder record.EventRecorder) error {
+func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger, stream *streaming.Server, services corelisters.ServiceLister, recorder record.EventRecorder, onManager func(*pods.Manager)) error {
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	mgr := &pods.Manager{
 		Client: client, NodeName: cfg.NodeName, NodeNS: cfg.NetNS, HostIPs: cfg.InternalIPs,
@@ -269,6 +246,7 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 		Events:        recorder,
 		ClusterDomain: cfg.ClusterDomain, ResolvConf: cfg.ResolvConf,
 	}
+	onManager(mgr)
 	if stream != nil {
 		stream.Serve(ctx, mgr)
 	}
@@ -307,18 +285,12 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 	if _, err := nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if n, ok := obj.(*corev1.Node); ok && len(n.Spec.PodCIDRs) > 0 {
-				select {
-				case podCIDRs <- parsePrefixes(n.Spec.PodCIDRs):
-				default:
-				}
+				sendLatest(podCIDRs, parsePrefixes(n.Spec.PodCIDRs))
 			}
 		},
 		UpdateFunc: func(_, obj any) {
 			if n, ok := obj.(*corev1.Node); ok && len(n.Spec.PodCIDRs) > 0 {
-				select {
-				case podCIDRs <- parsePrefixes(n.Spec.PodCIDRs):
-				default:
-				}
+				sendLatest(podCIDRs, parsePrefixes(n.Spec.PodCIDRs))
 			}
 		},
 	}); err != nil {
@@ -348,6 +320,7 @@ func runPods(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 			}
 		}
 		log.Info("node ready for pods", "podCIDRs", cidrs)
+		go followPodCIDRs(ctx, mgr, podCIDRs, log) // familyadd.go
 		factory.Start(ctx.Done())
 		if !cache.WaitForCacheSync(ctx.Done(), podInformer.Informer().HasSynced) {
 			return

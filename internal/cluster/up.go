@@ -250,10 +250,14 @@ func startServer(ctx context.Context, o Options, sup *supervisor, serviceRange, 
 	if o.LBPools != "" {
 		serverArgs = append(serverArgs, "--load-balancer-ip-pool", o.LBPools)
 	}
+	if err := writeServerArgs(o.DataDir, serverArgs); err != nil {
+		return nil, err
+	}
 	server, err := sup.start("the control plane", o.Binary, filepath.Join(o.DataDir, "logs", "server.log"), serverArgs...)
 	if err != nil {
 		return nil, err
 	}
+	sup.argsFile(server, filepath.Join(o.DataDir, ServerArgsFile))
 	return waitForServer(ctx, kubeconfig, server)
 
 }
@@ -288,6 +292,20 @@ type child struct {
 	name string
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
+	// args is read again at each restart when set (ServerArgsFile).
+	args string
+}
+
+// argsFile makes the supervisor restart cmd with the arguments recorded
+// at path.
+func (s *supervisor) argsFile(cmd *exec.Cmd, path string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.children {
+		if c.cmd == cmd {
+			c.args = path
+		}
+	}
 }
 
 func (s *supervisor) start(name, binary, logFile string, args ...string) (*exec.Cmd, error) {
@@ -316,6 +334,16 @@ func (s *supervisor) watch(c *child, binary, logFile string, args []string) {
 		}
 		s.say("%s exited (%v); restarting it (log: %s)", c.name, err, logFile)
 		time.Sleep(time.Second) // do not spin on a process that cannot start
+		s.mu.Lock()
+		argsPath := c.args
+		s.mu.Unlock()
+		if argsPath != "" {
+			if recorded, rerr := readServerArgs(argsPath); rerr != nil {
+				s.say("%s: %v; restarting with the previous arguments", c.name, rerr)
+			} else {
+				args = recorded
+			}
+		}
 		cmd, serr := spawn(binary, logFile, args...)
 		s.mu.Lock()
 		if s.stopping || serr != nil {

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/netip"
 	"runtime"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -37,7 +38,8 @@ const (
 type Reporter struct {
 	Client      kubernetes.Interface
 	NodeName    string
-	InternalIPs []netip.Addr // one per family, primary first
+	InternalIPs []netip.Addr // one per family, primary first; SetInternalIPs changes them
+	ipsMu       sync.Mutex
 	Labels      map[string]string
 	Version     string // reported as the kubelet version
 	// DaemonPort is where the agent serves the API server (exec, logs),
@@ -113,7 +115,7 @@ func (r *Reporter) UpdateStatus(ctx context.Context, node *corev1.Node) (*corev1
 	n := node.DeepCopy()
 	now := metav1.NewTime(r.now())
 	n.Status.Addresses = nil
-	for _, ip := range r.InternalIPs {
+	for _, ip := range r.internalIPs() {
 		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip.String()})
 	}
 	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: r.NodeName})

@@ -179,12 +179,18 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	if err := m.network().EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
 		return fmt.Errorf("preparing the node's bridge: %w", err)
 	}
-	if m.podCIDRs != nil {
+	added := appendsFamily(m.podCIDRs, cidrs)
+	if added {
+		m.Log.Info("the node gained a pod CIDR of a new family; running pods get an address of it in place", "old", m.podCIDRs, "new", cidrs)
+	} else if m.podCIDRs != nil {
 		m.Log.Warn("the node's pod CIDRs changed; running pods keep their addresses", "old", m.podCIDRs, "new", cidrs)
 	}
 	m.podCIDRs, m.podRanges = slices.Clone(cidrs), ranges
 	if m.running == nil {
 		m.running = map[types.UID]*podRun{}
+	}
+	if added {
+		m.pokeRunningLocked() // addfamily.go
 	}
 	return nil
 }
@@ -240,6 +246,9 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 		}
 	} else {
 		run.volumes.podChanged(pod)
+		if err := m.ensureFamilies(ctx, pod, run); err != nil {
+			return err
+		}
 	}
 	return m.reportStatus(ctx, pod, run)
 }
@@ -257,7 +266,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		owner := podAttachment(pod.UID)
 		err = m.withPodIPs(func(p *alloc.PodIPs) error {
 			var err error
-			addrs, err = p.Reserve(owner, nil)
+			addrs, err = p.Reserve(owner, heldInRange(p, owner))
 			return err
 		})
 		if err != nil {

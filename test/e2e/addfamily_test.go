@@ -1,0 +1,453 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/test/harness"
+)
+
+// addFamilyPodsPerNode is how many web pods each node runs in
+// TestRestartingTheServerAddsAFamilyLive (DUET_ADDFAMILY_PODS overrides it,
+// for the measurement at 110).
+func addFamilyPodsPerNode(t *testing.T) int {
+	if s := os.Getenv("DUET_ADDFAMILY_PODS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 110 {
+			t.Fatalf("DUET_ADDFAMILY_PODS=%q: want 1 to 110", s)
+		}
+		return n
+	}
+	return 2
+}
+
+// addedFamily is one direction of TestRestartingTheServerAddsAFamilyLive.
+type addedFamily struct {
+	single               string // --single-stack
+	is6                  bool   // the added family is IPv6
+	clusterCIDR, svcCIDR string // appended to the server's flags
+	underlay             func(cluster.Node) netip.Prefix
+	dnsType              string
+}
+
+// The upstream way to go dual-stack, live: a single-stack cluster's
+// server is restarted with a range of the other family appended to
+// --cluster-cidr and --service-cluster-ip-range (duet up restarts it with
+// the arguments of server-args.json), and nothing else is restarted.
+// Running pods gain an address of the new family in place while traffic
+// of the first family flows without a single failure.
+func TestRestartingTheServerAddsAFamilyLive(t *testing.T) {
+	for _, tc := range []addedFamily{
+		{"ipv4", true, "fd00:10:244::/56", "fd00:10:96::/108", func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv6, 64) }, "AAAA"},
+		{"ipv6", false, "10.244.0.0/16", "10.96.0.0/16", func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv4, 24) }, "A"},
+	} {
+		t.Run(tc.single+" to dual-stack", func(t *testing.T) { addFamilyLive(t, tc) })
+	}
+}
+
+func addFamilyLive(t *testing.T, tc addedFamily) {
+	dataDir, kubeconfig := up(t, "--single-stack", tc.single)
+	topo, _ := cluster.Plan(dataDir, 2)
+	client := clientFor(t, kubeconfig)
+	perNode := addFamilyPodsPerNode(t)
+
+	// The nodes' underlay gets addresses of the new family first, as an
+	// operator gives hosts IPv6 before turning a cluster dual-stack.
+	for _, n := range topo.Nodes {
+		if out, err := exec.Command("ip", "-n", n.NetNS, "addr", "add", tc.underlay(n).String(), "dev", "eth0").CombinedOutput(); err != nil {
+			t.Fatalf("adding %s to %s: %v\n%s", tc.underlay(n), n.Name, err, out)
+		}
+	}
+
+	var manifest strings.Builder
+	var web []string
+	for i, n := range topo.Nodes {
+		for j := range perNode {
+			name := fmt.Sprintf("web-%d-%d", i+1, j)
+			web = append(web, name)
+			fmt.Fprintf(&manifest, `---
+apiVersion: v1
+kind: Pod
+metadata: {name: %s, labels: {app: web}}
+spec:
+  nodeSelector: {kubernetes.io/hostname: %s}
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "8080"], ports: [{name: http, containerPort: 8080}]}]
+`, name, n.Name)
+		}
+	}
+	manifest.WriteString(`---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node2}
+  hostNetwork: true
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "18080"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node1}
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "8080"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+`)
+	file := filepath.Join(t.TempDir(), "web.yaml")
+	if err := os.WriteFile(file, []byte(manifest.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, kubeconfig, "apply", "-f", file)
+	kubectl(t, kubeconfig, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=900s")
+
+	before := map[string]corev1.Pod{}
+	pods, err := client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if len(p.Status.PodIPs) != 1 || netip.MustParseAddr(p.Status.PodIPs[0].IP).Is6() == tc.is6 {
+			t.Fatalf("pod %s has podIPs %v before the change; want one address of the first family", p.Name, p.Status.PodIPs)
+		}
+		before[p.Name] = p
+	}
+	nsOf := func(name string) string {
+		p := before[name]
+		i := slices.IndexFunc(topo.Nodes, func(n cluster.Node) bool { return n.Name == p.Spec.NodeName })
+		path, err := sandbox.NetNSPath(cluster.NetNSPath(topo.Nodes[i].NetNS), string(p.UID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	c := &servicesCluster{dataDir: dataDir, kubeconfig: kubeconfig, pods: map[string][]string{}, topo: topo}
+	for name, p := range before {
+		c.pods[name] = []string{p.Status.PodIP}
+	}
+	c.waitSlices(t, "web", web...)
+	svc4 := c.service(t, "web").Spec.ClusterIPs[0]
+	remote := web[len(web)-1] // a pod of node2; the client is on node1
+
+	// The client loop over IPv4, from the client pod: new connections to
+	// the cluster IP and to a pod of the other node, and one kept-alive
+	// connection to that pod that must survive the change.
+	fresh := podClient(t, nsOf("client"), false)
+	kept := podClient(t, nsOf("client"), true)
+	var ok4, failed4, keptBroke atomic.Int64
+	var failures sync.Map
+	stop := make(chan struct{})
+	var loop sync.WaitGroup
+	loop.Add(1)
+	go func() {
+		defer loop.Done()
+		urls := []string{urlOf(svc4, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")}
+		keptURL := urlOf(before[remote].Status.PodIP, 8080, "/clientip")
+		first := true
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			u := urls[i%len(urls)]
+			if err := get(fresh, u); err != nil {
+				failed4.Add(1)
+				failures.Store(time.Now().Format("15:04:05.000")+" "+u, err.Error())
+			} else {
+				ok4.Add(1)
+			}
+			_, reused, err := clientIP(kept, keptURL)
+			if err != nil || (!reused && !first) {
+				keptBroke.Add(1)
+				failures.Store(time.Now().Format("15:04:05.000")+" kept-alive", fmt.Sprint(err, " reused=", reused))
+			}
+			first = false
+		}
+	}()
+	stopLoop := sync.OnceFunc(func() { close(stop); loop.Wait() })
+	defer stopLoop()
+
+	// The change: server-args.json gets the IPv6 ranges appended, and the
+	// server is stopped; duet up restarts it with them.
+	argsFile := filepath.Join(dataDir, cluster.ServerArgsFile)
+	data, err := os.ReadFile(argsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	if err := json.Unmarshal(data, &args); err != nil {
+		t.Fatal(err)
+	}
+	for i := range args[:len(args)-1] {
+		switch args[i] {
+		case "--cluster-cidr":
+			args[i+1] += "," + tc.clusterCIDR
+		case "--service-cluster-ip-range":
+			args[i+1] += "," + tc.svcCIDR
+		}
+	}
+	data, _ = json.Marshal(args)
+	if err := os.WriteFile(argsFile, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serverPID := pidOf(t, dataDir, 0, "server")
+	// IPv4 traffic flows before the change too.
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return ok4.Load() >= 10, nil
+	}); err != nil {
+		t.Fatalf("the client loop over the first family gets no answers before the change: %d answered, %d failed", ok4.Load(), failed4.Load())
+	}
+	changed := time.Now()
+	// SIGKILL, not SIGTERM: the server's graceful stop waits a minute for
+	// the agents' watches to end, which only slows the test down; a
+	// kill -9 in the middle of its work must be survived anyway.
+	if err := syscall.Kill(serverPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+
+	// The Nodes get their IPv6 pod CIDRs once the server is back.
+	var nodesAt time.Time
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil // the server restarts
+		}
+		for _, n := range nodes.Items {
+			if len(n.Spec.PodCIDRs) != 2 {
+				return false, nil
+			}
+		}
+		nodesAt = time.Now()
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("the nodes did not get a pod CIDR of the new family: %v\n%s", err, kubectl(t, kubeconfig, "get", "nodes", "-o", "yaml"))
+	}
+	var lastAt time.Time
+	after := map[string]corev1.Pod{}
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		pods, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range pods.Items {
+			if len(p.Status.PodIPs) != 2 {
+				return false, nil
+			}
+			after[p.Name] = p
+		}
+		lastAt = time.Now()
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("within 10 s of the nodes' new pod CIDRs, not every pod had an address of the new family: %v\n%s", err, kubectl(t, kubeconfig, "get", "pods", "-o", "wide"))
+	}
+	t.Logf("%d pods on 2 nodes: the server stopped to the nodes' new pod CIDRs %v; to the last pod's new address %v (%v after the nodes' CIDRs)",
+		len(after), nodesAt.Sub(changed).Round(time.Millisecond), lastAt.Sub(changed).Round(time.Millisecond), lastAt.Sub(nodesAt).Round(time.Millisecond))
+
+	for name, p := range after {
+		b := before[name]
+		if p.Status.PodIPs[0].IP != b.Status.PodIP || p.Status.PodIP != b.Status.PodIP {
+			t.Errorf("pod %s: podIPs %v; want its address %s kept first", name, p.Status.PodIPs, b.Status.PodIP)
+		}
+		if name == "hostnet" {
+			want := []corev1.PodIP{{IP: topo.Nodes[1].IPv4.String()}, {IP: topo.Nodes[1].IPv6.String()}}
+			if !tc.is6 {
+				want[0], want[1] = want[1], want[0]
+			}
+			if !slices.Equal(p.Status.PodIPs, want) {
+				t.Errorf("hostNetwork pod: podIPs %v; want node2's addresses %v", p.Status.PodIPs, want)
+			}
+		} else if a := netip.MustParseAddr(p.Status.PodIPs[1].IP); !netip.MustParsePrefix(tc.clusterCIDR).Contains(a) {
+			t.Errorf("pod %s: second address %s is not of %s", name, a, tc.clusterCIDR)
+		}
+		if b.UID != p.UID || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].RestartCount != 0 ||
+			p.Status.ContainerStatuses[0].ContainerID != b.Status.ContainerStatuses[0].ContainerID {
+			t.Errorf("pod %s was restarted: container %+v, was %+v", name, p.Status.ContainerStatuses, b.Status.ContainerStatuses)
+		}
+	}
+
+	// Every pod answers on its IPv6 address across nodes: from the client
+	// on node1 and from a pod on node2.
+	from2 := podClient(t, nsOf(remote), false)
+	for _, name := range web {
+		u := urlOf(after[name].Status.PodIPs[1].IP, 8080, "/hostname")
+		for _, cl := range []*http.Client{fresh, from2} {
+			var got string
+			err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+				got, err = getBody(cl, u)
+				return err == nil && got == name, nil
+			})
+			if err != nil {
+				t.Errorf("%s answered %q, %v; want %s", u, got, err, name)
+			}
+		}
+	}
+
+	// The Service, switched to PreferDualStack, answers on its new IPv6
+	// cluster IP from pods of both nodes.
+	kubectl(t, kubeconfig, "patch", "svc", "web", "-p", `{"spec":{"ipFamilyPolicy":"PreferDualStack"}}`)
+	svc := c.service(t, "web")
+	if len(svc.Spec.ClusterIPs) != 2 || svc.Spec.ClusterIPs[0] != svc4 || !netip.MustParsePrefix(tc.svcCIDR).Contains(netip.MustParseAddr(svc.Spec.ClusterIPs[1])) {
+		t.Fatalf("the Service's clusterIPs after PreferDualStack: %v; want %s and one of the new family", svc.Spec.ClusterIPs, svc4)
+	}
+	u6 := urlOf(svc.Spec.ClusterIPs[1], 80, "/hostname")
+	seen := map[string]bool{}
+	err = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+		if name, err := getBody(fresh, u6); err == nil {
+			seen[name] = true
+		}
+		return seen[web[0]] && seen[remote], nil
+	})
+	if err != nil {
+		t.Errorf("the new cluster IP %s answered from %v; want pods of both nodes (%s, %s)", u6, seen, web[0], remote)
+	}
+
+	// Cluster DNS answers on kube-dns's new IPv6 cluster IP (served by the
+	// nodes' listeners on their new addresses) with the Service's IPv6
+	// address.
+	dns := c.serviceIn(t, "kube-system", "kube-dns")
+	if len(dns.Spec.ClusterIPs) != 2 {
+		t.Errorf("kube-dns clusterIPs %v; want one of the new family added", dns.Spec.ClusterIPs)
+	} else {
+		var out []byte
+		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+			out, _ = exec.Command(harness.Bin, "exec", "--data-dir", dataDir, "client", "--", "dig", "+short", "+tries=1", "+time=2",
+				"@"+dns.Spec.ClusterIPs[1], "web.default.svc.cluster.local", tc.dnsType).CombinedOutput()
+			return strings.TrimSpace(string(out)) == svc.Spec.ClusterIPs[1], nil
+		})
+		if err != nil {
+			t.Errorf("dig @%s web %s answered %q; want %s", dns.Spec.ClusterIPs[1], tc.dnsType, out, svc.Spec.ClusterIPs[1])
+		}
+	}
+
+	stopLoop()
+	failures.Range(func(k, v any) bool { t.Logf("failure at %s: %s", k, v); return true })
+	t.Logf("client loop over the first family: %d requests answered, %d failed; the kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
+	if failed4.Load() != 0 || keptBroke.Load() != 0 || ok4.Load() < 50 {
+		t.Errorf("the first family's traffic was disturbed by the change: %d answered, %d failed, kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
+	}
+
+	// kill -9 of node2's agent after the change (started with --node-ip
+	// of the first family only): it comes back with the node's address of
+	// the new family, and node2's pods keep both their addresses and are
+	// reachable on the new one from node1.
+	agentPID := pidOf(t, dataDir, 2, "node2")
+	if err := syscall.Kill(agentPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		if pid, ok := pidIn(dataDir, 2); !ok || pid == agentPID {
+			return false, nil
+		}
+		pods, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range pods.Items {
+			if p.Spec.NodeName != "node2" || p.Name == "hostnet" {
+				continue
+			}
+			if !slices.Equal(p.Status.PodIPs, after[p.Name].Status.PodIPs) || p.Status.Phase != corev1.PodRunning {
+				return false, nil
+			}
+			if _, err := getBody(fresh, urlOf(p.Status.PodIPs[1].IP, 8080, "/hostname")); err != nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("after kill -9 of node2's agent, its pods do not keep and answer on both addresses:\n%s", kubectl(t, kubeconfig, "get", "pods", "-o", "wide"))
+	}
+	n2, err := client.CoreV1().Nodes().Get(context.Background(), "node2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var internal []string
+	for _, a := range n2.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			internal = append(internal, a.Address)
+		}
+	}
+	if len(internal) != 2 {
+		t.Errorf("node2's InternalIPs after its agent's restart: %v; want both families", internal)
+	}
+}
+
+// pidIn is the PID duet up records at index i of up.json (0 the server,
+// then the agents in node order).
+func pidIn(dataDir string, i int) (int, bool) {
+	data, err := os.ReadFile(filepath.Join(dataDir, "up.json"))
+	if err != nil {
+		return 0, false
+	}
+	var st struct {
+		PIDs []int `json:"pids"`
+	}
+	if json.Unmarshal(data, &st) != nil || len(st.PIDs) <= i {
+		return 0, false
+	}
+	return st.PIDs[i], true
+}
+
+// pidOf is pidIn checked: the process's command line names what.
+func pidOf(t *testing.T, dataDir string, i int, what string) int {
+	t.Helper()
+	pid, ok := pidIn(dataDir, i)
+	if !ok {
+		t.Fatalf("up.json has no PID %d", i)
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if !strings.Contains(string(cmdline), what) {
+		t.Fatalf("process %d is not %s: %q", pid, what, cmdline)
+	}
+	return pid
+}
+
+func get(c *http.Client, url string) error {
+	_, err := getBody(c, url)
+	return err
+}
+
+func getBody(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return strings.TrimSpace(string(body)), nil
+}
