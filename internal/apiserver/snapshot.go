@@ -1,9 +1,12 @@
 package apiserver
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -110,6 +113,9 @@ func RestoreSnapshot(file, dataDir, bindAddress string) (SnapshotStatus, error) 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return SnapshotStatus{}, err
 	}
+	if err := checkSnapshotHash(file); err != nil {
+		return SnapshotStatus{}, err
+	}
 	lg := zap.NewNop()
 	st, err := snapshot.NewV3(lg).Status(file)
 	if err != nil {
@@ -154,4 +160,36 @@ func RestoreSnapshot(file, dataDir, bindAddress string) (SnapshotStatus, error) 
 		return SnapshotStatus{}, fmt.Errorf("restoring %s: %w", file, err)
 	}
 	return SnapshotStatus{Revision: st.Revision, TotalKeys: st.TotalKey, TotalSize: st.TotalSize}, nil
+}
+
+// checkSnapshotHash checks the SHA-256 that etcd appends to a snapshot
+// (the file is then 32 bytes past a multiple of 512) before anything reads
+// the database: bbolt's own checks of a damaged file panic, in goroutines
+// of their own, instead of returning an error.
+func checkSnapshotHash(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("reading the snapshot: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("reading the snapshot: %w", err)
+	}
+	size := fi.Size()
+	if size%512 != sha256.Size {
+		return fmt.Errorf("restoring %s: it carries no checksum (%d bytes, not a multiple of 512 plus 32): not a snapshot of duet snapshot save, or cut short", file, size)
+	}
+	h := sha256.New()
+	if _, err := io.CopyN(h, f, size-sha256.Size); err != nil {
+		return fmt.Errorf("reading the snapshot %s: %w", file, err)
+	}
+	want := make([]byte, sha256.Size)
+	if _, err := io.ReadFull(f, want); err != nil {
+		return fmt.Errorf("reading the snapshot %s: %w", file, err)
+	}
+	if !bytes.Equal(h.Sum(nil), want) {
+		return fmt.Errorf("restoring %s: its checksum does not match its content: the file is damaged", file)
+	}
+	return nil
 }
