@@ -78,6 +78,9 @@ type cluster struct {
 	allocs []*alloc.NodeCIDRs
 	events *events
 	ctrl   *Controller
+	// startInformers starts the informers, at the first run: reactors a
+	// test prepends before then race with nothing.
+	startInformers func()
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -122,7 +125,7 @@ func newCluster(t *testing.T, clusterCIDR string, masks netaddr.NodeMaskFlags, s
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	factory.Start(ctx.Done())
+	c.startInformers = func() { factory.Start(ctx.Done()) }
 	t.Cleanup(func() {
 		cancel()
 		factory.Shutdown()
@@ -132,6 +135,7 @@ func newCluster(t *testing.T, clusterCIDR string, masks netaddr.NodeMaskFlags, s
 
 // run starts the controller; it is stopped when the test ends.
 func (c *cluster) run() {
+	c.startInformers()
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel, c.done = cancel, make(chan struct{})
 	go func() {
