@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,15 +16,6 @@ import (
 )
 
 // mountCount is the number of mounts in the test's own mount table.
-func mountCount(t *testing.T) int {
-	t.Helper()
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Count(string(data), "\n")
-}
-
 func enter(t *testing.T, r *Root, container, script string) string {
 	t.Helper()
 	args := append(r.EnterArgs(container), "--", "sh", "-c", script)
@@ -40,7 +32,7 @@ func enter(t *testing.T, r *Root, container, script string) string {
 func TestWorldIsThePodsAndLeavesNothing(t *testing.T) {
 	roottest.Require(t, "nsenter", "sh")
 	state := t.TempDir()
-	before := mountCount(t)
+	before := mountTable(t)
 	hostHosts, err := os.ReadFile("/etc/hosts")
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +102,7 @@ func TestWorldIsThePodsAndLeavesNothing(t *testing.T) {
 	if err := RemoveAll(state); err != nil {
 		t.Fatal(err)
 	}
-	if after := mountCount(t); after != before {
-		t.Errorf("%d mounts before, %d after RemoveAll", before, after)
+	if after := mountTable(t); !slices.Equal(after, before) {
+		t.Errorf("the mount table changed:\nbefore:\n%s\nafter RemoveAll:\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
 	}
 }
