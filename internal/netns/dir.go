@@ -45,7 +45,7 @@ func ensureDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("namespace directory: %w", err)
 	}
-	unlock, err := lockDir(real)
+	unlock, err := LockDir(real)
 	if err != nil {
 		return err
 	}
@@ -73,10 +73,11 @@ func ensureDir(dir string) error {
 	return nil
 }
 
-// lockDir takes the lock that serialises ensureDir across processes: an
+// LockDir takes the lock that serialises, across processes, making dir a
+// mount point of its own (ensureDir here, podroot's pin directories): an
 // flock on .NAME.duet-lock beside the directory (inside it, `ip netns list`
 // would list the lock file as a namespace).
-func lockDir(dir string) (unlock func(), err error) {
+func LockDir(dir string) (unlock func(), err error) {
 	path := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".duet-lock")
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
 	if err != nil {

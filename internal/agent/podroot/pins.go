@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/duet-net/duet/internal/netns"
 )
 
 // pinDirs remembers the pin directories this process made private mounts.
@@ -32,21 +33,11 @@ func ensurePinDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("pin directory: %w", err)
 	}
-	lock := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".lock")
-	fd, err := unix.Open(lock, unix.O_RDONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	unlock, err := netns.LockDir(dir)
 	if err != nil {
-		return &os.PathError{Op: "open lock file", Path: lock, Err: err}
+		return err
 	}
-	defer unix.Close(fd)
-	for {
-		err = unix.Flock(fd, unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		return &os.PathError{Op: "lock", Path: lock, Err: err}
-	}
+	defer unlock()
 	err = unix.Mount("", dir, "none", unix.MS_PRIVATE, "")
 	if errors.Is(err, unix.EINVAL) {
 		if err := unix.Mount(dir, dir, "none", unix.MS_BIND, ""); err != nil {
