@@ -21,10 +21,11 @@ func BenchmarkDeployment(b *testing.B) {
 		b.StopTimer()
 		srv := StartServer(b, ServerOptions{ServiceRanges: "10.96.0.0/16,fd00:10:96::/108", ClusterCIDR: "10.244.0.0/16,fd00:10:244::/56"})
 		ctx := context.Background()
+		// Nodes that report Ready and renew their Leases, as agents do: the
+		// node lifecycle controller taints silent ones, and the scheduler
+		// then passes them over.
 		for n := range 3 {
-			if _, err := srv.Client.CoreV1().Nodes().Create(ctx, newNode(fmt.Sprintf("b%d", n)), metav1.CreateOptions{}); err != nil {
-				b.Fatal(err)
-			}
+			startFakeAgent(b, srv.Client, fmt.Sprintf("b%d", n), nil)
 		}
 		ns := fmt.Sprintf("bench-%d", i)
 		startKubelet(b, srv.Client, testNamespace(b, srv, ns), nil)
