@@ -78,31 +78,37 @@ type Pair struct {
 // given (IPs and DNS names), a client certificate for the user and groups
 // otherwise.
 func (ca *CA) Issue(commonName string, groups []string, hosts []string, server bool) (Pair, error) {
+	if !server {
+		return ca.sign(pkix.Name{CommonName: commonName, Organization: groups}, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, "certificate")
+	}
+	return ca.sign(pkix.Name{CommonName: commonName, Organization: groups}, hosts, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, "certificate")
+}
+
+// sign issues a leaf certificate with a new P-256 key for subject, valid
+// for hosts (IPs and DNS names) and the given uses; what names it in errors.
+func (ca *CA) sign(subject pkix.Name, hosts []string, usages []x509.ExtKeyUsage, what string) (Pair, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return Pair{}, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: commonName, Organization: groups},
+		Subject:      subject,
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  usages,
 	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		for _, h := range hosts {
-			if ip := net.ParseIP(h); ip != nil {
-				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-			} else {
-				tmpl.DNSNames = append(tmpl.DNSNames, h)
-			}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {
-		return Pair{}, fmt.Errorf("issuing certificate for %s: %w", commonName, err)
+		return Pair{}, fmt.Errorf("issuing %s for %s: %w", what, subject.CommonName, err)
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
