@@ -29,16 +29,10 @@ duet server --leave instead.`,
 		Short: "List the members",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dirs, err := cluster.ServerDataDirs(dataDir)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, d := range dirs {
+			return firstServer(dataDir, func(d cluster.ServerDir) error {
 				members, err := apiserver.ListMembers(cmd.Context(), d.Dir, d.Dial)
 				if err != nil {
-					errs = append(errs, err)
-					continue
+					return err
 				}
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "ID\tNAME\tPEER URLS\tROLE")
@@ -57,8 +51,7 @@ duet server --leave instead.`,
 					fmt.Fprintf(w, "%x\t%s\t%s\t%s\n", m.ID, name, strings.Join(m.PeerURLs, ","), role)
 				}
 				return w.Flush()
-			}
-			return errors.Join(errs...)
+			})
 		},
 	}
 	remove := &cobra.Command{
@@ -66,21 +59,14 @@ duet server --leave instead.`,
 		Short: "Remove the member NAME (or hex ID), whose server is gone for good",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dirs, err := cluster.ServerDataDirs(dataDir)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, d := range dirs {
+			return firstServer(dataDir, func(d cluster.ServerDir) error {
 				m, err := apiserver.RemoveMember(cmd.Context(), d.Dir, args[0], d.Dial)
 				if err != nil {
-					errs = append(errs, err)
-					continue
+					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "removed member %s (%x)\n", m.Name, m.ID)
 				return nil
-			}
-			return errors.Join(errs...)
+			})
 		},
 	}
 	for _, c := range []*cobra.Command{list, remove} {
@@ -89,4 +75,23 @@ duet server --leave instead.`,
 		cmd.AddCommand(c)
 	}
 	return cmd
+}
+
+// firstServer runs try on the servers of the cluster in dataDir in turn
+// until one succeeds (the others may be down); it returns every failure
+// when none does.
+func firstServer(dataDir string, try func(cluster.ServerDir) error) error {
+	dirs, err := cluster.ServerDataDirs(dataDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range dirs {
+		err := try(d)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,20 +31,14 @@ repair loops reconcile what changed since.`,
 		Short: "Write a snapshot of the running cluster's etcd to FILE",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dirs, err := cluster.ServerDataDirs(dataDir)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, d := range dirs {
+			return firstServer(dataDir, func(d cluster.ServerDir) error {
 				version, err := apiserver.SaveSnapshot(cmd.Context(), d.Dir, args[0], d.Dial)
-				if err == nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "snapshot of %s (etcd %s) saved to %s\n", d.Dir, version, args[0])
-					return nil
+				if err != nil {
+					return err
 				}
-				errs = append(errs, err)
-			}
-			return errors.Join(errs...)
+				fmt.Fprintf(cmd.OutOrStdout(), "snapshot of %s (etcd %s) saved to %s\n", d.Dir, version, args[0])
+				return nil
+			})
 		},
 	}
 	var bind string
