@@ -57,7 +57,12 @@ type entry struct {
 	stop     chan struct{}
 	// frozen is the immutable object seen last, once the watch stopped.
 	frozen runtime.Object
-	users  map[*registration]bool
+	// seen is set by the first event. The informer's store holds an object
+	// before its handlers hear of it, but the FIFO counts the first listing
+	// synced only after they return: a registration told of the listing
+	// must be able to read it before HasSynced says so.
+	seen  bool
+	users map[*registration]bool
 }
 
 type registration struct{ notify func() }
@@ -152,6 +157,7 @@ func (w *Watcher) changed(ref Ref, e *entry, obj any, deleted bool) {
 		e.frozen = o
 		e.halt()
 	}
+	e.seen = true
 	notify := make([]func(), 0, len(e.users))
 	for reg := range e.users {
 		notify = append(notify, reg.notify)
@@ -179,8 +185,9 @@ func (w *Watcher) get(ref Ref) (obj any, known bool) {
 	w.mu.Lock()
 	e, ok := w.objs[ref]
 	var frozen runtime.Object
+	var seen bool
 	if ok {
-		frozen = e.frozen
+		frozen, seen = e.frozen, e.seen
 	}
 	w.mu.Unlock()
 	switch {
@@ -188,7 +195,7 @@ func (w *Watcher) get(ref Ref) (obj any, known bool) {
 		return nil, false
 	case frozen != nil:
 		return frozen, true
-	case !e.informer.HasSynced():
+	case !seen && !e.informer.HasSynced():
 		return nil, false
 	}
 	obj, exists, err := e.informer.GetStore().GetByKey(ref.Namespace + "/" + ref.Name)
