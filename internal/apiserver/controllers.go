@@ -25,6 +25,7 @@ import (
 	"github.com/duet-net/duet/internal/controller/endpoints"
 	"github.com/duet-net/duet/internal/controller/endpointslice"
 	"github.com/duet-net/duet/internal/controller/events"
+	"github.com/duet-net/duet/internal/controller/familydrop"
 	"github.com/duet-net/duet/internal/controller/kubedns"
 	"github.com/duet-net/duet/internal/controller/lbipam"
 	"github.com/duet-net/duet/internal/controller/namespace"
@@ -211,7 +212,7 @@ func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config
 	dns := kubedns.New(client, factory.Core().V1().Nodes(), factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices(), s.cfg.ServiceRanges)
 	wg.Go(func() { dns.Run(ctx) })
 	if len(s.cfg.LBPools) > 0 {
-		lbStore, err := etcdstore.New(s.etcdClient, "/duet/allocations/lbips/")
+		lbStore, err := etcdstore.New(s.etcdClient, lbIPsPrefix)
 		if err == nil {
 			var lb *lbipam.Controller
 			lb, err = lbipam.New(client, factory.Core().V1().Services(), s.cfg.LBPools, lbStore, recorder(lbipam.ControllerName))
@@ -223,6 +224,7 @@ func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config
 			klog.ErrorS(err, "starting load balancer IPAM")
 		}
 	}
+	wg.Go(func() { s.familyDrop(client, store, recorder(familydrop.ControllerName)).Run(ctx) })
 	runWorkloads := workloadControllers(ctx, loopback, client, factory)
 	factory.Start(ctx.Done())
 	runWorkloads(&wg)

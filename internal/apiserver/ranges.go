@@ -8,15 +8,19 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	corev1 "k8s.io/api/core/v1"
 
+	"github.com/duet-net/duet/internal/apis/core"
+	"github.com/duet-net/duet/internal/controller/familydrop"
+	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/netaddr"
 )
 
 // rangesKey holds the service ranges and cluster CIDRs the cluster last
 // ran with, so that a server restarted on the same etcd with other ones
-// can tell an added family (allowed: the upstream way to go dual-stack)
-// from a changed primary family (refused: every stored Service, Node and
-// Pod has its primary address of that family).
+// can tell an added or dropped secondary family (allowed: the upstream way
+// to go dual-stack and back) from a changed primary family (refused: every
+// stored Service, Node and Pod has its primary address of that family).
 const rangesKey = "/duet/cluster-ranges"
 
 // rangesRecord is the value at rangesKey, primary first.
@@ -26,8 +30,10 @@ type rangesRecord struct {
 }
 
 // checkRangeChange says whether a cluster that ran with old may run with
-// now: the same families, or a second family appended; never another
-// primary family, nor a family dropped.
+// now, each flag on its own as Kubernetes' flags are: the same families, a
+// second family appended, or the second family dropped (the reconcile of
+// internal/controller/familydrop then takes it out of every object);
+// never another primary family, nor no range at all.
 func checkRangeChange(old, now rangesRecord) error {
 	for _, l := range []struct {
 		flag     string
@@ -41,18 +47,59 @@ func checkRangeChange(old, now rangesRecord) error {
 		}
 		oldFam := netaddr.FamilyOf(l.old[0].Addr())
 		if len(l.now) == 0 {
-			return fmt.Errorf("%s: the cluster ran with %v; it cannot lose its ranges", l.flag, l.old)
+			return fmt.Errorf("%s: the cluster ran with %v; it cannot lose its ranges (to drop the %s family, keep only %s)",
+				l.flag, l.old, netaddr.FamilyOf(l.old[len(l.old)-1].Addr()), l.old[0])
 		}
 		if f := netaddr.FamilyOf(l.now[0].Addr()); f != oldFam {
-			return fmt.Errorf("%s: the primary family cannot change: the cluster ran with %v (%s primary), now %v (%s primary); to add a family, append it after %s",
-				l.flag, l.old, oldFam, l.now, f, l.old[0])
-		}
-		if len(l.old) == 2 && len(l.now) == 1 {
-			return fmt.Errorf("%s: the cluster ran dual-stack with %v; dropping the %s range %s on restart is not supported",
-				l.flag, l.old, netaddr.FamilyOf(l.old[1].Addr()), l.old[1])
+			return fmt.Errorf("%s: the primary family cannot change: the cluster ran with %v (%s primary), now %v (%s primary); to add a family, append it after %s; to drop one, keep only %s",
+				l.flag, l.old, oldFam, l.now, f, l.old[0], l.old[0])
 		}
 	}
 	return nil
+}
+
+// droppedSecondary returns the secondary range of old that now lacks, if
+// any.
+func droppedSecondary(old, now []netip.Prefix) (netip.Prefix, bool) {
+	if len(old) == 2 && len(now) == 1 {
+		return old[1], true
+	}
+	return netip.Prefix{}, false
+}
+
+// servicesPrefix is the etcd key prefix of the stored Services.
+const servicesPrefix = storagePrefix + "/services/"
+
+// serviceBlockers reads every Service from etcd at revision rev, as the
+// storage encoded it, and returns those that cannot live on the families
+// of ranges (see familydrop.Blockers). It runs before the API server
+// serves, so the registry cannot be asked.
+func serviceBlockers(ctx context.Context, kv clientv3.KV, rev int64, ranges []netip.Prefix) ([]familydrop.Blocker, error) {
+	var keep []corev1.IPFamily
+	for _, r := range ranges {
+		keep = append(keep, corev1.IPFamily(netaddr.FamilyOf(r.Addr())))
+	}
+	decoder := Codecs.UniversalDeserializer()
+	var svcs []*corev1.Service
+	err := etcdstore.ScanAt(ctx, kv, rev, servicesPrefix, clientv3.GetPrefixRangeEnd(servicesPrefix), false, func(key, value []byte) error {
+		obj, _, err := decoder.Decode(value, nil, nil)
+		if err != nil {
+			return fmt.Errorf("decoding %s: %w", key, err)
+		}
+		switch o := obj.(type) {
+		case *core.Service:
+			svcs = append(svcs, o.ToV1())
+		case *corev1.Service:
+			svcs = append(svcs, o)
+		default:
+			return fmt.Errorf("decoding %s: got %T, want a Service", key, obj)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the Services from etcd: %w", err)
+	}
+	return familydrop.Blockers(svcs, keep), nil
 }
 
 // recordRanges checks this server's ranges against those recorded in
@@ -77,6 +124,7 @@ func recordRanges(ctx context.Context, endpoints []string, cfg *Config) error {
 			return fmt.Errorf("reading the cluster's ranges from etcd: %w", err)
 		}
 		var rev int64 // 0: the key does not exist
+		var guards []clientv3.Cmp
 		if len(resp.Kvs) > 0 {
 			var old rangesRecord
 			if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
@@ -86,9 +134,26 @@ func recordRanges(ctx context.Context, endpoints []string, cfg *Config) error {
 				return err
 			}
 			rev = resp.Kvs[0].ModRevision
+			if gone, ok := droppedSecondary(old.ServiceRanges, now.ServiceRanges); ok {
+				// The Services are read at the revision the record was read
+				// at, and the record is written only if no Service changed
+				// since: a replica still serving the old ranges cannot
+				// create a RequireDualStack Service between the check and
+				// the record.
+				read := resp.Header.Revision
+				blockers, err := serviceBlockers(ctx, client, read, now.ServiceRanges)
+				if err != nil {
+					return err
+				}
+				if err := familydrop.RefusalError("--service-cluster-ip-range",
+					fmt.Sprintf("the %s range %s", netaddr.FamilyOf(gone.Addr()), gone), blockers); err != nil {
+					return err
+				}
+				guards = append(guards, clientv3.Compare(clientv3.ModRevision(servicesPrefix), "<", read+1).WithPrefix())
+			}
 		}
 		txn, err := client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(rangesKey), "=", rev)).
+			If(append(guards, clientv3.Compare(clientv3.ModRevision(rangesKey), "=", rev))...).
 			Then(clientv3.OpPut(rangesKey, string(mine))).
 			Commit()
 		if err != nil {
@@ -97,6 +162,7 @@ func recordRanges(ctx context.Context, endpoints []string, cfg *Config) error {
 		if txn.Succeeded {
 			return nil
 		}
-		// Another replica wrote in between: check against what it wrote.
+		// Another replica wrote the ranges, or a Service changed, in
+		// between: check again.
 	}
 }

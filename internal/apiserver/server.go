@@ -432,7 +432,7 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 	s.nodePorts = ports
 	s.serviceRanges, s.ipStore = ranges, ipStore
 
-	coreStorage, err := registrycore.NewStorage(Scheme, optsGetter)
+	coreStorage, err := registrycore.NewStorage(Scheme, optsGetter, registrycore.WithClusterPodFamilies(podFamilies(s.cfg)...))
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,11 @@ import (
 )
 
 // NewStorage returns the core/v1 stores, keyed by resource path.
-func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter) (map[string]rest.Storage, error) {
+func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter, opts ...Option) (map[string]rest.Storage, error) {
+	var cfg options
+	for _, opt := range opts {
+		opt(&cfg)
+	}
 	out := map[string]rest.Storage{}
 	add := func(o registry.Options, status *registry.StatusStrategy) error {
 		o.Strategy.ObjectTyper = typer
@@ -94,8 +98,9 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		ValidateFunc: func(_ context.Context, obj runtime.Object) field.ErrorList {
 			return validateNodeSpec(obj.(*corev1.Node))
 		},
-		ValidateUpdateFunc: func(_ context.Context, obj, old runtime.Object) field.ErrorList {
-			return validateNodeUpdate(obj.(*corev1.Node), old.(*corev1.Node))
+		ValidateUpdateFunc: func(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+			node, was := obj.(*corev1.Node), old.(*corev1.Node)
+			return validateNodeUpdate(node, was, podCIDRFamilyDrop(ctx, node, was, cfg.podFamilies))
 		},
 	}
 	if err := add(registry.Options{

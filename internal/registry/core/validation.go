@@ -39,11 +39,15 @@ func validateNodeSpec(node *corev1.Node) field.ErrorList {
 	return errs
 }
 
-func validateNodeUpdate(node, old *corev1.Node) field.ErrorList {
+// validateNodeUpdate is validateNodeSpec plus what may not change.
+// dropsFamily tells whether a shrink of podCIDRs is the one allowed: the
+// server's own controller dropping a family the cluster no longer has
+// (see podCIDRFamilyDrop).
+func validateNodeUpdate(node, old *corev1.Node, dropsFamily bool) field.ErrorList {
 	errs := validateNodeSpec(node)
 	// podCIDRs may go from unset to set (the node IPAM controller) or grow
 	// by the missing family, never change.
-	if len(old.Spec.PodCIDRs) > 0 {
+	if len(old.Spec.PodCIDRs) > 0 && !dropsFamily {
 		changed := len(node.Spec.PodCIDRs) < len(old.Spec.PodCIDRs)
 		for i := range old.Spec.PodCIDRs {
 			if i < len(node.Spec.PodCIDRs) && node.Spec.PodCIDRs[i] != old.Spec.PodCIDRs[i] {

@@ -127,7 +127,14 @@ func (r *Repair) RunOnce(ctx context.Context) error {
 			name := ip.String()
 			fam := netaddr.FamilyOf(ip)
 			rng, ok := r.Ranges[fam]
-			if !ok || !rng.CIDR().Contains(ip) {
+			if !ok {
+				// A family the cluster dropped: the family drop reconcile
+				// downgrades the Service (see internal/controller/familydrop);
+				// telling the user to recreate it would be wrong.
+				klog.V(2).InfoS("Service holds a cluster IP of a family the cluster does not serve", "service", klog.KObj(svc), "clusterIP", name)
+				continue
+			}
+			if !rng.CIDR().Contains(ip) {
 				r.Recorder.Eventf(svc, corev1.EventTypeWarning, "ClusterIPOutOfRange", "Cluster IP [%s]: %s is not within any configured Service CIDR; please recreate service", fam, name)
 				continue
 			}
