@@ -57,7 +57,7 @@ type Reconciler struct {
 
 // Result is what a pass did and what it left.
 type Result struct {
-	ServicesDowngraded, IngressesTrimmed, NodesTrimmed int
+	ServicesDowngraded, IngressesTrimmed, NodesTrimmed           int
 	IPAddressesDeleted, LBRecordsDeleted, NodeCIDRRecordsDeleted int
 	// Left are what the pass could not finish and why; a pass with
 	// nothing left and no error converged.
