@@ -175,7 +175,7 @@ func TestRestartAddsAFamily(t *testing.T) {
 		for _, tc := range []struct{ svc, pods, want string }{
 			{v6Range + "," + v4Range, pods4 + "," + pods6, "--service-cluster-ip-range: the primary family cannot change"},
 			{v4Range + "," + v6Range, pods6 + "," + pods4, "--cluster-cidr: the primary family cannot change"},
-			{v4Range, pods4 + "," + pods6, "--service-cluster-ip-range: the cluster ran dual-stack"},
+			{v4Range + "," + v6Range, "", "--cluster-cidr: the cluster ran with"},
 		} {
 			cctx, cancel := context.WithTimeout(ctx, startTimeout)
 			out, err := exec.CommandContext(cctx, harness.Bin, "server", "--data-dir", srv.DataDir, "--secure-port", "0",
