@@ -209,7 +209,8 @@ func joinFamilies(fams []corev1.IPFamily) string {
 }
 
 // syncServices downgrades every Service of two families to its first, and
-// takes the dropped family's ingress IPs out of LoadBalancer statuses.
+// takes the dropped family's ingress IPs out of the statuses Duet's load
+// balancer IPAM writes (those of Services without a loadBalancerClass).
 func (r *Reconciler) syncServices(ctx context.Context, drop []corev1.IPFamily, res *Result) error {
 	list, err := r.Client.CoreV1().Services(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -262,6 +263,9 @@ func (r *Reconciler) syncService(ctx context.Context, svc *corev1.Service, drop 
 	}
 	if err != nil {
 		return fmt.Errorf("downgrading Service %s/%s: %w", svc.Namespace, svc.Name, err)
+	}
+	if cur.Spec.LoadBalancerClass != nil {
+		return nil // another load balancer's status, not Duet's to edit
 	}
 	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		trimmed, changed := TrimmedIngress(cur.Status.LoadBalancer.Ingress, drop)

@@ -71,6 +71,9 @@ func TestSyncConvergesFromAHalfDoneState(t *testing.T) {
 		service("default", "v6first", policy(prefer), families(v6, v4), ips("fd00:96::7", "10.96.0.7"), selector),
 		service("kube-system", "kube-dns", policy(require), families(v4, v6), ips("10.96.0.10", "fd00:96::a")),
 		service("default", "headless", policy(require), families(v4, v6), ips("None")),
+		service("default", "classed", policy(single), families(v4), ips("10.96.0.8"), selector, lb("192.0.2.8", "2001:db8:9::8"), func(s *corev1.Service) {
+			s.Spec.LoadBalancerClass = new("example.com/lb")
+		}),
 		ipAddress("10.96.0.5", "default", "web"), ipAddress("fd00:96::5", "default", "web"),
 		ipAddress("fd00:96::6", "default", "half"),
 		ipAddress("fd00:96::7", "default", "v6first"),
@@ -115,6 +118,10 @@ func TestSyncConvergesFromAHalfDoneState(t *testing.T) {
 		if in := s.Status.LoadBalancer.Ingress; len(in) != 1 || !netip.MustParseAddr(in[0].IP).Is4() {
 			t.Errorf("%s: ingress %v, want its IPv4 one only", name, in)
 		}
+	}
+	c, _ := client.CoreV1().Services("default").Get(ctx, "classed", metav1.GetOptions{})
+	if len(c.Status.LoadBalancer.Ingress) != 2 {
+		t.Errorf("the status of another load balancer was changed: %v", c.Status.LoadBalancer.Ingress)
 	}
 	h, _ := client.CoreV1().Services("default").Get(ctx, "headless", metav1.GetOptions{})
 	if !slices.Equal(h.Spec.IPFamilies, both) {
