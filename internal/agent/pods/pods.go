@@ -34,6 +34,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/images"
 	"github.com/duet-net/duet/internal/agent/objwatch"
+	"github.com/duet-net/duet/internal/agent/podroot"
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/agent/tokens"
 	"github.com/duet-net/duet/internal/alloc"
@@ -117,6 +118,9 @@ type podRun struct {
 	containers map[string]*containerRun
 	cancel     context.CancelFunc
 	started    metav1.Time
+	// files is what the pod's /etc/hosts and /etc/resolv.conf were last
+	// written from (podfiles.go).
+	files *podroot.Spec
 	// terminating is set (under Manager.mu) once a graceful stop began.
 	terminating bool
 }
@@ -179,9 +183,11 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	if err := m.network().EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
 		return fmt.Errorf("preparing the node's bridge: %w", err)
 	}
-	added := appendsFamily(m.podCIDRs, cidrs)
+	added, dropped := appendsFamily(m.podCIDRs, cidrs), dropsFamily(m.podCIDRs, cidrs)
 	if added {
 		m.Log.Info("the node gained a pod CIDR of a new family; running pods get an address of it in place", "old", m.podCIDRs, "new", cidrs)
+	} else if dropped {
+		m.Log.Info("the node dropped its pod CIDR of a family; running pods lose their address of it in place", "old", m.podCIDRs, "new", cidrs)
 	} else if m.podCIDRs != nil {
 		m.Log.Warn("the node's pod CIDRs changed; running pods keep their addresses", "old", m.podCIDRs, "new", cidrs)
 	}
@@ -189,8 +195,8 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	if m.running == nil {
 		m.running = map[types.UID]*podRun{}
 	}
-	if added {
-		m.pokeRunningLocked() // addfamily.go
+	if added || dropped {
+		m.pokeRunningLocked() // addfamily.go, removefamily.go
 	}
 	return nil
 }
@@ -246,7 +252,7 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 		}
 	} else {
 		run.volumes.podChanged(pod)
-		if err := m.ensureFamilies(ctx, pod, run); err != nil {
+		if err := m.followFamilies(ctx, pod, run); err != nil {
 			return err
 		}
 	}
@@ -302,7 +308,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	observeStage("world", stage)
 	stage = time.Now()
 	runCtx, cancel := context.WithCancel(context.Background())
-	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, world: world, containers: map[string]*containerRun{}, cancel: cancel, started: m.now()}
+	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, world: world, containers: map[string]*containerRun{}, cancel: cancel, started: m.now(), files: filesSpec(spec)}
 	logDir := filepath.Join(m.StateDir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID))
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		cancel()
