@@ -214,6 +214,11 @@ func (m *Manager) withPodIPs(fn func(*alloc.PodIPs) error) error {
 	m.mu.Lock()
 	ranges := m.podRanges
 	m.mu.Unlock()
+	return m.withPodIPsOf(ranges, fn)
+}
+
+// withPodIPsOf is withPodIPs over the given ranges.
+func (m *Manager) withPodIPsOf(ranges []alloc.PodRangeSet, fn func(*alloc.PodIPs) error) error {
 	st := m.PodIPStore
 	if st == nil {
 		bolt, err := boltstore.Open(filepath.Join(m.StateDir, "ipam"), network, storeLockTimeout)
@@ -266,11 +271,16 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	stage := begin
 	var sb *sandbox.Sandbox
 	var addrs []netip.Addr
+	// The addresses are of these CIDRs, one each in order, even if the
+	// node's change meanwhile: the pod's next sync follows them.
+	m.mu.Lock()
+	cidrs, ranges := m.podCIDRs, m.podRanges
+	m.mu.Unlock()
 	if pod.Spec.HostNetwork {
 		sb, addrs = m.hostSandbox(pod), slices.Clone(m.HostIPs)
 	} else {
 		owner := podAttachment(pod.UID)
-		err = m.withPodIPs(func(p *alloc.PodIPs) error {
+		err = m.withPodIPsOf(ranges, func(p *alloc.PodIPs) error {
 			var err error
 			addrs, err = p.Reserve(owner, heldInRange(p, owner))
 			return err
@@ -285,9 +295,6 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		}()
 		observeStage("ipam", begin)
 		stage = time.Now()
-		m.mu.Lock()
-		cidrs := m.podCIDRs
-		m.mu.Unlock()
 		req := sandbox.Request{ID: string(pod.UID), Bridge: Bridge, IfName: ifName}
 		for i, a := range addrs {
 			cidr := cidrs[i]
@@ -337,7 +344,11 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	observeStage("total", begin)
 	m.mu.Lock()
 	m.running[pod.UID] = run
+	changed := !slices.Equal(m.podCIDRs, cidrs)
 	m.mu.Unlock()
+	if changed {
+		m.poke(pod) // the node's pod CIDRs changed while it started
+	}
 	m.Log.Info("pod started", "pod", pod.Namespace+"/"+pod.Name, "ips", addrs)
 	return run, nil
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -311,4 +312,47 @@ func (e *testEnv) ipsOf(t *testing.T) *alloc.PodIPs {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// hookStore runs a hook at the first writable transaction.
+type hookStore struct {
+	alloc.PodIPStore
+	once func()
+}
+
+func (s *hookStore) Begin(writable bool) (alloc.PodIPTxn, error) {
+	if f := s.once; writable && f != nil {
+		s.once = nil
+		f()
+	}
+	return s.PodIPStore.Begin(writable)
+}
+
+// A pod that starts while the node's pod CIDRs shrink is wired with the
+// addresses of the CIDRs it reserved them for, and asks for a sync that
+// takes the dropped family away.
+func TestPodStartingWhileAFamilyIsDropped(t *testing.T) {
+	e := newTestEnv(t, v4CIDR, v6CIDR)
+	var mu sync.Mutex
+	var poked []string
+	e.m.OnChange = func(ns, name string) { mu.Lock(); poked = append(poked, name); mu.Unlock() }
+	e.m.PodIPStore = &hookStore{PodIPStore: e.store, once: func() {
+		if err := e.m.SetPodCIDRs([]netip.Prefix{v4CIDR}); err != nil {
+			t.Error(err)
+		}
+	}}
+	e.create(t, newPod("web", corev1.RestartPolicyAlways, "app"))
+	first := e.sync(t, "web")
+	mu.Lock()
+	wasPoked := slices.Contains(poked, "web")
+	mu.Unlock()
+	if len(first.Status.PodIPs) != 2 || !wasPoked {
+		t.Fatalf("the pod started with %v and asked for syncs of %v; want both families and a sync of web", first.Status.PodIPs, poked)
+	}
+	if after := e.sync(t, "web"); len(after.Status.PodIPs) != 1 || after.Status.PodIP != first.Status.PodIP {
+		t.Errorf("the next sync left podIPs %v; want %s alone", after.Status.PodIPs, first.Status.PodIP)
+	}
+	if held := e.podAddrs(t, "uid-web"); len(held) != 1 {
+		t.Errorf("the store holds %v for the pod", held)
+	}
 }
