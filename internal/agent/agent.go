@@ -122,7 +122,7 @@ func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 // Run runs the agent until ctx is done.
 func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) error {
 	known := cfg.InternalIPs
-	cfg.InternalIPs = withNodeFamilies(ctx, client, cfg, func(is4 bool) (netip.Addr, error) { // familyadd.go
+	cfg = withNodeFamilies(ctx, client, cfg, func(is4 bool) (netip.Addr, error) { // familyadd.go
 		return nodeAddrOfFamily(cfg.NetNS, known, is4)
 	})
 	reporter := &nodestatus.Reporter{Client: client, NodeName: cfg.NodeName, InternalIPs: cfg.InternalIPs, Version: cfg.Version}
@@ -167,6 +167,8 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 	// Proxy and masquerading follow the families the cluster gains
 	// (familyadd.go).
 	fol := newFollower(client, cfg, log, reporter, recorder, nodeRef)
+	fol.known = known
+	fol.setDNS(dnsListeners) // familyremove.go
 	fol.start(ctx)
 	if dnsListeners != nil {
 		dlog := log.With("component", "dns")
@@ -199,6 +201,9 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog
 		return err
 	}
 	if err := fol.watch(ctx, nodes.Informer(), nodes.Lister()); err != nil {
+		return err
+	}
+	if err := followKubeDNS(services.Informer(), &fol.mgr); err != nil { // familyremove.go
 		return err
 	}
 	factory.Start(ctx.Done())

@@ -105,11 +105,18 @@ type follower struct {
 	nodeRef  *corev1.ObjectReference
 	mgr      atomic.Pointer[pods.Manager] // nil until the pod loop runs
 
+	// known are --node-ip's addresses: the node's address of a family
+	// is taken from them first (familyremove.go).
+	known []netip.Addr
+
 	mu           sync.Mutex
 	nodeIPs      []netip.Addr
 	clusterCIDRs []netip.Prefix
 	stopProxy    context.CancelFunc
 	stopMasq     context.CancelFunc
+	proxyDone    chan struct{} // closed when the running proxy returned
+	masqDone     chan struct{} // closed when the running masquerading returned
+	dns          []*clusterdns.Listeners
 	warned       map[bool]bool // families whose missing node address was reported
 }
 
@@ -120,7 +127,7 @@ const ReasonNoNodeIP = "NoNodeAddressOfFamily"
 
 func newFollower(client kubernetes.Interface, cfg Config, log *slog.Logger, reporter *nodestatus.Reporter, recorder record.EventRecorder, nodeRef *corev1.ObjectReference) *follower {
 	return &follower{client: client, cfg: cfg, log: log.With("component", "families"), reporter: reporter, recorder: recorder, nodeRef: nodeRef,
-		nodeIPs: slices.Clone(cfg.InternalIPs), clusterCIDRs: slices.Clone(cfg.ClusterCIDRs), warned: map[bool]bool{}}
+		known: cfg.InternalIPs, nodeIPs: slices.Clone(cfg.InternalIPs), clusterCIDRs: slices.Clone(cfg.ClusterCIDRs), warned: map[bool]bool{}}
 }
 
 // restartProxy (re)starts the service proxy with the current node IPs and
@@ -131,13 +138,19 @@ func (f *follower) restartProxyLocked(ctx context.Context) {
 	}
 	if f.stopProxy != nil {
 		f.stopProxy()
+		f.waitStopped(f.proxyDone, "the service proxy")
 	}
+	// The tables of families the node no longer serves go, now that no
+	// proxier of theirs runs; the others stay for the new proxy to adopt.
+	f.removeProxyTablesLocked()
 	pctx, cancel := context.WithCancel(ctx)
-	f.stopProxy = cancel
+	done := make(chan struct{})
+	f.stopProxy, f.proxyDone = cancel, done
 	plog := f.log.With("component", "proxy")
 	o := proxy.Options{NodeName: f.cfg.NodeName, NetNS: f.cfg.NetNS, NodeIPs: slices.Clone(f.nodeIPs),
 		ClusterCIDRs: slices.Clone(f.clusterCIDRs), Log: plog}
 	go func() {
+		defer close(done)
 		if err := proxy.Run(pctx, f.client, o); err != nil && pctx.Err() == nil {
 			plog.Error("the service proxy stopped", "err", err)
 			f.recorder.Eventf(f.nodeRef, corev1.EventTypeWarning, ReasonProxyFailed, "service proxy: %v", err)
@@ -153,9 +166,11 @@ func (f *follower) restartMasqLocked(ctx context.Context) {
 	}
 	if f.stopMasq != nil {
 		f.stopMasq()
+		f.waitStopped(f.masqDone, "masquerading")
 	}
 	mctx, cancel := context.WithCancel(ctx)
-	f.stopMasq = cancel
+	done := make(chan struct{})
+	f.stopMasq, f.masqDone = cancel, done
 	mlog := f.log.With("component", "masq")
 	o := masq.Options{
 		NetNS: f.cfg.NetNS, ConfigPath: f.cfg.MasqConfig,
@@ -168,6 +183,7 @@ func (f *follower) restartMasqLocked(ctx context.Context) {
 		},
 	}
 	go func() {
+		defer close(done)
 		if err := masq.Run(mctx, o); err != nil && mctx.Err() == nil {
 			mlog.Error("egress masquerading could not start", "err", err)
 			f.recorder.Eventf(f.nodeRef, corev1.EventTypeWarning, ReasonMasqFailed, "egress masquerading could not start: %v", err)
@@ -226,14 +242,15 @@ func (f *follower) update(ctx context.Context, nodes []*corev1.Node) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	cidrs := clusterCIDRsFor(f.cfg.ClusterCIDRs, nodes)
+	own := parsePrefixes(self.Spec.PodCIDRs)
+	cidrs := ofFamilies(clusterCIDRsFor(f.cfg.ClusterCIDRs, nodes), own, netip.Prefix.Addr)
 	ips := slices.Clone(f.nodeIPs)
-	for _, c := range parsePrefixes(self.Spec.PodCIDRs) {
+	for _, c := range own {
 		is4 := c.Addr().Is4()
 		if slices.ContainsFunc(ips, func(a netip.Addr) bool { return a.Is4() == is4 }) {
 			continue
 		}
-		a, err := nodeAddrOfFamily(f.cfg.NetNS, f.cfg.InternalIPs, is4)
+		a, err := nodeAddrOfFamily(f.cfg.NetNS, f.known, is4)
 		if err != nil {
 			if !f.warned[is4] {
 				f.warned[is4] = true
@@ -242,16 +259,20 @@ func (f *follower) update(ctx context.Context, nodes []*corev1.Node) {
 			}
 			continue
 		}
+		f.warned[is4] = false
 		ips = append(ips, a)
 	}
+	// A family the cluster dropped leaves the node's InternalIPs
+	// (familyremove.go).
+	ips = ofFamilies(ips, own, func(a netip.Addr) netip.Addr { return a })
 	ipsChanged := !slices.Equal(ips, f.nodeIPs)
 	cidrsChanged := !slices.Equal(cidrs, f.clusterCIDRs)
 	if !ipsChanged && !cidrsChanged {
 		return
 	}
 	if ipsChanged {
-		added := ips[len(f.nodeIPs):]
-		f.log.Info("the node gained an address of a new family", "internalIPs", ips)
+		added, removed := diffAddrs(f.nodeIPs, ips)
+		f.log.Info("the node's InternalIPs follow the cluster's families", "internalIPs", ips, "added", added, "removed", removed)
 		if err := f.reporter.SetInternalIPs(ctx, ips); err != nil {
 			f.log.Error("writing the node's new InternalIPs; the next status refresh retries", "err", err)
 		}
@@ -259,6 +280,7 @@ func (f *follower) update(ctx context.Context, nodes []*corev1.Node) {
 			m.SetHostIPs(ips)
 		}
 		f.listenDNS(ctx, added)
+		f.closeDNS(removed)
 	}
 	f.nodeIPs, f.clusterCIDRs = ips, cidrs
 	f.log.Info("the proxy and masquerading follow the cluster's families", "nodeIPs", ips, "clusterCIDRs", cidrs)
@@ -279,6 +301,7 @@ func (f *follower) listenDNS(ctx context.Context, addrs []netip.Addr) {
 		f.log.Error("cluster DNS cannot listen on the node's new address", "addrs", addrs, "err", err)
 		return
 	}
+	f.dns = append(f.dns, l)
 	cfg := f.cfg
 	cfg.InternalIPs = slices.Clone(f.nodeIPs)
 	dlog := f.log.With("component", "dns")
@@ -341,6 +364,9 @@ func nodeAddrOfFamily(nsPath string, known []netip.Addr, is4 bool) (netip.Addr, 
 	if len(links) == 0 {
 		return netip.Addr{}, fmt.Errorf("no interface holds the node's addresses %v", known)
 	}
+	// --node-ip's address of the family, if the interface has it; else
+	// the interface's first.
+	var found netip.Addr
 	for _, a := range all {
 		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok || !links[a.LinkIndex] {
@@ -348,8 +374,16 @@ func nodeAddrOfFamily(nsPath string, known []netip.Addr, is4 bool) (netip.Addr, 
 		}
 		ip = ip.Unmap()
 		if ip.Is4() == is4 && ip.IsGlobalUnicast() && a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DEPRECATED) == 0 {
-			return ip, nil
+			if slices.Contains(known, ip) {
+				return ip, nil
+			}
+			if !found.IsValid() {
+				found = ip
+			}
 		}
+	}
+	if found.IsValid() {
+		return found, nil
 	}
 	fam := "IPv6"
 	if is4 {
@@ -358,21 +392,25 @@ func nodeAddrOfFamily(nsPath string, known []netip.Addr, is4 bool) (netip.Addr, 
 	return netip.Addr{}, fmt.Errorf("the interface holding %v has no global %s address", known, fam)
 }
 
-// withNodeFamilies returns the node's InternalIPs for an agent starting
-// on a node whose Node already has a pod CIDR of a family --node-ip lacks
-// (an agent restarted after the cluster gained the family): the node's
-// address of that family is added before the Node is registered again, so
-// that other nodes keep their routes to its pods of that family. Without
-// the Node (a new node, or the server unreachable) it returns the flag's.
-func withNodeFamilies(ctx context.Context, client kubernetes.Interface, cfg Config, find func(is4 bool) (netip.Addr, error)) []netip.Addr {
-	ips := slices.Clone(cfg.InternalIPs)
+// withNodeFamilies fits an agent's configuration to the families of its
+// Node's pod CIDRs, when the Node exists and has them (an agent restarted
+// after the cluster gained or dropped a family): the node's address of a
+// family the Node has and --node-ip lacks is added to the InternalIPs
+// before the Node is registered again, so that other nodes keep their
+// routes to its pods of that family; an address and a --cluster-cidr of a
+// family the Node lacks are left out (familyremove.go), so that a family
+// the cluster dropped does not come back with the agent's flags. Without
+// the Node (a new node, or the server unreachable) it returns cfg.
+func withNodeFamilies(ctx context.Context, client kubernetes.Interface, cfg Config, find func(is4 bool) (netip.Addr, error)) Config {
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	node, err := client.CoreV1().Nodes().Get(gctx, cfg.NodeName, metav1.GetOptions{})
 	if err != nil {
-		return ips
+		return cfg
 	}
-	for _, c := range parsePrefixes(node.Spec.PodCIDRs) {
+	own := parsePrefixes(node.Spec.PodCIDRs)
+	ips := slices.Clone(cfg.InternalIPs)
+	for _, c := range own {
 		is4 := c.Addr().Is4()
 		if slices.ContainsFunc(ips, func(a netip.Addr) bool { return a.Is4() == is4 }) {
 			continue
@@ -381,5 +419,7 @@ func withNodeFamilies(ctx context.Context, client kubernetes.Interface, cfg Conf
 			ips = append(ips, a)
 		}
 	}
-	return ips
+	cfg.InternalIPs = ofFamilies(ips, own, func(a netip.Addr) netip.Addr { return a })
+	cfg.ClusterCIDRs = ofFamilies(cfg.ClusterCIDRs, own, netip.Prefix.Addr)
+	return cfg
 }

@@ -91,7 +91,7 @@ func TestWithNodeFamilies(t *testing.T) {
 		{"another node's CIDRs do not count", []runtime.Object{node("node2", "10.244.1.0/24", "fd00:10:244:1::/64")}, []netip.Addr{v4}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			got := withNodeFamilies(context.Background(), fake.NewClientset(tt.nodes...), cfg, find)
+			got := withNodeFamilies(context.Background(), fake.NewClientset(tt.nodes...), cfg, find).InternalIPs
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
@@ -99,7 +99,7 @@ func TestWithNodeFamilies(t *testing.T) {
 	}
 	// A family the node has no address of stays out.
 	v6cfg := Config{NodeName: "node1", InternalIPs: []netip.Addr{v6}}
-	got := withNodeFamilies(context.Background(), fake.NewClientset(node("node1", "fd00:10:244:1::/64", "10.244.1.0/24")), v6cfg, find)
+	got := withNodeFamilies(context.Background(), fake.NewClientset(node("node1", "fd00:10:244:1::/64", "10.244.1.0/24")), v6cfg, find).InternalIPs
 	if !slices.Equal(got, []netip.Addr{v6}) {
 		t.Errorf("got %v, want %v", got, []netip.Addr{v6})
 	}

@@ -85,7 +85,8 @@ func Serve(ctx context.Context, client kubernetes.Interface, l *Listeners, o Opt
 		wg.Go(func() { c.RunWithContext(ictx) })
 	}
 	var addrs []string
-	for _, pc := range l.UDP {
+	udp, _ := l.sockets()
+	for _, pc := range udp {
 		addrs = append(addrs, pc.LocalAddr().String())
 	}
 	log.Info("serving cluster DNS over UDP and TCP", "domain", resolver.Zone(), "addresses", addrs, "upstreams", o.Upstreams)

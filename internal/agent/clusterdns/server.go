@@ -36,6 +36,11 @@ const tcpIdleTimeout = 10 * time.Second
 type Listeners struct {
 	UDP []net.PacketConn
 	TCP []net.Listener
+
+	// mu guards UDP and TCP once Serve runs, and dropped: the sockets
+	// CloseAddrs closed (close.go).
+	mu      sync.Mutex
+	dropped map[any]bool
 }
 
 // Listen binds UDP and TCP at port on each address, in the network
@@ -107,6 +112,8 @@ func receiveBuffer(c syscall.RawConn, size int) error {
 
 // Close closes every socket.
 func (l *Listeners) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for _, c := range l.UDP {
 		_ = c.Close()
 	}
@@ -117,6 +124,8 @@ func (l *Listeners) Close() {
 
 // Addrs are the bound addresses, UDP first.
 func (l *Listeners) Addrs() []net.Addr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	var out []net.Addr
 	for _, c := range l.UDP {
 		out = append(out, c.LocalAddr())
@@ -131,17 +140,18 @@ func (l *Listeners) Addrs() []net.Addr {
 // them.
 func (l *Listeners) Serve(ctx context.Context, h dns.Handler, log *slog.Logger) {
 	var servers []*dns.Server
-	for _, pc := range l.UDP {
+	udp, tcp := l.sockets()
+	for _, pc := range udp {
 		servers = append(servers, &dns.Server{PacketConn: pc, Handler: h, UDPSize: EDNSSize, MsgAcceptFunc: accept})
 	}
-	for _, tl := range l.TCP {
+	for _, tl := range tcp {
 		servers = append(servers, &dns.Server{Listener: tl, Handler: h, IdleTimeout: func() time.Duration { return tcpIdleTimeout },
 			MsgAcceptFunc: accept})
 	}
 	var wg sync.WaitGroup
 	for _, s := range servers {
 		wg.Go(func() {
-			if err := s.ActivateAndServe(); err != nil && ctx.Err() == nil {
+			if err := s.ActivateAndServe(); err != nil && ctx.Err() == nil && !l.wasDropped(s) {
 				log.Error("cluster DNS stopped serving", "err", err)
 			}
 		})

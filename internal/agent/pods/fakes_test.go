@@ -57,7 +57,12 @@ func (f *fakeNetwork) Setup(_ context.Context, _ string, req sandbox.Request) (*
 		return nil, f.setupErr
 	}
 	if sb, ok := f.sandboxes[req.ID]; ok {
-		return sb, nil // as the real Setup: the same sandbox again
+		// As the real Setup: the same sandbox again, repaired to the
+		// request's addresses.
+		out := *sb
+		out.Addrs, out.Gateways = slices.Clone(req.Addrs), slices.Clone(req.Gateways)
+		f.sandboxes[req.ID] = &out
+		return &out, nil
 	}
 	sb := &sandbox.Sandbox{ID: req.ID, NetNS: "/run/netns/fake-" + req.ID, IfName: req.IfName, Addrs: req.Addrs, Gateways: req.Gateways}
 	f.sandboxes[req.ID] = sb
@@ -402,6 +407,8 @@ type fakeWorlds struct {
 	uids    map[string]bool
 	specs   map[string]*podroot.Spec
 	updates map[string][][]podroot.Volume
+	// rewrites counts the rewrites of each pod's /etc files.
+	rewrites map[string]int
 	// updated is told the UID of every update.
 	updated chan string
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/duet-net/duet/internal/agent/crilog"
 	"github.com/duet-net/duet/internal/agent/images"
 	"github.com/duet-net/duet/internal/agent/objwatch"
+	"github.com/duet-net/duet/internal/agent/podroot"
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/agent/tokens"
 	"github.com/duet-net/duet/internal/alloc"
@@ -117,6 +118,9 @@ type podRun struct {
 	containers map[string]*containerRun
 	cancel     context.CancelFunc
 	started    metav1.Time
+	// files is what the pod's /etc/hosts and /etc/resolv.conf were last
+	// written from (podfiles.go).
+	files *podroot.Spec
 	// terminating is set (under Manager.mu) once a graceful stop began.
 	terminating bool
 }
@@ -179,9 +183,11 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	if err := m.network().EnsureNode(m.NodeNS, sandbox.NodeConfig{Bridge: Bridge, PodCIDRs: cidrs}); err != nil {
 		return fmt.Errorf("preparing the node's bridge: %w", err)
 	}
-	added := appendsFamily(m.podCIDRs, cidrs)
+	added, dropped := appendsFamily(m.podCIDRs, cidrs), dropsFamily(m.podCIDRs, cidrs)
 	if added {
 		m.Log.Info("the node gained a pod CIDR of a new family; running pods get an address of it in place", "old", m.podCIDRs, "new", cidrs)
+	} else if dropped {
+		m.Log.Info("the node dropped its pod CIDR of a family; running pods lose their address of it in place", "old", m.podCIDRs, "new", cidrs)
 	} else if m.podCIDRs != nil {
 		m.Log.Warn("the node's pod CIDRs changed; running pods keep their addresses", "old", m.podCIDRs, "new", cidrs)
 	}
@@ -189,8 +195,8 @@ func (m *Manager) SetPodCIDRs(cidrs []netip.Prefix) error {
 	if m.running == nil {
 		m.running = map[types.UID]*podRun{}
 	}
-	if added {
-		m.pokeRunningLocked() // addfamily.go
+	if added || dropped {
+		m.pokeRunningLocked() // addfamily.go, removefamily.go
 	}
 	return nil
 }
@@ -208,6 +214,11 @@ func (m *Manager) withPodIPs(fn func(*alloc.PodIPs) error) error {
 	m.mu.Lock()
 	ranges := m.podRanges
 	m.mu.Unlock()
+	return m.withPodIPsOf(ranges, fn)
+}
+
+// withPodIPsOf is withPodIPs over the given ranges.
+func (m *Manager) withPodIPsOf(ranges []alloc.PodRangeSet, fn func(*alloc.PodIPs) error) error {
 	st := m.PodIPStore
 	if st == nil {
 		bolt, err := boltstore.Open(filepath.Join(m.StateDir, "ipam"), network, storeLockTimeout)
@@ -246,7 +257,7 @@ func (m *Manager) Sync(ctx context.Context, uid types.UID, pod *corev1.Pod) erro
 		}
 	} else {
 		run.volumes.podChanged(pod)
-		if err := m.ensureFamilies(ctx, pod, run); err != nil {
+		if err := m.followFamilies(ctx, pod, run); err != nil {
 			return err
 		}
 	}
@@ -260,11 +271,16 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	stage := begin
 	var sb *sandbox.Sandbox
 	var addrs []netip.Addr
+	// The addresses are of these CIDRs, one each in order, even if the
+	// node's change meanwhile: the pod's next sync follows them.
+	m.mu.Lock()
+	cidrs, ranges := m.podCIDRs, m.podRanges
+	m.mu.Unlock()
 	if pod.Spec.HostNetwork {
 		sb, addrs = m.hostSandbox(pod), slices.Clone(m.HostIPs)
 	} else {
 		owner := podAttachment(pod.UID)
-		err = m.withPodIPs(func(p *alloc.PodIPs) error {
+		err = m.withPodIPsOf(ranges, func(p *alloc.PodIPs) error {
 			var err error
 			addrs, err = p.Reserve(owner, heldInRange(p, owner))
 			return err
@@ -279,9 +295,6 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 		}()
 		observeStage("ipam", begin)
 		stage = time.Now()
-		m.mu.Lock()
-		cidrs := m.podCIDRs
-		m.mu.Unlock()
 		req := sandbox.Request{ID: string(pod.UID), Bridge: Bridge, IfName: ifName}
 		for i, a := range addrs {
 			cidr := cidrs[i]
@@ -302,7 +315,7 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	observeStage("world", stage)
 	stage = time.Now()
 	runCtx, cancel := context.WithCancel(context.Background())
-	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, world: world, containers: map[string]*containerRun{}, cancel: cancel, started: m.now()}
+	run := &podRun{pod: pod.DeepCopy(), sandbox: sb, world: world, containers: map[string]*containerRun{}, cancel: cancel, started: m.now(), files: filesSpec(spec)}
 	logDir := filepath.Join(m.StateDir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID))
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		cancel()
@@ -331,7 +344,11 @@ func (m *Manager) start(ctx context.Context, pod *corev1.Pod) (_ *podRun, err er
 	observeStage("total", begin)
 	m.mu.Lock()
 	m.running[pod.UID] = run
+	changed := !slices.Equal(m.podCIDRs, cidrs)
 	m.mu.Unlock()
+	if changed {
+		m.poke(pod) // the node's pod CIDRs changed while it started
+	}
 	m.Log.Info("pod started", "pod", pod.Namespace+"/"+pod.Name, "ips", addrs)
 	return run, nil
 }

@@ -1,0 +1,522 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/duet-net/duet/internal/agent/sandbox"
+	"github.com/duet-net/duet/internal/apiserver"
+	"github.com/duet-net/duet/internal/cluster"
+	"github.com/duet-net/duet/internal/netns"
+)
+
+// The server side of dropping a family, as this test does it until
+// duet server does it itself on a restart with one family: the cluster's
+// recorded ranges (which a server restarted with fewer refuses) and the
+// server's flags lose the second family, the server restarts single-stack
+// (duet up restarts it), the Services are downgraded to SingleStack
+// through the API, and each Node's spec.podCIDRs is trimmed to the
+// primary in etcd (the API forbids that change).
+const rangesKey = "/duet/cluster-ranges" // internal/apiserver/ranges.go
+
+// dropSecondFamilyOnServer restarts the server of dataDir with one family
+// and downgrades the given Services; it returns an etcd client.
+func dropSecondFamilyOnServer(t *testing.T, dataDir string, client kubernetes.Interface, services ...[2]string) *clientv3.Client {
+	t.Helper()
+	endpoint, err := apiserver.EtcdClientURL(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { etcd.Close() })
+	ctx := context.Background()
+	resp, err := etcd.Get(ctx, rangesKey)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("the cluster's ranges in etcd: %v, %v", resp, err)
+	}
+	var ranges map[string][]string
+	if err := json.Unmarshal(resp.Kvs[0].Value, &ranges); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range ranges {
+		ranges[k] = v[:1]
+	}
+	data, _ := json.Marshal(ranges)
+	if _, err := etcd.Put(ctx, rangesKey, string(data)); err != nil {
+		t.Fatal(err)
+	}
+	argsFile := filepath.Join(dataDir, cluster.ServerArgsFile)
+	if data, err = os.ReadFile(argsFile); err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	if err := json.Unmarshal(data, &args); err != nil {
+		t.Fatal(err)
+	}
+	for i := range args[:len(args)-1] {
+		if args[i] == "--cluster-cidr" || args[i] == "--service-cluster-ip-range" {
+			args[i+1], _, _ = strings.Cut(args[i+1], ",")
+		}
+	}
+	data, _ = json.Marshal(args)
+	if err := os.WriteFile(argsFile, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serverPID := pidOf(t, dataDir, 0, "server")
+	if err := syscall.Kill(serverPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pid, ok := pidIn(dataDir, 0)
+		if !ok || pid == serverPID {
+			return false, nil
+		}
+		_, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("the server did not come back with one family: %v", err)
+	}
+	for _, s := range services {
+		patch := func(ctx context.Context) (bool, error) {
+			svc, err := client.CoreV1().Services(s[0]).Get(ctx, s[1], metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			p := fmt.Sprintf(`{"spec":{"ipFamilyPolicy":"SingleStack","ipFamilies":[%q],"clusterIPs":[%q]}}`, svc.Spec.IPFamilies[0], svc.Spec.ClusterIPs[0])
+			_, err = client.CoreV1().Services(s[0]).Patch(ctx, s[1], "application/strategic-merge-patch+json", []byte(p), metav1.PatchOptions{})
+			return err == nil, nil
+		}
+		if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, patch); err != nil {
+			t.Fatalf("downgrading Service %s/%s: %v", s[0], s[1], err)
+		}
+	}
+	return etcd
+}
+
+// trimPodCIDRs cuts a Node's spec.podCIDRs to the primary in etcd.
+func trimPodCIDRs(t *testing.T, etcd *clientv3.Client, name string) {
+	t.Helper()
+	key := "/registry/nodes/" + name
+	resp, err := etcd.Get(context.Background(), key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("Node %s in etcd: %v, %v", name, resp, err)
+	}
+	codec := protobuf.NewSerializer(scheme.Scheme, scheme.Scheme)
+	obj, _, err := codec.Decode(resp.Kvs[0].Value, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := obj.(*corev1.Node)
+	n.Spec.PodCIDRs = n.Spec.PodCIDRs[:1]
+	var b bytes.Buffer
+	if err := codec.Encode(n, &b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := etcd.Put(context.Background(), key, b.String()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// globalV6 counts the global IPv6 addresses of a link in the namespace
+// at path (-1 when it cannot be read).
+func globalV6(path, link string) int {
+	h, err := netns.NewHandle(path)
+	if err != nil {
+		return -1
+	}
+	defer h.Close()
+	l, err := h.LinkByName(link)
+	if err != nil {
+		return -1
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, a := range addrs {
+		if a.Scope == unix.RT_SCOPE_UNIVERSE {
+			n++
+		}
+	}
+	return n
+}
+
+// The cluster drops its second family live: the server restarts with
+// IPv4 alone and the Nodes' pod CIDRs shrink to IPv4, and nothing else
+// restarts. Running pods lose their IPv6 address in place while IPv4
+// traffic flows without a single failure, and no trace of IPv6 is left in
+// pods or nodes but the nodes' underlay addresses. node2's agent is
+// killed with SIGKILL in the middle and converges once restarted.
+func TestDroppingAFamilyLive(t *testing.T) {
+	dataDir, kubeconfig := up(t)
+	topo, _ := cluster.Plan(dataDir, 2)
+	client := clientFor(t, kubeconfig)
+	const perNode = 5
+
+	var manifest strings.Builder
+	var web []string
+	for i, n := range topo.Nodes {
+		for j := range perNode {
+			name := fmt.Sprintf("web-%d-%d", i+1, j)
+			web = append(web, name)
+			fmt.Fprintf(&manifest, `---
+apiVersion: v1
+kind: Pod
+metadata: {name: %s, labels: {app: web, node: %s}}
+spec:
+  nodeSelector: {kubernetes.io/hostname: %s}
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "8080"], ports: [{name: http, containerPort: 8080}]}]
+`, name, n.Name, n.Name)
+		}
+	}
+	manifest.WriteString(`---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node2}
+  hostNetwork: true
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "18080"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node2}
+  containers: [{name: netexec, image: ignored, command: [duet, netexec, --http-port, "8080"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web1}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web, node: node1}
+  ports: [{name: http, port: 80, targetPort: http}]
+`)
+	file := filepath.Join(t.TempDir(), "web.yaml")
+	if err := os.WriteFile(file, []byte(manifest.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, kubeconfig, "apply", "-f", file)
+	kubectl(t, kubeconfig, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=900s")
+
+	before := map[string]corev1.Pod{}
+	pods, err := client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if len(p.Status.PodIPs) != 2 || !netip.MustParseAddr(p.Status.PodIP).Is4() {
+			t.Fatalf("pod %s has podIPs %v before the change; want IPv4 and IPv6", p.Name, p.Status.PodIPs)
+		}
+		before[p.Name] = p
+	}
+	nodeOf := func(name string) cluster.Node {
+		i := slices.IndexFunc(topo.Nodes, func(n cluster.Node) bool { return n.Name == before[name].Spec.NodeName })
+		return topo.Nodes[i]
+	}
+	nsOf := func(name string) string {
+		path, err := sandbox.NetNSPath(cluster.NetNSPath(nodeOf(name).NetNS), string(before[name].UID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	c := &servicesCluster{dataDir: dataDir, kubeconfig: kubeconfig, pods: map[string][]string{}, topo: topo}
+	for name, p := range before {
+		for _, ip := range p.Status.PodIPs {
+			c.pods[name] = append(c.pods[name], ip.IP)
+		}
+	}
+	c.waitSlices(t, "web", web...)
+	c.waitSlices(t, "web1", web[:perNode]...)
+	svc4 := c.service(t, "web").Spec.ClusterIPs[0]
+	web1 := c.service(t, "web1").Spec.ClusterIPs[0]
+	remote := web[0] // a pod of node1; the client is on node2
+
+	// The client loop over IPv4, from the client pod's namespace on node2
+	// (whose agent is killed: its containers go with it, its namespaces
+	// and its kernel's rules stay): new connections to web1's cluster IP
+	// (node1's pods) and to a pod of node1, and one kept-alive connection
+	// to that pod that must survive the change.
+	fresh := podClient(t, nsOf("client"), false)
+	kept := podClient(t, nsOf("client"), true)
+	var ok4, failed4, keptBroke atomic.Int64
+	var failures sync.Map
+	stop := make(chan struct{})
+	var loop sync.WaitGroup
+	loop.Go(func() {
+		urls := []string{urlOf(web1, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")}
+		keptURL := urlOf(before[remote].Status.PodIP, 8080, "/clientip")
+		first := true
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			u := urls[i%len(urls)]
+			if err := get(fresh, u); err != nil {
+				failed4.Add(1)
+				failures.Store(time.Now().Format("15:04:05.000")+" "+u, err.Error())
+			} else {
+				ok4.Add(1)
+			}
+			_, reused, err := clientIP(kept, keptURL)
+			if err != nil || (!reused && !first) {
+				keptBroke.Add(1)
+				failures.Store(time.Now().Format("15:04:05.000")+" kept-alive", fmt.Sprint(err, " reused=", reused))
+			}
+			first = false
+		}
+	})
+	stopLoop := sync.OnceFunc(func() { close(stop); loop.Wait() })
+	defer stopLoop()
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return ok4.Load() >= 10, nil
+	}); err != nil {
+		t.Fatalf("the client loop gets no answers before the change: %d answered, %d failed", ok4.Load(), failed4.Load())
+	}
+
+	etcd := dropSecondFamilyOnServer(t, dataDir, client, [2]string{"kube-system", "kube-dns"}, [2]string{"default", "web"}, [2]string{"default", "web1"})
+
+	// kube-dns's IPv6 cluster IP leaves the resolv.conf of running pods on
+	// both nodes: the agents follow the restarted server (their watches are
+	// back), and the Nodes' change is timed from a quiet start.
+	resolvConf := func(pod string) string {
+		out, _ := exec.Command("kubectl", "--kubeconfig", kubeconfig, "exec", pod, "--", "cat", "/etc/resolv.conf").CombinedOutput()
+		return string(out)
+	}
+	for _, pod := range []string{web[0], "client"} {
+		var got string
+		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+			got = resolvConf(pod)
+			return strings.Count(got, "nameserver ") == 1 && strings.Contains(got, "nameserver 10.96.0.10\n"), nil
+		})
+		if err != nil {
+			t.Fatalf("pod %s's resolv.conf after kube-dns lost IPv6:\n%s", pod, got)
+		}
+	}
+
+	// The Nodes' change; node2's agent is killed once it has begun.
+	node2 := topo.Nodes[1]
+	var node2Pods []string
+	for _, name := range web {
+		if nodeOf(name).Name == node2.Name {
+			node2Pods = append(node2Pods, name)
+		}
+	}
+	agentPID := pidOf(t, dataDir, 2, "node2")
+	trimPodCIDRs(t, etcd, "node2")
+	trimPodCIDRs(t, etcd, "node1")
+	changed := time.Now()
+	var leftAtKill int
+	err = wait.PollUntilContextTimeout(context.Background(), 2*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		leftAtKill = 0
+		for _, name := range node2Pods {
+			if globalV6(nsOf(name), "eth0") != 0 {
+				leftAtKill++
+			}
+		}
+		return leftAtKill < len(node2Pods) || globalV6(cluster.NetNSPath(node2.NetNS), "duet0") == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("node2's agent did not begin to drop IPv6 within 10 s")
+	}
+	if err := syscall.Kill(agentPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := time.Now()
+	t.Logf("node2's agent killed %v after the change, with %d of its %d pods still holding their IPv6 address", killedAt.Sub(changed).Round(time.Millisecond), leftAtKill, len(node2Pods))
+
+	// Every pod's status.podIPs lists its IPv4 address alone: node1's
+	// within 10 s, node2's once its agent is back.
+	single := func(p corev1.Pod) bool {
+		return len(p.Status.PodIPs) == 1 && p.Status.PodIP == before[p.Name].Status.PodIP && p.Status.PodIPs[0].IP == p.Status.PodIP &&
+			len(p.Status.HostIPs) == 1 && p.Status.HostIPs[0].IP == p.Status.HostIP
+	}
+	lastOn := map[string]time.Time{}
+	after := map[string]corev1.Pod{}
+	err = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+		pods, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		done := true
+		for _, p := range pods.Items {
+			if !single(p) {
+				done = false
+				continue
+			}
+			if _, ok := after[p.Name]; !ok {
+				after[p.Name] = p
+				if now := time.Now(); now.After(lastOn[p.Spec.NodeName]) {
+					lastOn[p.Spec.NodeName] = now
+				}
+			}
+		}
+		return done, nil
+	})
+	if err != nil {
+		t.Fatalf("not every pod lost its IPv6 address: %v\n%s", err, kubectl(t, kubeconfig, "get", "pods", "-o", "wide"))
+	}
+	t.Logf("%d pods on 2 nodes: node1's last pod lost IPv6 %v after the Nodes' change; node2's (agent killed and restarted) %v after",
+		len(after), lastOn["node1"].Sub(changed).Round(time.Millisecond), lastOn["node2"].Sub(changed).Round(time.Millisecond))
+	if d := lastOn["node1"].Sub(changed); d > 10*time.Second {
+		t.Errorf("node1's pods took %v to lose IPv6; want within 10 s", d)
+	}
+	for name, p := range after {
+		b := before[name]
+		n := nodeOf(name)
+		// node2's containers went with its agent (they die with it);
+		// node1's pods are untouched.
+		if b.UID != p.UID || n.Name == "node1" && (len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].RestartCount != 0 ||
+			p.Status.ContainerStatuses[0].ContainerID != b.Status.ContainerStatuses[0].ContainerID) {
+			t.Errorf("pod %s was restarted: container %+v, was %+v", name, p.Status.ContainerStatuses, b.Status.ContainerStatuses)
+		}
+		if want := []corev1.HostIP{{IP: n.IPv4.String()}}; !slices.Equal(p.Status.HostIPs, want) {
+			t.Errorf("pod %s: hostIPs %v; want %v", name, p.Status.HostIPs, want)
+		}
+		if name == "hostnet" && p.Status.PodIP != n.IPv4.String() {
+			t.Errorf("hostNetwork pod: podIPs %v; want %s alone", p.Status.PodIPs, n.IPv4)
+		}
+	}
+	for _, n := range topo.Nodes {
+		node, err := client.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var internal []string
+		for _, a := range node.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				internal = append(internal, a.Address)
+			}
+		}
+		if !slices.Equal(internal, []string{n.IPv4.String()}) {
+			t.Errorf("%s's InternalIPs: %v; want %s alone", n.Name, internal, n.IPv4)
+		}
+	}
+
+	// Every pod answers on its IPv4 address from the client, and the
+	// Service by its IPv4 cluster IP reaches pods of both nodes.
+	seen := map[string]bool{}
+	err = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+		if name, err := getBody(fresh, urlOf(svc4, 80, "/hostname")); err == nil && slices.Contains(web, name) {
+			seen[nodeOf(name).Name] = true
+		}
+		return seen["node1"] && seen["node2"], nil
+	})
+	if err != nil {
+		t.Errorf("web's cluster IP %s reached pods of %v; want both nodes'", svc4, seen)
+	}
+	for _, name := range web {
+		u := urlOf(before[name].Status.PodIP, 8080, "/hostname")
+		var got string
+		err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+			got, err = getBody(fresh, u)
+			return err == nil && got == name, nil
+		})
+		if err != nil {
+			t.Errorf("%s answered %q, %v; want %s", u, got, err, name)
+		}
+	}
+	stopLoop()
+	failures.Range(func(k, v any) bool { t.Logf("failure at %s: %s", k, v); return true })
+	t.Logf("client loop over IPv4: %d requests answered, %d failed; the kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
+	if failed4.Load() != 0 || keptBroke.Load() != 0 || ok4.Load() < 50 {
+		t.Errorf("IPv4 traffic was disturbed by the change: %d answered, %d failed, kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
+	}
+
+	// No trace of IPv6 in the kernel: in the pods no global address and no
+	// route but the kernel's own (link-local, multicast); in the nodes
+	// none on the bridge, no route into the IPv6 cluster CIDR, no ip6
+	// table of the proxy or masquerading, no DNS socket on an IPv6
+	// address, while the underlay keeps its address.
+	podCIDR6 := "fd00:10:244:"
+	for _, name := range append([]string{"client"}, web...) {
+		if out := strings.TrimSpace(c.run(t, name, "ip -o -6 addr show scope global")); out != "" {
+			t.Errorf("pod %s holds IPv6 addresses:\n%s", name, out)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(c.run(t, name, "ip -6 route show table all")), "\n") {
+			if line != "" && !kernelOwn(line) {
+				t.Errorf("pod %s has an IPv6 route: %s", name, line)
+			}
+		}
+	}
+	for _, n := range topo.Nodes {
+		w := "node:" + n.Name
+		if out := strings.TrimSpace(c.run(t, w, "ip -o -6 addr show dev duet0 scope global")); out != "" {
+			t.Errorf("%s's bridge holds IPv6 addresses:\n%s", n.Name, out)
+		}
+		if out := c.run(t, w, "ip -6 route show table all"); strings.Contains(out, podCIDR6) {
+			t.Errorf("%s has routes into the IPv6 cluster CIDR:\n%s", n.Name, out)
+		}
+		if out := c.run(t, w, "ip -o -6 addr show dev eth0 scope global"); !strings.Contains(out, n.IPv6.String()+"/") {
+			t.Errorf("%s's underlay lost %s:\n%s", n.Name, n.IPv6, out)
+		}
+		tables := c.run(t, w, "nft list tables")
+		for _, tb := range []string{"ip6 duet-proxy", "ip6 duet-masq"} {
+			if strings.Contains(tables, "table "+tb+"\n") {
+				t.Errorf("%s still has table %s:\n%s", n.Name, tb, tables)
+			}
+		}
+		for _, tb := range []string{"ip duet-proxy", "ip duet-masq"} {
+			if !strings.Contains(tables, "table "+tb+"\n") {
+				t.Errorf("%s lacks table %s:\n%s", n.Name, tb, tables)
+			}
+		}
+		dns := c.run(t, w, "ss -Hlnut 'sport = :53'")
+		if strings.Contains(dns, "[") || !strings.Contains(dns, n.IPv4.String()+":53") {
+			t.Errorf("%s's DNS sockets are not those of %s alone:\n%s", n.Name, n.IPv4, dns)
+		}
+	}
+	// The pods' files: kube-dns's IPv4 address alone, their IPv4 address.
+	dns4 := c.serviceIn(t, "kube-system", "kube-dns").Spec.ClusterIPs
+	for _, name := range []string{"client", remote} {
+		files := string(kubectl(t, kubeconfig, "exec", name, "--", "cat", "/etc/resolv.conf", "/etc/hosts"))
+		if len(dns4) != 1 || strings.Count(files, "nameserver ") != 1 || !strings.Contains(files, "nameserver "+dns4[0]+"\n") ||
+			strings.Contains(files, podCIDR6) || !strings.Contains(files, before[name].Status.PodIP+"\t") {
+			t.Errorf("pod %s's resolv.conf and hosts (kube-dns %v):\n%s", name, dns4, files)
+		}
+	}
+	// Cluster DNS answers over IPv4 through the pods' resolv.conf.
+	if out := string(kubectl(t, kubeconfig, "exec", "client", "--", "sh", "-c", "getent ahostsv4 web.default.svc.cluster.local || true")); !strings.Contains(out, svc4) {
+		t.Errorf("web did not resolve to %s from the client:\n%s", svc4, out)
+	}
+}
