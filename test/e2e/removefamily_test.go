@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,61 +16,28 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
-	"github.com/duet-net/duet/internal/apiserver"
 	"github.com/duet-net/duet/internal/cluster"
 	"github.com/duet-net/duet/internal/netns"
 )
 
-// The server side of dropping a family, as this test does it until
-// duet server does it itself on a restart with one family: the cluster's
-// recorded ranges (which a server restarted with fewer refuses) and the
-// server's flags lose the second family, the server restarts single-stack
-// (duet up restarts it), the Services are downgraded to SingleStack
-// through the API, and each Node's spec.podCIDRs is trimmed to the
-// primary in etcd (the API forbids that change).
-const rangesKey = "/duet/cluster-ranges" // internal/apiserver/ranges.go
-
-// dropSecondFamilyOnServer restarts the server of dataDir with one family
-// and downgrades the given Services; it returns an etcd client.
-func dropSecondFamilyOnServer(t *testing.T, dataDir string, client kubernetes.Interface, services ...[2]string) *clientv3.Client {
+// restartWithPrimaryOnly drops the cluster's second family the upstream
+// way, as a user of duet up does: the server's range flags in
+// server-args.json keep their first range, and the server is killed (duet
+// up restarts it with them). The server then downgrades the Services and
+// trims the Nodes' pod CIDRs itself.
+func restartWithPrimaryOnly(t *testing.T, dataDir string, client kubernetes.Interface) {
 	t.Helper()
-	endpoint, err := apiserver.EtcdClientURL(dataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { etcd.Close() })
-	ctx := context.Background()
-	resp, err := etcd.Get(ctx, rangesKey)
-	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("the cluster's ranges in etcd: %v, %v", resp, err)
-	}
-	var ranges map[string][]string
-	if err := json.Unmarshal(resp.Kvs[0].Value, &ranges); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range ranges {
-		ranges[k] = v[:1]
-	}
-	data, _ := json.Marshal(ranges)
-	if _, err := etcd.Put(ctx, rangesKey, string(data)); err != nil {
-		t.Fatal(err)
-	}
 	argsFile := filepath.Join(dataDir, cluster.ServerArgsFile)
-	if data, err = os.ReadFile(argsFile); err != nil {
+	data, err := os.ReadFile(argsFile)
+	if err != nil {
 		t.Fatal(err)
 	}
 	var args []string
@@ -92,7 +57,7 @@ func dropSecondFamilyOnServer(t *testing.T, dataDir string, client kubernetes.In
 	if err := syscall.Kill(serverPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		pid, ok := pidIn(dataDir, 0)
 		if !ok || pid == serverPID {
 			return false, nil
@@ -102,45 +67,6 @@ func dropSecondFamilyOnServer(t *testing.T, dataDir string, client kubernetes.In
 	})
 	if err != nil {
 		t.Fatalf("the server did not come back with one family: %v", err)
-	}
-	for _, s := range services {
-		patch := func(ctx context.Context) (bool, error) {
-			svc, err := client.CoreV1().Services(s[0]).Get(ctx, s[1], metav1.GetOptions{})
-			if err != nil {
-				return false, nil
-			}
-			p := fmt.Sprintf(`{"spec":{"ipFamilyPolicy":"SingleStack","ipFamilies":[%q],"clusterIPs":[%q]}}`, svc.Spec.IPFamilies[0], svc.Spec.ClusterIPs[0])
-			_, err = client.CoreV1().Services(s[0]).Patch(ctx, s[1], "application/strategic-merge-patch+json", []byte(p), metav1.PatchOptions{})
-			return err == nil, nil
-		}
-		if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, patch); err != nil {
-			t.Fatalf("downgrading Service %s/%s: %v", s[0], s[1], err)
-		}
-	}
-	return etcd
-}
-
-// trimPodCIDRs cuts a Node's spec.podCIDRs to the primary in etcd.
-func trimPodCIDRs(t *testing.T, etcd *clientv3.Client, name string) {
-	t.Helper()
-	key := "/registry/nodes/" + name
-	resp, err := etcd.Get(context.Background(), key)
-	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("Node %s in etcd: %v, %v", name, resp, err)
-	}
-	codec := protobuf.NewSerializer(scheme.Scheme, scheme.Scheme)
-	obj, _, err := codec.Decode(resp.Kvs[0].Value, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := obj.(*corev1.Node)
-	n.Spec.PodCIDRs = n.Spec.PodCIDRs[:1]
-	var b bytes.Buffer
-	if err := codec.Encode(n, &b); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := etcd.Put(context.Background(), key, b.String()); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -169,9 +95,9 @@ func globalV6(path, link string) int {
 	return n
 }
 
-// The cluster drops its second family live: the server restarts with
-// IPv4 alone and the Nodes' pod CIDRs shrink to IPv4, and nothing else
-// restarts. Running pods lose their IPv6 address in place while IPv4
+// The cluster drops its second family live, the upstream way: the server
+// restarts with IPv4 alone and itself downgrades the Services and shrinks
+// the Nodes' pod CIDRs to IPv4; nothing else restarts. Running pods lose their IPv6 address in place while IPv4
 // traffic flows without a single failure, and no trace of IPv6 is left in
 // pods or nodes but the nodes' underlay addresses. node2's agent is
 // killed with SIGKILL in the middle and converges once restarted.
@@ -314,27 +240,11 @@ spec:
 		t.Fatalf("the client loop gets no answers before the change: %d answered, %d failed", ok4.Load(), failed4.Load())
 	}
 
-	etcd := dropSecondFamilyOnServer(t, dataDir, client, [2]string{"kube-system", "kube-dns"}, [2]string{"default", "web"}, [2]string{"default", "web1"})
+	agentPID := pidOf(t, dataDir, 2, "node2")
+	restartWithPrimaryOnly(t, dataDir, client)
 
-	// kube-dns's IPv6 cluster IP leaves the resolv.conf of running pods on
-	// both nodes: the agents follow the restarted server (their watches are
-	// back), and the Nodes' change is timed from a quiet start.
-	resolvConf := func(pod string) string {
-		out, _ := exec.Command("kubectl", "--kubeconfig", kubeconfig, "exec", pod, "--", "cat", "/etc/resolv.conf").CombinedOutput()
-		return string(out)
-	}
-	for _, pod := range []string{web[0], "client"} {
-		var got string
-		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-			got = resolvConf(pod)
-			return strings.Count(got, "nameserver ") == 1 && strings.Contains(got, "nameserver 10.96.0.10\n"), nil
-		})
-		if err != nil {
-			t.Fatalf("pod %s's resolv.conf after kube-dns lost IPv6:\n%s", pod, got)
-		}
-	}
-
-	// The Nodes' change; node2's agent is killed once it has begun.
+	// The server trims the Nodes' pod CIDRs once it leads; node2's agent
+	// is killed once it has begun to drop IPv6 from its pods.
 	node2 := topo.Nodes[1]
 	var node2Pods []string
 	for _, name := range web {
@@ -342,12 +252,23 @@ spec:
 			node2Pods = append(node2Pods, name)
 		}
 	}
-	agentPID := pidOf(t, dataDir, 2, "node2")
-	trimPodCIDRs(t, etcd, "node2")
-	trimPodCIDRs(t, etcd, "node1")
-	changed := time.Now()
+	var changed time.Time
 	var leftAtKill int
-	err = wait.PollUntilContextTimeout(context.Background(), 2*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		if changed.IsZero() {
+			nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, nil
+			}
+			for _, n := range nodes.Items {
+				if len(n.Spec.PodCIDRs) == 1 {
+					changed = time.Now()
+				}
+			}
+			if changed.IsZero() {
+				return false, nil
+			}
+		}
 		leftAtKill = 0
 		for _, name := range node2Pods {
 			if globalV6(nsOf(name), "eth0") != 0 {
@@ -357,7 +278,7 @@ spec:
 		return leftAtKill < len(node2Pods) || globalV6(cluster.NetNSPath(node2.NetNS), "duet0") == 0, nil
 	})
 	if err != nil {
-		t.Fatalf("node2's agent did not begin to drop IPv6 within 10 s")
+		t.Fatalf("the Nodes' pod CIDRs were not trimmed (at %v), or node2's agent did not begin to drop IPv6, within 3 minutes of the restart", changed)
 	}
 	if err := syscall.Kill(agentPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -504,6 +425,37 @@ spec:
 		dns := c.run(t, w, "ss -Hlnut 'sport = :53'")
 		if strings.Contains(dns, "[") || !strings.Contains(dns, n.IPv4.String()+":53") {
 			t.Errorf("%s's DNS sockets are not those of %s alone:\n%s", n.Name, n.IPv4, dns)
+		}
+	}
+	// In the API: the server made every Service SingleStack IPv4 (their
+	// IPv4 cluster IPs unchanged), and no IPAddress or EndpointSlice of
+	// IPv6 is left.
+	for _, ns := range [][2]string{{"default", "web"}, {"default", "web1"}, {"kube-system", "kube-dns"}} {
+		svc := c.serviceIn(t, ns[0], ns[1])
+		if p := svc.Spec.IPFamilyPolicy; p == nil || *p != corev1.IPFamilyPolicySingleStack || len(svc.Spec.ClusterIPs) != 1 ||
+			!slices.Equal(svc.Spec.IPFamilies, []corev1.IPFamily{corev1.IPv4Protocol}) {
+			t.Errorf("Service %s/%s after the change: policy %v, families %v, cluster IPs %v; want SingleStack IPv4", ns[0], ns[1], p, svc.Spec.IPFamilies, svc.Spec.ClusterIPs)
+		}
+	}
+	if svc := c.service(t, "web"); svc.Spec.ClusterIPs[0] != svc4 {
+		t.Errorf("web's cluster IP changed: %v, was %s", svc.Spec.ClusterIPs, svc4)
+	}
+	addrs, err := client.NetworkingV1().IPAddresses().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs.Items {
+		if netip.MustParseAddr(a.Name).Is6() {
+			t.Errorf("IPAddress %s of the dropped family is left", a.Name)
+		}
+	}
+	slicesLeft, err := client.DiscoveryV1().EndpointSlices("").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, es := range slicesLeft.Items {
+		if es.AddressType == discoveryv1.AddressTypeIPv6 {
+			t.Errorf("EndpointSlice %s/%s of the dropped family is left", es.Namespace, es.Name)
 		}
 	}
 	// The pods' files: kube-dns's IPv4 address alone, their IPv4 address.
