@@ -77,7 +77,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	repair := &service.Repair{
 		Client:   client,
 		Records:  s.ipStore.ListAll,
-		Ranges:   s.serviceRanges,
+		Ranges:   s.live.allocs.Ranges,
 		Recorder: broadcaster.Recorder(corev1.EventSource{Component: "ipallocator-repair-controller"}),
 		Interval: s.cfg.RepairInterval,
 		// A create may store its Service until its request times out,
@@ -186,6 +186,7 @@ func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config
 	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), factory.Core().V1().Namespaces(), recorder(scheduler.Name))
 	wg.Go(func() { sched.Run(ctx, 8) })
 	s.runNodeHealth(ctx, &wg, client, factory, recorder)
+	s.runRangeControllers(ctx, &wg, client, factory, recorder)
 	if len(allocators) > 0 {
 		ipam, err := nodeipam.New(client, factory.Core().V1().Nodes(), s.cfg.ClusterCIDRs, allocators, store, recorder(nodeipam.ControllerName), nodeipam.Options{})
 		if err != nil {

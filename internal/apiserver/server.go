@@ -158,6 +158,8 @@ type Server struct {
 	cluster clusterState
 	// quorum tells whether etcd can commit writes.
 	quorum *quorumMonitor
+	// live holds the cluster's ranges as objects (liveranges.go).
+	live *liveRanges
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API. It
@@ -370,6 +372,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}); err != nil {
 		return nil, err
 	}
+	if err := generic.AddPostStartHook("duet-ranges", s.startRanges); err != nil {
+		return nil, err
+	}
 	if err := generic.AddPostStartHook("duet-controllers", s.startControllers); err != nil {
 		return nil, err
 	}
@@ -379,10 +384,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.CompletedConfig) error {
 	optsGetter := completed.RESTOptionsGetter
 
-	netStorage, err := networking.NewStorage(Scheme, optsGetter)
-	if err != nil {
-		return err
-	}
+	var err error
 	s.etcdClient, err = clientv3.New(clientv3.Config{Endpoints: s.etcdServers, DialTimeout: 10 * time.Second})
 	if err != nil {
 		return fmt.Errorf("connecting to etcd for allocation records: %w", err)
@@ -431,12 +433,17 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 	allocs.SetNodePorts(ports)
 	s.nodePorts = ports
 	s.serviceRanges, s.ipStore = ranges, ipStore
+	s.live = newLiveRanges(s.cfg, allocs, ipStore, ranges)
+	netStorage, err := networking.NewStorage(Scheme, optsGetter, s.live.networkingOptions(s.cfg))
+	if err != nil {
+		return err
+	}
 
 	coreStorage, err := registrycore.NewStorage(Scheme, optsGetter)
 	if err != nil {
 		return err
 	}
-	svcStorage, err := service.NewStorage(Scheme, optsGetter, svcCfg, allocs)
+	svcStorage, err := service.NewStorage(Scheme, optsGetter, allocs)
 	if err != nil {
 		return err
 	}
