@@ -186,7 +186,7 @@ func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config
 	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), factory.Core().V1().Namespaces(), recorder(scheduler.Name))
 	wg.Go(func() { sched.Run(ctx, 8) })
 	s.runNodeHealth(ctx, &wg, client, factory, recorder)
-	s.runRangeControllers(ctx, &wg, client, factory, recorder)
+	s.runRangeControllers(ctx, &wg, loopback, client, factory, recorder)
 	if len(allocators) > 0 {
 		ipam, err := nodeipam.New(client, factory.Core().V1().Nodes(), s.cfg.ClusterCIDRs, allocators, store, recorder(nodeipam.ControllerName), nodeipam.Options{})
 		if err != nil {

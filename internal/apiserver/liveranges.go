@@ -14,14 +14,19 @@ import (
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/duet-net/duet/internal/alloc"
+	nclient "github.com/duet-net/duet/internal/apis/networking/client"
+	netv1alpha1 "github.com/duet-net/duet/internal/apis/networking/v1alpha1"
 	"github.com/duet-net/duet/internal/clusterranges"
+	clustercidrctl "github.com/duet-net/duet/internal/controller/clustercidr"
 	"github.com/duet-net/duet/internal/controller/servicecidr"
 	"github.com/duet-net/duet/internal/netaddr"
+	"github.com/duet-net/duet/internal/registry/clustercidr"
 	"github.com/duet-net/duet/internal/registry/networking"
 	"github.com/duet-net/duet/internal/registry/service"
 )
@@ -119,6 +124,36 @@ func (l *liveRanges) guardServiceCIDRDelete(_ context.Context, obj *networkingv1
 	return nil
 }
 
+// guardClusterCIDRDelete refuses to delete the ClusterCIDR of the
+// cluster's primary family: every Node's first pod CIDR, and every pod's
+// primary address, come from it.
+func (l *liveRanges) guardClusterCIDRDelete(_ context.Context, obj *netv1alpha1.ClusterCIDR) error {
+	p, err := netip.ParsePrefix(obj.Spec.CIDR)
+	if err != nil {
+		return nil
+	}
+	primary := l.clusterPrimary()
+	if netaddr.FamilyOf(p.Addr()) == primary {
+		return apierrors.NewForbidden(netv1alpha1.Resource("clustercidrs"), obj.Name, fmt.Errorf(
+			"%s is of the cluster's primary family %s: every Node's first pod CIDR and every pod's primary address come from it, so it cannot be deleted (the primary family never changes)",
+			obj.Spec.CIDR, primary))
+	}
+	return nil
+}
+
+// clusterPrimary is the primary family of the cluster CIDRs: that of the
+// first --cluster-cidr, or of the service ranges without one.
+func (l *liveRanges) clusterPrimary() netaddr.Family {
+	if len(l.defaults.ClusterCIDRs.CIDRs) > 0 {
+		return netaddr.FamilyOf(l.defaults.ClusterCIDRs.CIDRs[0].Addr())
+	}
+	return netaddr.FamilyOf(l.primaryRange.Addr())
+}
+
+func (l *liveRanges) clusterCIDROptions(cfg *Config) clustercidr.Options {
+	return clustercidr.Options{DualStack: cfg.DualStack, Primary: l.clusterPrimary(), DeleteGuard: l.guardClusterCIDRDelete}
+}
+
 func (l *liveRanges) networkingOptions(cfg *Config) networking.Options {
 	return networking.Options{DualStack: cfg.DualStack, Primary: netaddr.FamilyOf(cfg.ServiceRanges[0].Addr()), DeleteGuard: l.guardServiceCIDRDelete}
 }
@@ -136,22 +171,32 @@ func (s *Server) startRanges(hookCtx genericapiserver.PostStartHookContext) erro
 		<-hookCtx.Done()
 		cancel()
 	}()
+	clusterCIDRs, err := nclient.New(hookCtx.LoopbackClientConfig)
+	if err != nil {
+		return err
+	}
 	err = wait.PollUntilContextCancel(hookCtx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		if err := servicecidr.EnsureDefault(ctx, client, s.cfg.ServiceRanges); err != nil {
 			klog.ErrorS(err, "Creating the default ServiceCIDR; retrying")
 			return false, nil
 		}
+		if err := clustercidrctl.EnsureDefaults(ctx, clusterCIDRs, s.cfg.ClusterCIDRs); err != nil {
+			klog.ErrorS(err, "Creating the default ClusterCIDRs; retrying")
+			return false, nil
+		}
 		return true, nil
 	})
 	if err != nil {
-		return fmt.Errorf("creating the default ServiceCIDR: %w", err)
+		return fmt.Errorf("creating the default ServiceCIDR and ClusterCIDRs: %w", err)
 	}
 
 	factory := informers.NewSharedInformerFactory(client, 0)
 	cidrs := factory.Networking().V1().ServiceCIDRs()
+	clusterInformer := clusterCIDRs.NewInformer(0)
 	feeder := clusterranges.NewFeeder(clusterranges.Feeder{
 		Source: s.live.source, Defaults: s.live.defaults, Log: s.log,
 		Services: func() ([]*networkingv1.ServiceCIDR, error) { return cidrs.Lister().List(labels.Everything()) },
+		Clusters: func() ([]clusterranges.ClusterCIDR, error) { return clusterCIDRsOf(clusterInformer.GetStore().List()), nil },
 	})
 	changed := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { feeder.Changed() }, UpdateFunc: func(_, _ any) { feeder.Changed() }, DeleteFunc: func(any) { feeder.Changed() },
@@ -159,11 +204,18 @@ func (s *Server) startRanges(hookCtx genericapiserver.PostStartHookContext) erro
 	if _, err := cidrs.Informer().AddEventHandler(changed); err != nil {
 		return err
 	}
+	if _, err := clusterInformer.AddEventHandler(changed); err != nil {
+		return err
+	}
 	factory.Start(ctx.Done())
+	go clusterInformer.RunWithContext(ctx)
 	for _, ok := range factory.WaitForCacheSync(hookCtx.Done()) {
 		if !ok {
 			return fmt.Errorf("loading the cluster's ranges: %w", context.Cause(hookCtx))
 		}
+	}
+	if !cache.WaitForCacheSync(hookCtx.Done(), clusterInformer.HasSynced) {
+		return fmt.Errorf("loading the cluster's ClusterCIDRs: %w", context.Cause(hookCtx))
 	}
 	if err := feeder.Rebuild(); err != nil {
 		return fmt.Errorf("loading the cluster's ranges: %w", err)
@@ -172,9 +224,39 @@ func (s *Server) startRanges(hookCtx genericapiserver.PostStartHookContext) erro
 	return nil
 }
 
+// clusterCIDRsOf turns the informer's objects into the Snapshot's form.
+func clusterCIDRsOf(objs []any) []clusterranges.ClusterCIDR {
+	var out []clusterranges.ClusterCIDR
+	for _, o := range objs {
+		cc, ok := o.(*netv1alpha1.ClusterCIDR)
+		if !ok {
+			continue
+		}
+		p, err := netaddr.ParseCIDR(cc.Spec.CIDR)
+		if err != nil {
+			continue
+		}
+		out = append(out, clusterranges.ClusterCIDR{Name: cc.Name, CIDR: p, NodeMaskSize: int(cc.Spec.NodeMaskSize),
+			Created: cc.CreationTimestamp, Deleting: cc.DeletionTimestamp != nil})
+	}
+	return out
+}
+
 // runRangeControllers starts, with the other leader-elected controllers,
-// the ServiceCIDR controller (finalizer, Ready condition).
-func (s *Server) runRangeControllers(ctx context.Context, wg *sync.WaitGroup, client kubernetes.Interface, factory informers.SharedInformerFactory, recorder func(string) record.EventRecorder) {
+// the ServiceCIDR controller (finalizer, Ready condition) and the
+// ClusterCIDR controller (Ready condition).
+func (s *Server) runRangeControllers(ctx context.Context, wg *sync.WaitGroup, loopback *rest.Config, client kubernetes.Interface, factory informers.SharedInformerFactory, recorder func(string) record.EventRecorder) {
+	if api, err := nclient.New(loopback); err != nil {
+		klog.ErrorS(err, "starting the ClusterCIDR controller")
+	} else {
+		informer := api.NewInformer(0)
+		if ctl, err := clustercidrctl.New(api, informer, recorder(clustercidrctl.ControllerName)); err != nil {
+			klog.ErrorS(err, "starting the ClusterCIDR controller")
+		} else {
+			wg.Go(func() { informer.RunWithContext(ctx) })
+			wg.Go(func() { ctl.Run(ctx) })
+		}
+	}
 	ctl, err := servicecidr.New(client, factory.Networking().V1().ServiceCIDRs(), func(ctx context.Context) ([]networkingv1.IPAddress, error) {
 		return s.ipStore.ListAll(ctx, 0)
 	}, recorder(servicecidr.ControllerName), servicecidr.Options{})

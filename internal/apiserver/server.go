@@ -45,12 +45,14 @@ import (
 	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
 	"github.com/duet-net/duet/internal/admission/serviceaccount"
 	"github.com/duet-net/duet/internal/alloc"
+	netv1alpha1 "github.com/duet-net/duet/internal/apis/networking/v1alpha1"
 	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
 	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
 	registryapps "github.com/duet-net/duet/internal/registry/apps"
+	"github.com/duet-net/duet/internal/registry/clustercidr"
 	"github.com/duet-net/duet/internal/registry/coordination"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
 	"github.com/duet-net/duet/internal/registry/discovery"
@@ -87,7 +89,8 @@ func setServerFeatures() error {
 // cache with exactly sized slices, where JSON decoding leaves the slack of
 // every grown slice: with 150,000 Pods that is hundreds of megabytes.
 // Services stay JSON: core/v1's protobuf form has no field for the 1.16
-// spec.ipFamily that Duet keeps. Either encoding is read back whatever the
+// spec.ipFamily that Duet keeps; so do Duet's own types, which have no
+// protobuf form. Either encoding is read back whatever the
 // setting, so data written by earlier versions stays readable.
 type storageEncodings struct {
 	registrygeneric.RESTOptionsGetter
@@ -96,7 +99,7 @@ type storageEncodings struct {
 
 func (e storageEncodings) GetRESTOptions(resource schema.GroupResource, example runtime.Object) (registrygeneric.RESTOptions, error) {
 	opts, err := e.RESTOptionsGetter.GetRESTOptions(resource, example)
-	if err != nil || resource == (schema.GroupResource{Resource: "services"}) {
+	if err != nil || resource == (schema.GroupResource{Resource: "services"}) || resource.Group == netv1alpha1.GroupName {
 		return opts, err
 	}
 	cfg := *opts.StorageConfig
@@ -317,7 +320,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	config.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
 	config.OpenAPIV3Config.Info.Title = "Duet"
 
-	storedVersions := []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion, appsv1.SchemeGroupVersion}
+	storedVersions := []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion, appsv1.SchemeGroupVersion, netv1alpha1.SchemeGroupVersion}
 	jsonCodec := Codecs.LegacyCodec(storedVersions...)
 	if s.storageCodec, err = protobufStorageCodec(storedVersions); err != nil {
 		return nil, err
@@ -477,6 +480,9 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 		{coordinationv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return coordination.NewStorage(Scheme, optsGetter) }},
 		{networkingv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return netStorage, nil }},
 		{appsv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return registryapps.NewStorage(Scheme, optsGetter) }},
+		{netv1alpha1.SchemeGroupVersion, func() (map[string]restStorage, error) {
+			return clustercidr.NewStorage(Scheme, optsGetter, s.live.clusterCIDROptions(s.cfg))
+		}},
 	} {
 		st, err := g.new()
 		if err != nil {
