@@ -196,7 +196,9 @@ func (s *Server) startRanges(hookCtx genericapiserver.PostStartHookContext) erro
 	feeder := clusterranges.NewFeeder(clusterranges.Feeder{
 		Source: s.live.source, Defaults: s.live.defaults, Log: s.log,
 		Services: func() ([]*networkingv1.ServiceCIDR, error) { return cidrs.Lister().List(labels.Everything()) },
-		Clusters: func() ([]clusterranges.ClusterCIDR, error) { return clusterCIDRsOf(clusterInformer.GetStore().List()), nil },
+		Clusters: func() ([]clusterranges.ClusterCIDR, error) {
+			return clusterCIDRsOf(clusterInformer.GetStore().List()), nil
+		},
 	})
 	changed := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { feeder.Changed() }, UpdateFunc: func(_, _ any) { feeder.Changed() }, DeleteFunc: func(any) { feeder.Changed() },

@@ -56,7 +56,9 @@ func TestCondition(t *testing.T) {
 }
 
 // fakeAPI keeps ClusterCIDRs in a map.
-type fakeAPI struct{ objs map[string]*v1alpha1.ClusterCIDR }
+type fakeAPI struct {
+	objs map[string]*v1alpha1.ClusterCIDR
+}
 
 func (f *fakeAPI) Get(_ context.Context, name string, _ metav1.GetOptions) (*v1alpha1.ClusterCIDR, error) {
 	if o, ok := f.objs[name]; ok {
