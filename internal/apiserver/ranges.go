@@ -23,6 +23,10 @@ const rangesKey = "/duet/cluster-ranges"
 type rangesRecord struct {
 	ServiceRanges []netip.Prefix `json:"serviceRanges"`
 	ClusterCIDRs  []netip.Prefix `json:"clusterCIDRs,omitempty"`
+	// Flags are the range flags of the last start when the ranges above,
+	// kept in step with the ServiceCIDRs and ClusterCIDRs, differ from
+	// them (see liveranges.go): a restart is checked against them.
+	Flags *rangesRecord `json:"flags,omitempty"`
 }
 
 // checkRangeChange says whether a cluster that ran with old may run with
@@ -60,10 +64,6 @@ func checkRangeChange(old, now rangesRecord) error {
 // starting with different ranges cannot both pass.
 func recordRanges(ctx context.Context, endpoints []string, cfg *Config) error {
 	now := rangesRecord{ServiceRanges: cfg.ServiceRanges, ClusterCIDRs: cfg.ClusterCIDRs.CIDRs}
-	mine, err := json.Marshal(now)
-	if err != nil {
-		return err
-	}
 	client, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second})
 	if err != nil {
 		return fmt.Errorf("connecting to etcd: %w", err)
@@ -77,15 +77,21 @@ func recordRanges(ctx context.Context, endpoints []string, cfg *Config) error {
 			return fmt.Errorf("reading the cluster's ranges from etcd: %w", err)
 		}
 		var rev int64 // 0: the key does not exist
+		next := now
 		if len(resp.Kvs) > 0 {
 			var old rangesRecord
 			if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
 				return fmt.Errorf("reading the cluster's ranges from etcd (%s): %w", rangesKey, err)
 			}
-			if err := checkRangeChange(old, now); err != nil {
+			if err := checkRangeChange(old.lastFlags(), now); err != nil {
 				return err
 			}
 			rev = resp.Kvs[0].ModRevision
+			next = old.restartedWith(now)
+		}
+		mine, err := json.Marshal(next)
+		if err != nil {
+			return err
 		}
 		txn, err := client.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(rangesKey), "=", rev)).
