@@ -110,6 +110,13 @@ func (l *liveRanges) applyServiceRanges(snap *clusterranges.Snapshot) {
 		klog.ErrorS(err, "Keeping the previous service ranges", "ranges", snap.String())
 		return
 	}
+	// A range no ServiceCIDR has any more is forgotten: should it come
+	// back, it is loaded afresh from the records.
+	for p, r := range l.ranges {
+		if !slices.ContainsFunc(set, func(u service.Range) bool { return u.ServiceRange == r }) {
+			delete(l.ranges, p)
+		}
+	}
 	klog.InfoS("Service ranges", "families", l.allocs.Config().Families(), "ranges", snap.String())
 }
 
