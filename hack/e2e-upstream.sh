@@ -2,7 +2,7 @@
 # Runs upstream Kubernetes' own e2e tests (e2e.test v1.37.2, built from the Go
 # module k8s.io/kubernetes in test/upstream) against a fresh `duet up`.
 #
-#   hack/e2e-upstream.sh            the dual-stack and DNS selection (FOCUS, SKIP below)
+#   hack/e2e-upstream.sh            the dual-stack, DNS and ServiceCIDR selection (FOCUS, SKIP below)
 #   FOCUS=... SKIP=... NODES=N hack/e2e-upstream.sh
 #
 # Needs root (duet up) and the binaries bin/duet, bin/agnhost, bin/coredns,
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FOCUS=${FOCUS:-'Feature:IPv6DualStack|\[sig-network\] DNS'}
+FOCUS=${FOCUS:-'Feature:IPv6DualStack|\[sig-network\] DNS|\[sig-network\] Service CIDRs|\[sig-network\] ServiceCIDR and IPAddress API'}
 # SCTP: this kernel has none. Of the DNS tests, those of the "DNS configMap"
 # suite edit CoreDNS's ConfigMap in kube-system (Duet serves cluster DNS from
 # its agents, not CoreDNS; the test that runs CoreDNS in a pod of its own

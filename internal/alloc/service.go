@@ -23,6 +23,7 @@ type ServiceRange struct {
 	*pool
 	// staticBand is the number of slots in the lower band.
 	staticBand uint128.Uint128
+	primary    bool
 }
 
 // ServiceRangeOptions are the optional parts of a ServiceRange.
@@ -51,6 +52,7 @@ func NewServiceRange(cidr netip.Prefix, opts ServiceRangeOptions) (*ServiceRange
 	r := &ServiceRange{
 		pool:       newPool(cidr, uint128.From64(1), 0, last, opts.Store),
 		staticBand: staticBandSize(cidr),
+		primary:    opts.Primary,
 	}
 	if opts.Primary {
 		r.reserve(uint128.Zero, "the kubernetes service")
@@ -84,6 +86,10 @@ func (r *ServiceRange) Family() netaddr.Family { return r.fam }
 // KubernetesServiceIP is the first usable address: the kubernetes Service's
 // cluster IP when this is the primary range.
 func (r *ServiceRange) KubernetesServiceIP() netip.Addr { return r.key(uint128.Zero).Addr() }
+
+// ReservesKubernetesIP reports whether the range was created as Primary:
+// its KubernetesServiceIP is reserved for the kubernetes Service.
+func (r *ServiceRange) ReservesKubernetesIP() bool { return r.primary }
 
 // Allocate takes a specific address, as a user-chosen clusterIP does.
 func (r *ServiceRange) Allocate(ctx context.Context, ip netip.Addr) error {

@@ -78,7 +78,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	repair := &service.Repair{
 		Client:   client,
 		Records:  s.ipStore.ListAll,
-		Ranges:   s.serviceRanges,
+		Ranges:   s.live.allocs.Ranges,
 		Recorder: broadcaster.Recorder(corev1.EventSource{Component: "ipallocator-repair-controller"}),
 		Interval: s.cfg.RepairInterval,
 		// A create may store its Service until its request times out,
@@ -94,20 +94,6 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	if err != nil {
 		return err
 	}
-	var allocators []*alloc.NodeCIDRs
-	for i, cidr := range s.cfg.ClusterCIDRs.CIDRs {
-		a, err := alloc.NewNodeCIDRs(cidr, s.cfg.ClusterCIDRs.NodeMaskSizes[i], store)
-		if err != nil {
-			return err
-		}
-		allocators = append(allocators, a)
-	}
-	go wait.UntilWithContext(ctx, func(context.Context) {
-		for _, a := range allocators {
-			metrics.Observe("node-cidr", string(netaddr.FamilyOf(a.CIDR().Addr())), a.CIDR().String(), a)
-		}
-	}, 15*time.Second)
-
 	id, _ := os.Hostname()
 	id = fmt.Sprintf("%s_%s", id, uuid.NewUUID())
 	// Every replica keeps default/kubernetes and lists itself in its
@@ -121,7 +107,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 	for _, r := range s.cfg.ServiceRanges {
 		families = append(families, corev1.IPFamily(netaddr.FamilyOf(r.Addr())))
 	}
-	kube := &kubernetesService{client: client, leases: leases, self: self, families: families, interval: kubernetesServiceInterval,
+	kube := &kubernetesService{client: client, leases: leases, self: self, families: families, currentFamilies: s.live.serviceFamilies, interval: kubernetesServiceInterval,
 		ip: s.serviceRanges[netaddr.FamilyOf(s.cfg.ServiceRanges[0].Addr())].KubernetesServiceIP()}
 	// The etcd client is closed, and controllersDone closed, once both
 	// the leader-elected controllers and this (which withdraws the
@@ -158,7 +144,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 				Callbacks: leaderelection.LeaderCallbacks{
 					OnStartedLeading: func(leaderCtx context.Context) {
 						klog.InfoS("leading: starting cluster-wide controllers", "identity", id)
-						s.runLeaderControllers(leaderCtx, loopback, client, broadcaster, allocators, store)
+						s.runLeaderControllers(leaderCtx, loopback, client, broadcaster, store)
 					},
 					OnStoppedLeading: func() { klog.InfoS("no longer leading", "identity", id) },
 				},
@@ -170,7 +156,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 
 // runLeaderControllers runs until leadership is lost; every start builds
 // its state afresh from the API and the store.
-func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config, client kubernetes.Interface, broadcaster *events.Broadcaster, allocators []*alloc.NodeCIDRs, store alloc.Store) {
+func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config, client kubernetes.Interface, broadcaster *events.Broadcaster, store alloc.Store) {
 	recorder := func(component string) record.EventRecorder {
 		return broadcaster.Recorder(corev1.EventSource{Component: component})
 	}
@@ -187,14 +173,7 @@ func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config
 	sched := scheduler.New(client, factory.Core().V1().Pods(), factory.Core().V1().Nodes(), factory.Core().V1().Namespaces(), recorder(scheduler.Name))
 	wg.Go(func() { sched.Run(ctx, 8) })
 	s.runNodeHealth(ctx, &wg, client, factory, recorder)
-	if len(allocators) > 0 {
-		ipam, err := nodeipam.New(client, factory.Core().V1().Nodes(), s.cfg.ClusterCIDRs, allocators, store, recorder(nodeipam.ControllerName), nodeipam.Options{})
-		if err != nil {
-			klog.ErrorS(err, "starting node IPAM")
-		} else {
-			wg.Go(func() { ipam.Run(ctx, 2) })
-		}
-	}
+	s.runRangeControllers(ctx, &wg, loopback, client, factory, recorder)
 	slices, err := endpointslice.New(client, factory.Core().V1().Pods(), factory.Core().V1().Services(),
 		factory.Core().V1().Nodes(), factory.Discovery().V1().EndpointSlices(), endpointslice.Options{Recorder: recorder(endpointslice.EventComponent)})
 	if err != nil {
@@ -209,8 +188,9 @@ func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config
 	} else {
 		wg.Go(func() { eps.Run(ctx, 4) })
 	}
-	dns := kubedns.New(client, factory.Core().V1().Nodes(), factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices(), s.cfg.ServiceRanges)
+	dns := kubedns.New(client, factory.Core().V1().Nodes(), factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices(), s.live.source.Load().ServiceRanges())
 	wg.Go(func() { dns.Run(ctx) })
+	s.runLiveRanges(ctx, &wg, client, factory.Core().V1().Nodes(), recorder(nodeipam.ControllerName), dns, store)
 	if len(s.cfg.LBPools) > 0 {
 		lbStore, err := etcdstore.New(s.etcdClient, lbIPsPrefix)
 		if err == nil {
@@ -224,7 +204,7 @@ func (s *Server) runLeaderControllers(ctx context.Context, loopback *rest.Config
 			klog.ErrorS(err, "starting load balancer IPAM")
 		}
 	}
-	wg.Go(func() { s.familyDrop(client, store, recorder(familydrop.ControllerName)).Run(ctx) })
+	s.runFamilyDrop(ctx, &wg, client, store, recorder(familydrop.ControllerName))
 	runWorkloads := workloadControllers(ctx, loopback, client, factory)
 	factory.Start(ctx.Done())
 	runWorkloads(&wg)

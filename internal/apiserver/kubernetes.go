@@ -67,7 +67,10 @@ type kubernetesService struct {
 	ip netip.Addr
 	// families are the cluster's, primary first.
 	families []corev1.IPFamily
-	interval time.Duration
+	// currentFamilies, if set, gives families anew at every pass: the
+	// cluster may gain a family while the server runs.
+	currentFamilies func() []corev1.IPFamily
+	interval        time.Duration
 }
 
 // Run reconciles every interval until ctx is done, then withdraws this
@@ -93,6 +96,9 @@ func (k *kubernetesService) Run(ctx context.Context) {
 }
 
 func (k *kubernetesService) reconcile(ctx context.Context) error {
+	if k.currentFamilies != nil {
+		k.families = k.currentFamilies()
+	}
 	if err := k.leases.Advertise(ctx); err != nil {
 		// The others will drop this server when its lease expires; it
 		// still lists itself below.

@@ -44,6 +44,7 @@ func NodeName(u user.Info) (string, bool) {
 var nodeReadable = map[string]bool{
 	"nodes": true, "pods": true, "services": true, "endpoints": true, "endpointslices": true,
 	"namespaces": true, "leases": true, "events": true, "ipaddresses": true, "servicecidrs": true,
+	"clustercidrs": true,
 }
 
 // nodeGraphWait is how long a node's read of an object its pods refer to

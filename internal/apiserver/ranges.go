@@ -27,6 +27,10 @@ const rangesKey = "/duet/cluster-ranges"
 type rangesRecord struct {
 	ServiceRanges []netip.Prefix `json:"serviceRanges"`
 	ClusterCIDRs  []netip.Prefix `json:"clusterCIDRs,omitempty"`
+	// Flags are the range flags of the last start when the ranges above,
+	// kept in step with the ServiceCIDRs and ClusterCIDRs, differ from
+	// them (see liveranges.go): a restart is checked against them.
+	Flags *rangesRecord `json:"flags,omitempty"`
 }
 
 // checkRangeChange says whether a cluster that ran with old may run with
@@ -107,10 +111,6 @@ func serviceBlockers(ctx context.Context, kv clientv3.KV, rev int64, ranges []ne
 // starting with different ranges cannot both pass.
 func recordRanges(ctx context.Context, endpoints []string, cfg *Config) error {
 	now := rangesRecord{ServiceRanges: cfg.ServiceRanges, ClusterCIDRs: cfg.ClusterCIDRs.CIDRs}
-	mine, err := json.Marshal(now)
-	if err != nil {
-		return err
-	}
 	client, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second})
 	if err != nil {
 		return fmt.Errorf("connecting to etcd: %w", err)
@@ -125,16 +125,19 @@ func recordRanges(ctx context.Context, endpoints []string, cfg *Config) error {
 		}
 		var rev int64 // 0: the key does not exist
 		var guards []clientv3.Cmp
+		next := now
 		if len(resp.Kvs) > 0 {
 			var old rangesRecord
 			if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
 				return fmt.Errorf("reading the cluster's ranges from etcd (%s): %w", rangesKey, err)
 			}
-			if err := checkRangeChange(old, now); err != nil {
+			if err := checkRangeChange(old.lastFlags(), now); err != nil {
 				return err
 			}
 			rev = resp.Kvs[0].ModRevision
-			if gone, ok := droppedSecondary(old.ServiceRanges, now.ServiceRanges); ok {
+			// A restart is checked against the flags of the last start: a
+			// family the objects added since is not the flags' to drop.
+			if gone, ok := droppedSecondary(old.lastFlags().ServiceRanges, now.ServiceRanges); ok {
 				// The Services are read at the revision the record was read
 				// at, and the record is written only if no Service changed
 				// since: a replica still serving the old ranges cannot
@@ -151,6 +154,11 @@ func recordRanges(ctx context.Context, endpoints []string, cfg *Config) error {
 				}
 				guards = append(guards, clientv3.Compare(clientv3.ModRevision(servicesPrefix), "<", read+1).WithPrefix())
 			}
+			next = old.restartedWith(now)
+		}
+		mine, err := json.Marshal(next)
+		if err != nil {
+			return err
 		}
 		txn, err := client.Txn(ctx).
 			If(append(guards, clientv3.Compare(clientv3.ModRevision(rangesKey), "=", rev))...).

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 
 	"github.com/duet-net/duet/internal/apis/core"
+	netv1alpha1 "github.com/duet-net/duet/internal/apis/networking/v1alpha1"
 )
 
 // Scheme holds every type Duet serves. k8s.io/api has only external (v1)
@@ -61,6 +62,7 @@ func servedTypes() map[schema.GroupVersion][]runtime.Object {
 		},
 		// The scale subresource of Deployments and ReplicaSets.
 		autoscalingv1.SchemeGroupVersion: {&autoscalingv1.Scale{}},
+		netv1alpha1.SchemeGroupVersion:   {&netv1alpha1.ClusterCIDR{}, &netv1alpha1.ClusterCIDRList{}},
 	}
 }
 

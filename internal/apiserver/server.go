@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -45,12 +46,14 @@ import (
 	"github.com/duet-net/duet/internal/admission/namespacelifecycle"
 	"github.com/duet-net/duet/internal/admission/serviceaccount"
 	"github.com/duet-net/duet/internal/alloc"
+	netv1alpha1 "github.com/duet-net/duet/internal/apis/networking/v1alpha1"
 	generatedopenapi "github.com/duet-net/duet/internal/apiserver/openapi"
 	"github.com/duet-net/duet/internal/etcdstore"
 	"github.com/duet-net/duet/internal/netaddr"
 	"github.com/duet-net/duet/internal/nodegraph"
 	"github.com/duet-net/duet/internal/pki"
 	registryapps "github.com/duet-net/duet/internal/registry/apps"
+	"github.com/duet-net/duet/internal/registry/clustercidr"
 	"github.com/duet-net/duet/internal/registry/coordination"
 	registrycore "github.com/duet-net/duet/internal/registry/core"
 	"github.com/duet-net/duet/internal/registry/discovery"
@@ -87,7 +90,8 @@ func setServerFeatures() error {
 // cache with exactly sized slices, where JSON decoding leaves the slack of
 // every grown slice: with 150,000 Pods that is hundreds of megabytes.
 // Services stay JSON: core/v1's protobuf form has no field for the 1.16
-// spec.ipFamily that Duet keeps. Either encoding is read back whatever the
+// spec.ipFamily that Duet keeps; so do Duet's own types, which have no
+// protobuf form. Either encoding is read back whatever the
 // setting, so data written by earlier versions stays readable.
 type storageEncodings struct {
 	registrygeneric.RESTOptionsGetter
@@ -96,7 +100,7 @@ type storageEncodings struct {
 
 func (e storageEncodings) GetRESTOptions(resource schema.GroupResource, example runtime.Object) (registrygeneric.RESTOptions, error) {
 	opts, err := e.RESTOptionsGetter.GetRESTOptions(resource, example)
-	if err != nil || resource == (schema.GroupResource{Resource: "services"}) {
+	if err != nil || resource == (schema.GroupResource{Resource: "services"}) || resource.Group == netv1alpha1.GroupName {
 		return opts, err
 	}
 	cfg := *opts.StorageConfig
@@ -121,7 +125,9 @@ const storagePrefix = "/registry"
 // Server is a prepared `duet server`: credentials written, storage and
 // APIs installed, ready to Run.
 type Server struct {
-	cfg        *Config
+	cfg *Config
+	// dropDeps are the leader's, for removing a family (familydrop.go).
+	dropDeps   atomic.Pointer[dropDeps]
 	generic    *genericapiserver.GenericAPIServer
 	etcd       *EmbeddedEtcd
 	Kubeconfig string
@@ -158,6 +164,8 @@ type Server struct {
 	cluster clusterState
 	// quorum tells whether etcd can commit writes.
 	quorum *quorumMonitor
+	// live holds the cluster's ranges as objects (liveranges.go).
+	live *liveRanges
 }
 
 // New prepares a server: etcd, credentials, the kubeconfig, the API. It
@@ -315,7 +323,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	config.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
 	config.OpenAPIV3Config.Info.Title = "Duet"
 
-	storedVersions := []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion, appsv1.SchemeGroupVersion}
+	storedVersions := []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion, networkingv1.SchemeGroupVersion, appsv1.SchemeGroupVersion, netv1alpha1.SchemeGroupVersion}
 	jsonCodec := Codecs.LegacyCodec(storedVersions...)
 	if s.storageCodec, err = protobufStorageCodec(storedVersions); err != nil {
 		return nil, err
@@ -370,6 +378,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}); err != nil {
 		return nil, err
 	}
+	if err := generic.AddPostStartHook("duet-ranges", s.startRanges); err != nil {
+		return nil, err
+	}
 	if err := generic.AddPostStartHook("duet-controllers", s.startControllers); err != nil {
 		return nil, err
 	}
@@ -379,10 +390,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.CompletedConfig) error {
 	optsGetter := completed.RESTOptionsGetter
 
-	netStorage, err := networking.NewStorage(Scheme, optsGetter)
-	if err != nil {
-		return err
-	}
+	var err error
 	s.etcdClient, err = clientv3.New(clientv3.Config{Endpoints: s.etcdServers, DialTimeout: 10 * time.Second})
 	if err != nil {
 		return fmt.Errorf("connecting to etcd for allocation records: %w", err)
@@ -431,12 +439,18 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 	allocs.SetNodePorts(ports)
 	s.nodePorts = ports
 	s.serviceRanges, s.ipStore = ranges, ipStore
-
-	coreStorage, err := registrycore.NewStorage(Scheme, optsGetter, registrycore.WithClusterPodFamilies(podFamilies(s.cfg)...))
+	s.live = newLiveRanges(s.cfg, allocs, ipStore, ranges)
+	s.live.removeFamilies = s.removeFamiliesNow
+	netStorage, err := networking.NewStorage(Scheme, optsGetter, s.live.networkingOptions(s.cfg))
 	if err != nil {
 		return err
 	}
-	svcStorage, err := service.NewStorage(Scheme, optsGetter, svcCfg, allocs)
+
+	coreStorage, err := registrycore.NewStorage(Scheme, optsGetter, registrycore.WithClusterPodFamilies(s.live.podFamilies))
+	if err != nil {
+		return err
+	}
+	svcStorage, err := service.NewStorage(Scheme, optsGetter, allocs)
 	if err != nil {
 		return err
 	}
@@ -470,6 +484,9 @@ func (s *Server) installAPIs(ctx context.Context, completed genericapiserver.Com
 		{coordinationv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return coordination.NewStorage(Scheme, optsGetter) }},
 		{networkingv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return netStorage, nil }},
 		{appsv1.SchemeGroupVersion, func() (map[string]restStorage, error) { return registryapps.NewStorage(Scheme, optsGetter) }},
+		{netv1alpha1.SchemeGroupVersion, func() (map[string]restStorage, error) {
+			return clustercidr.NewStorage(Scheme, optsGetter, s.live.clusterCIDROptions(s.cfg))
+		}},
 	} {
 		st, err := g.new()
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,8 +32,10 @@ const key = "kube-dns"
 
 // Controller keeps kube-dns and its slices.
 type Controller struct {
-	client   kubernetes.Interface
-	ranges   []netip.Prefix
+	client kubernetes.Interface
+	// ranges are the cluster's service ranges, one per family, primary
+	// first (SetRanges changes them while it runs).
+	ranges   atomic.Pointer[[]netip.Prefix]
 	nodes    corelisters.NodeLister
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
@@ -48,10 +51,11 @@ type Controller struct {
 func New(client kubernetes.Interface, nodes coreinformers.NodeInformer, services coreinformers.ServiceInformer,
 	slices discoveryinformers.EndpointSliceInformer, ranges []netip.Prefix) *Controller {
 	c := &Controller{
-		client: client, ranges: ranges,
-		nodes: nodes.Lister(), services: services.Lister(), slices: slices.Lister(),
+		client: client,
+		nodes:  nodes.Lister(), services: services.Lister(), slices: slices.Lister(),
 		retryBase: 100 * time.Millisecond, retryMax: 30 * time.Second,
 	}
+	c.ranges.Store(&ranges)
 	all := func(any) { c.queue.Add(key) }
 	ours := func(obj any) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
@@ -85,6 +89,14 @@ func New(client kubernetes.Interface, nodes coreinformers.NodeInformer, services
 	return c
 }
 
+// SetRanges gives the controller the cluster's service ranges as they are
+// now, one per family, primary first: kube-dns gains a family the cluster
+// gained (a ServiceCIDR of a second family applied while it runs).
+func (c *Controller) SetRanges(ranges []netip.Prefix) {
+	c.ranges.Store(&ranges)
+	c.queue.Add(key)
+}
+
 // Run keeps kube-dns until ctx ends.
 func (c *Controller) Run(ctx context.Context) {
 	defer utilruntime.HandleCrash()
@@ -111,13 +123,18 @@ func (c *Controller) Run(ctx context.Context) {
 }
 
 func (c *Controller) sync(ctx context.Context) error {
+	ranges := *c.ranges.Load()
 	svc, err := c.services.Services(Namespace).Get(Name)
 	if apierrors.IsNotFound(err) {
 		klog.FromContext(ctx).Info("kube-dns is missing; creating it")
-		return Ensure(ctx, c.client, c.ranges)
+		return Ensure(ctx, c.client, ranges)
 	}
 	if err != nil {
 		return err
+	}
+	if want := addedFamilies(svc, ranges); want != nil {
+		// Its slices follow once the informer shows it with both families.
+		return upgrade(ctx, c.client, svc, ranges)
 	}
 	have, err := c.slices.EndpointSlices(Namespace).List(labels.SelectorFromSet(labels.Set{
 		discoveryv1.LabelServiceName: Name, discoveryv1.LabelManagedBy: ManagedBy,

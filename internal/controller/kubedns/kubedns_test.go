@@ -258,3 +258,41 @@ func TestAddedFamilies(t *testing.T) {
 		})
 	}
 }
+
+// A ServiceCIDR of a second family applied while the controller runs:
+// kube-dns gains the family and a slice of it, nothing restarted.
+func TestControllerGainsAFamilyLive(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset(node("n1", true, true, "203.0.113.11", "2001:db8:0:1::11"))
+	fakeapi.ServeLikeAPIServer(client)
+	factory := informers.NewSharedInformerFactory(client, 0)
+	c := New(client, factory.Core().V1().Nodes(), factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices(), dualStack[:1])
+	c.retryBase = 10 * time.Millisecond
+	stop := fakeapi.Background(ctx, func(ctx context.Context) {
+		factory.Start(ctx.Done())
+		c.Run(ctx)
+		factory.Shutdown()
+	})
+	t.Cleanup(stop)
+	state := func() string {
+		svc, err := client.CoreV1().Services(Namespace).Get(ctx, Name, metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		list, _ := client.DiscoveryV1().EndpointSlices(Namespace).List(ctx, metav1.ListOptions{})
+		var ss []*discoveryv1.EndpointSlice
+		for i := range list.Items {
+			ss = append(ss, &list.Items[i])
+		}
+		return fmt.Sprintf("%v %s", svc.Spec.ClusterIPs, endpointsOf(ss))
+	}
+	expect := func(what, want string) {
+		t.Helper()
+		if ok, last := fakeapi.Eventually(ctx, 5*time.Second, func() (bool, string) { s := state(); return s == want, s }); !ok {
+			t.Fatalf("%s: %q, want %q", what, last, want)
+		}
+	}
+	expect("IPv4 only", "[10.96.0.10] kube-dns-ipv4: n1=203.0.113.11")
+	c.SetRanges(dualStack)
+	expect("IPv6 added", "[10.96.0.10 fd00:10:96::a] kube-dns-ipv4: n1=203.0.113.11; kube-dns-ipv6: n1=2001:db8:0:1::11")
+}

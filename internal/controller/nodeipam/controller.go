@@ -113,6 +113,9 @@ type Controller struct {
 	// unreleased is node CIDRs whose release failed; retried on every
 	// reconcile and sweep.
 	unreleased map[netip.Prefix]struct{}
+
+	// unregister removes the controller's event handlers (Close).
+	unregister func() error
 }
 
 // New returns a controller that assigns node CIDRs from allocators[i]
@@ -171,8 +174,14 @@ func New(client kubernetes.Interface, informer coreinformers.NodeInformer, cidrs
 		return nil, fmt.Errorf("watching Nodes: %w", err)
 	}
 	c.synced = reg.HasSynced
+	c.unregister = func() error { return informer.Informer().RemoveEventHandler(reg) }
 	return c, nil
 }
+
+// Close removes the controller's event handlers from the Node informer,
+// for a controller replaced by one for other cluster CIDRs on an informer
+// that keeps running. Call it once Run has returned.
+func (c *Controller) Close() error { return c.unregister() }
 
 func (c *Controller) resetState() {
 	c.mu.Lock()

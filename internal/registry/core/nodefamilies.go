@@ -16,17 +16,18 @@ import (
 type Option func(*options)
 
 type options struct {
-	// podFamilies are the families of --cluster-cidr, primary first.
-	podFamilies []netaddr.Family
+	// podFamilies returns the cluster's pod families now, primary first.
+	podFamilies func() []netaddr.Family
 }
 
-// WithClusterPodFamilies gives the families of the cluster CIDRs. A Node's
+// WithClusterPodFamilies gives the families of the cluster CIDRs as they
+// are at each request (they change with the ClusterCIDR objects). A Node's
 // spec.podCIDRs, which otherwise never shrink, may then lose the CIDRs of
 // any other family, when the server itself (its controller that drops a
 // family, see internal/controller/familydrop) asks: that is the one change
-// of pod CIDRs left to do after a restart without that family's range.
-func WithClusterPodFamilies(fams ...netaddr.Family) Option {
-	return func(o *options) { o.podFamilies = slices.Clone(fams) }
+// of pod CIDRs left to do once a family left the cluster's ranges.
+func WithClusterPodFamilies(fams func() []netaddr.Family) Option {
+	return func(o *options) { o.podFamilies = fams }
 }
 
 // podCIDRFamilyDrop reports whether node is old with the pod CIDRs of
@@ -46,4 +47,12 @@ func podCIDRFamilyDrop(ctx context.Context, node, old *corev1.Node, podFamilies 
 		return err == nil && !slices.Contains(podFamilies, netaddr.FamilyOf(p.Addr()))
 	})
 	return slices.Equal(kept, node.Spec.PodCIDRs)
+}
+
+// families are the cluster's pod families now; none without the option.
+func (o *options) families() []netaddr.Family {
+	if o.podFamilies == nil {
+		return nil
+	}
+	return o.podFamilies()
 }

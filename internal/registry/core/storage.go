@@ -100,7 +100,7 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter,
 		},
 		ValidateUpdateFunc: func(ctx context.Context, obj, old runtime.Object) field.ErrorList {
 			node, was := obj.(*corev1.Node), old.(*corev1.Node)
-			return validateNodeUpdate(node, was, podCIDRFamilyDrop(ctx, node, was, cfg.podFamilies))
+			return validateNodeUpdate(node, was, podCIDRFamilyDrop(ctx, node, was, cfg.families()))
 		},
 	}
 	if err := add(registry.Options{

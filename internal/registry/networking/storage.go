@@ -6,6 +6,7 @@ package networking
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -13,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/apiserver/pkg/authentication/user"
+	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/generic"
 	"k8s.io/apiserver/pkg/registry/rest"
 	"k8s.io/apiserver/pkg/storage/names"
@@ -21,20 +24,32 @@ import (
 	registry "github.com/duet-net/duet/internal/registry/generic"
 )
 
+// Options are the cluster settings the ServiceCIDR rules depend on.
+type Options struct {
+	// DualStack is the IPv6DualStack feature gate: off, a ServiceCIDR of
+	// the family other than Primary is refused.
+	DualStack bool
+	Primary   netaddr.Family
+	// DeleteGuard, when set, may refuse the deletion of a ServiceCIDR
+	// (the cluster's default one, the last one of a family) with a Status
+	// error saying why.
+	DeleteGuard func(ctx context.Context, obj *networkingv1.ServiceCIDR) error
+}
+
 // NewStorage returns the networking.k8s.io/v1 stores.
-func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter) (map[string]rest.Storage, error) {
+func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter, opts Options) (map[string]rest.Storage, error) {
 	out := map[string]rest.Storage{}
 	cidrStrategy := &registry.Strategy{
 		ObjectTyper: typer, NameGenerator: names.SimpleNameGenerator, HasStatus: true, APIVersion: "networking.k8s.io/v1",
 		ValidateFunc: func(_ context.Context, obj runtime.Object) field.ErrorList {
-			return validateServiceCIDR(obj.(*networkingv1.ServiceCIDR))
+			return ValidateServiceCIDR(obj.(*networkingv1.ServiceCIDR), opts)
 		},
-		ValidateUpdateFunc: func(_ context.Context, obj, old runtime.Object) field.ErrorList {
-			errs := validateServiceCIDR(obj.(*networkingv1.ServiceCIDR))
-			if strings.Join(obj.(*networkingv1.ServiceCIDR).Spec.CIDRs, ",") != strings.Join(old.(*networkingv1.ServiceCIDR).Spec.CIDRs, ",") {
-				errs = append(errs, field.Invalid(field.NewPath("spec", "cidrs"), obj.(*networkingv1.ServiceCIDR).Spec.CIDRs, "field is immutable"))
+		ValidateUpdateFunc: func(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+			s, o := obj.(*networkingv1.ServiceCIDR), old.(*networkingv1.ServiceCIDR)
+			if droppedSecondaryByServer(ctx, s, o) {
+				return nil
 			}
-			return errs
+			return ValidateServiceCIDRUpdate(s, o, opts)
 		},
 	}
 	cidrs, err := registry.NewStore(registry.Options{
@@ -50,6 +65,11 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 		return nil, err
 	}
 	out["servicecidrs"] = cidrs
+	if opts.DeleteGuard != nil {
+		out["servicecidrs"] = &registry.GuardedStore{Store: cidrs, Guard: func(ctx context.Context, obj runtime.Object) error {
+			return opts.DeleteGuard(ctx, obj.(*networkingv1.ServiceCIDR))
+		}}
+	}
 	out["servicecidrs/status"] = registry.NewStatusStore(cidrs, &registry.StatusStrategy{Strategy: cidrStrategy, KeepMeta: registry.KeepAllMeta})
 
 	ips, err := registry.NewStore(registry.Options{
@@ -115,11 +135,18 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter)
 	return out, nil
 }
 
-func validateServiceCIDR(s *networkingv1.ServiceCIDR) field.ErrorList {
+// ValidateServiceCIDR checks a new ServiceCIDR as Kubernetes does (one
+// CIDR, or two of different families), and that Duet can serve it: a
+// range of at least 8 addresses, an IPv6 one no larger than a /64, and
+// with the IPv6DualStack gate off none of the other family.
+func ValidateServiceCIDR(s *networkingv1.ServiceCIDR, opts Options) field.ErrorList {
 	var errs field.ErrorList
 	path := field.NewPath("spec", "cidrs")
-	if len(s.Spec.CIDRs) == 0 || len(s.Spec.CIDRs) > 2 {
-		errs = append(errs, field.Invalid(path, s.Spec.CIDRs, "must contain one CIDR, or two of different families"))
+	switch {
+	case len(s.Spec.CIDRs) == 0:
+		return field.ErrorList{field.Required(path, "at least one CIDR required")}
+	case len(s.Spec.CIDRs) > 2:
+		return field.ErrorList{field.Invalid(path, s.Spec.CIDRs, "may only hold up to 2 values")}
 	}
 	fams := map[netaddr.Family]bool{}
 	for i, c := range s.Spec.CIDRs {
@@ -128,10 +155,53 @@ func validateServiceCIDR(s *networkingv1.ServiceCIDR) field.ErrorList {
 			errs = append(errs, field.Invalid(path.Index(i), c, err.Error()))
 			continue
 		}
-		fams[netaddr.FamilyOf(p.Addr())] = true
+		f := netaddr.FamilyOf(p.Addr())
+		fams[f] = true
+		if err := netaddr.ValidateServiceRangeSize("service CIDR", p); err != nil {
+			errs = append(errs, field.Invalid(path.Index(i), c, err.Error()))
+		}
+		if !opts.DualStack && opts.Primary != "" && f != opts.Primary {
+			errs = append(errs, field.Invalid(path.Index(i), c, fmt.Sprintf("the cluster is %s-only and dual-stack is disabled (--feature-gates IPv6DualStack=false)", opts.Primary)))
+		}
 	}
-	if len(s.Spec.CIDRs) == 2 && len(fams) != 2 {
+	if len(s.Spec.CIDRs) == 2 && len(fams) == 1 {
 		errs = append(errs, field.Invalid(path, s.Spec.CIDRs, "may specify no more than one IP for each IP family, i.e 192.168.0.0/24 and 2001:db8::/64"))
 	}
 	return errs
+}
+
+// droppedSecondaryByServer reports an update of a ServiceCIDR of two
+// families to its first alone made by the API server itself: the default
+// ServiceCIDR follows --service-cluster-ip-range when a restart drops the
+// second family (users cannot make that change: spec.cidrs only grows).
+func droppedSecondaryByServer(ctx context.Context, s, old *networkingv1.ServiceCIDR) bool {
+	if len(old.Spec.CIDRs) != 2 || len(s.Spec.CIDRs) != 1 || s.Spec.CIDRs[0] != old.Spec.CIDRs[0] {
+		return false
+	}
+	u, ok := genericapirequest.UserFrom(ctx)
+	return ok && u.GetName() == user.APIServerUser
+}
+
+// ValidateServiceCIDRUpdate checks an update: spec.cidrs is immutable,
+// except that a single-family ServiceCIDR may gain a CIDR of the other
+// family (as Kubernetes allows, to turn the default one dual-stack).
+func ValidateServiceCIDRUpdate(s, old *networkingv1.ServiceCIDR, opts Options) field.ErrorList {
+	path := field.NewPath("spec", "cidrs")
+	switch {
+	case len(old.Spec.CIDRs) == len(s.Spec.CIDRs):
+		var errs field.ErrorList
+		for i, c := range old.Spec.CIDRs {
+			if s.Spec.CIDRs[i] != c {
+				errs = append(errs, field.Invalid(path.Index(i), s.Spec.CIDRs[i], "field is immutable"))
+			}
+		}
+		return errs
+	case len(old.Spec.CIDRs) == 1 && len(s.Spec.CIDRs) == 2:
+		var errs field.ErrorList
+		if s.Spec.CIDRs[0] != old.Spec.CIDRs[0] {
+			errs = append(errs, field.Invalid(path.Index(0), s.Spec.CIDRs[0], "field is immutable"))
+		}
+		return append(errs, ValidateServiceCIDR(s, opts)...)
+	}
+	return field.ErrorList{field.Invalid(path, s.Spec.CIDRs, "field is immutable")}
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -46,17 +48,46 @@ type Txn interface {
 	Revert()
 }
 
-// Allocators hands out and takes back Services' cluster IPs, one
-// ServiceRange per family of the cluster. Every call allocates all or
-// nothing: on any failure it releases what it took before returning.
+// Allocators hands out and takes back Services' cluster IPs from the
+// cluster's service ranges: one or more per family (the default
+// ServiceCIDR's, then those of other ServiceCIDRs), which may change while
+// the server runs (see SetRanges). Every call allocates all or nothing: on
+// any failure it releases what it took before returning.
 type Allocators struct {
-	cfg    Config
-	ranges map[corev1.IPFamily]*alloc.ServiceRange
-	ports  *alloc.PortRange
-	stored StoredReader
+	// primary and dualStack never change: the primary family is that of
+	// the first --service-cluster-ip-range, and the IPv6DualStack gate is
+	// a flag.
+	primary   corev1.IPFamily
+	dualStack bool
+	set       atomic.Pointer[rangeSet]
+	ports     *alloc.PortRange
+	stored    StoredReader
 	// settleLater runs f once a write whose outcome was unknown has
 	// surely settled; tests replace it to run f at once.
 	settleLater func(f func())
+}
+
+// rangeSet is the ranges at one moment, with the Config they make: a
+// request reads one rangeSet and sees a cluster that does not change under
+// it.
+type rangeSet struct {
+	cfg Config
+	// ready are, per family, the ranges new addresses come from, in the
+	// order they are tried.
+	ready map[corev1.IPFamily][]*alloc.ServiceRange
+	// all are every range, ready or not: addresses are given back to
+	// ranges that take no new ones (a ServiceCIDR being deleted).
+	all []*alloc.ServiceRange
+	// kubernetes is the range that keeps the kubernetes Service's address.
+	kubernetes *alloc.ServiceRange
+}
+
+// Range is one service range given to SetRanges.
+type Range struct {
+	*alloc.ServiceRange
+	// Ready says new addresses may come from it: its ServiceCIDR is Ready
+	// and not being deleted.
+	Ready bool
 }
 
 // StoredReader reads a Service as it is stored now.
@@ -97,7 +128,8 @@ func NewAllocators(cfg Config, ranges map[netaddr.Family]*alloc.ServiceRange) (*
 	if len(ranges) != len(fams) {
 		return nil, fmt.Errorf("service IP allocators: the cluster serves %s, got allocators for %d families", cfg.familyList(), len(ranges))
 	}
-	a := &Allocators{cfg: cfg, ranges: map[corev1.IPFamily]*alloc.ServiceRange{}}
+	a := &Allocators{primary: cfg.primaryFamily(), dualStack: cfg.DualStack}
+	var set []Range
 	for i, fam := range fams {
 		r := ranges[fam]
 		if r == nil {
@@ -106,15 +138,58 @@ func NewAllocators(cfg Config, ranges map[netaddr.Family]*alloc.ServiceRange) (*
 		if r.CIDR() != cfg.Ranges[i] {
 			return nil, fmt.Errorf("service IP allocators: the %s allocator serves %s, --service-cluster-ip-range says %s", fam, r.CIDR(), cfg.Ranges[i])
 		}
-		a.ranges[corev1.IPFamily(fam)] = r
+		set = append(set, Range{ServiceRange: r, Ready: true})
 	}
-	if p := a.primary(); !p.Has(p.KubernetesServiceIP()) {
-		return nil, fmt.Errorf("service IP allocators: the primary range %s must reserve %s for the kubernetes Service (create it as Primary)", p.CIDR(), p.KubernetesServiceIP())
+	if err := a.SetRanges(set); err != nil {
+		return nil, err
 	}
 	return a, nil
 }
 
-func (a *Allocators) primary() *alloc.ServiceRange { return a.ranges[a.cfg.primaryFamily()] }
+// SetRanges makes ranges the cluster's service ranges, in the order
+// addresses are drawn from them within a family; requests that started
+// before keep the ranges they began with. The primary family must keep a
+// ready range, one of its ranges must reserve the kubernetes Service's
+// address (a ServiceRange created as Primary), and with the IPv6DualStack
+// gate off the other family's ranges are ignored. The families the
+// cluster serves are those with a ready range: a range of a new family
+// makes Services of that family, and dual-stack ones, possible at once.
+func (a *Allocators) SetRanges(ranges []Range) error {
+	set := &rangeSet{ready: map[corev1.IPFamily][]*alloc.ServiceRange{}}
+	for _, r := range ranges {
+		fam := corev1.IPFamily(r.Family())
+		if fam != a.primary && !a.dualStack {
+			continue
+		}
+		set.all = append(set.all, r.ServiceRange)
+		if r.Ready {
+			set.ready[fam] = append(set.ready[fam], r.ServiceRange)
+		}
+		if fam == a.primary && set.kubernetes == nil && r.ReservesKubernetesIP() {
+			set.kubernetes = r.ServiceRange
+		}
+	}
+	if len(set.ready[a.primary]) == 0 {
+		return fmt.Errorf("service IP allocators: no ready service range of the primary family %s", a.primary)
+	}
+	if set.kubernetes == nil {
+		p := set.ready[a.primary][0]
+		return fmt.Errorf("service IP allocators: the primary range %s must reserve %s for the kubernetes Service (create it as Primary)", p.CIDR(), p.KubernetesServiceIP())
+	}
+	set.cfg = Config{Ranges: []netip.Prefix{set.ready[a.primary][0].CIDR()}, DualStack: a.dualStack}
+	if other := set.ready[otherFamily(a.primary)]; len(other) > 0 {
+		set.cfg.Ranges = append(set.cfg.Ranges, other[0].CIDR())
+	}
+	a.set.Store(set)
+	return nil
+}
+
+// Config is the cluster as the Service rules see it now: its families,
+// primary first.
+func (a *Allocators) Config() Config { return a.set.Load().cfg }
+
+// Ranges returns every service range, ready or not.
+func (a *Allocators) Ranges() []*alloc.ServiceRange { return slices.Clone(a.set.Load().all) }
 
 // AllocateCreate gives a new Service its cluster IPs, one per entry of
 // ipFamilies and in that order, filling clusterIPs and clusterIP. Addresses
@@ -129,11 +204,12 @@ func (a *Allocators) primary() *alloc.ServiceRange { return a.ranges[a.cfg.prima
 // in the default namespace gets the primary range's first address, which is
 // reserved for it.
 func (a *Allocators) AllocateCreate(ctx context.Context, svc *core.Service, dryRun bool) (Txn, error) {
-	PrepareForCreate(svc, a.cfg)
-	if errs := familyErrors(svc, nil, a.cfg); len(errs) != 0 {
+	set := a.set.Load()
+	PrepareForCreate(svc, set.cfg)
+	if errs := familyErrors(svc, nil, set.cfg); len(errs) != 0 {
 		return nil, apierrors.NewInvalid(serviceKind, svc.Name, errs)
 	}
-	t := a.newTxn(ctx, svc)
+	t := a.newTxn(ctx, svc, set)
 	if needsClusterIP(svc) && !isHeadless(svc) {
 		if err := a.allocClusterIPs(t, svc, 0, dryRun); err != nil {
 			return nil, err
@@ -159,11 +235,12 @@ func (a *Allocators) AllocateCreate(ctx context.Context, svc *core.Service, dryR
 // Family fields that do not validate are refused with a 422 before any
 // address is touched.
 func (a *Allocators) AllocateUpdate(ctx context.Context, newSvc, oldSvc *core.Service, dryRun bool) (Txn, error) {
-	PrepareForUpdate(newSvc, oldSvc, a.cfg)
-	if errs := familyErrors(newSvc, oldSvc, a.cfg); len(errs) != 0 {
+	set := a.set.Load()
+	PrepareForUpdate(newSvc, oldSvc, set.cfg)
+	if errs := familyErrors(newSvc, oldSvc, set.cfg); len(errs) != 0 {
 		return nil, apierrors.NewInvalid(serviceKind, newSvc.Name, errs)
 	}
-	t := a.newTxn(ctx, newSvc)
+	t := a.newTxn(ctx, newSvc, set)
 	t.uid = oldSvc.UID // the client's copy may carry none
 	if err := a.allocNodePorts(t, newSvc, oldSvc, dryRun); err != nil {
 		return nil, err
@@ -240,7 +317,7 @@ func (a *Allocators) allocClusterIPs(t *txn, svc *core.Service, from int, dryRun
 	for i := from; i < len(fams); i++ {
 		alloc := func() {
 			r := &results[i]
-			r.ip, r.took, r.err = a.allocOne(t.ctx, svc, fams[i], i, ips[i], dryRun)
+			r.ip, r.took, r.err = t.set.allocOne(t.ctx, svc, fams[i], i, ips[i], dryRun)
 		}
 		if i == len(fams)-1 {
 			alloc() // the last one runs here rather than in a goroutine of its own
@@ -276,45 +353,32 @@ func (a *Allocators) allocClusterIPs(t *txn, svc *core.Service, from int, dryRun
 // allocOne obtains the address at index i of clusterIPs, of family fam:
 // the one requested, or any. It reports whether it took an address that
 // must be given back on failure.
-func (a *Allocators) allocOne(ctx context.Context, svc *core.Service, fam corev1.IPFamily, i int, requested string, dryRun bool) (netip.Addr, bool, error) {
-	r := a.ranges[fam]
-	if r == nil { // validation makes this impossible
+func (set *rangeSet) allocOne(ctx context.Context, svc *core.Service, fam corev1.IPFamily, i int, requested string, dryRun bool) (netip.Addr, bool, error) {
+	ranges := set.ready[fam]
+	if len(ranges) == 0 { // validation makes this impossible
 		return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("no service IP range for %s", fam))
 	}
-	kubernetes := isKubernetesService(svc) && fam == a.cfg.primaryFamily()
+	kubernetes := isKubernetesService(svc) && fam == set.cfg.primaryFamily()
 
 	if requested == "" {
-		switch {
-		case kubernetes:
-			return r.KubernetesServiceIP(), false, nil
-		case dryRun:
-			if r.Free().IsZero() {
-				return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("failed to allocate a serviceIP: %v", alloc.ErrFull))
-			}
-			// Finding a free address without taking it would be racy
-			// anyway; Kubernetes reports the network address too.
-			return r.CIDR().Addr(), false, nil
+		if kubernetes {
+			return set.kubernetes.KubernetesServiceIP(), false, nil
 		}
-		ip, err := r.AllocateNext(ctx)
+		ip, err := set.allocNext(ctx, ranges, dryRun)
 		if err != nil {
 			return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("failed to allocate a serviceIP: %v", err))
 		}
-		return ip, true, nil
+		return ip, !dryRun, nil
 	}
 
 	ip, err := netip.ParseAddr(requested)
 	if err != nil { // validation makes this impossible
 		return netip.Addr{}, false, apierrors.NewInternalError(fmt.Errorf("failed to parse service IP %q", requested))
 	}
-	if kubernetes && ip == r.KubernetesServiceIP() {
+	if kubernetes && ip == set.kubernetes.KubernetesServiceIP() {
 		return ip, false, nil
 	}
-	if dryRun {
-		err = a.check(r, ip)
-	} else {
-		err = r.Allocate(ctx, ip)
-	}
-	if err != nil {
+	if err := set.allocRequested(ctx, ranges, ip, dryRun); err != nil {
 		var reason string
 		switch {
 		case errors.Is(err, alloc.ErrAllocated):
@@ -331,8 +395,70 @@ func (a *Allocators) allocOne(ctx context.Context, svc *core.Service, fam corev1
 	return ip, !dryRun, nil
 }
 
+// allocNext draws an address from the first range that has one free: the
+// default ServiceCIDR's range first, the others only once it is full, as
+// Kubernetes' allocator does. With dryRun nothing is taken, and the
+// network address of a range with room is reported, as Kubernetes does
+// (finding a free address without taking it would be racy anyway).
+func (set *rangeSet) allocNext(ctx context.Context, ranges []*alloc.ServiceRange, dryRun bool) (netip.Addr, error) {
+	var full error
+	for _, r := range ranges {
+		if dryRun {
+			if !r.Free().IsZero() {
+				return r.CIDR().Addr(), nil
+			}
+			full = alloc.ErrFull
+			continue
+		}
+		ip, err := r.AllocateNext(ctx)
+		if errors.Is(err, alloc.ErrFull) {
+			full = err
+			continue
+		}
+		return ip, err
+	}
+	return netip.Addr{}, full
+}
+
+// allocRequested takes (or, with dryRun, checks) an address the client
+// chose, in whichever range holds it. Ranges may overlap (a ServiceCIDR
+// wider than the default one): an address that one of them cannot give
+// (its network or broadcast address) may be usable in another.
+func (set *rangeSet) allocRequested(ctx context.Context, ranges []*alloc.ServiceRange, ip netip.Addr, dryRun bool) error {
+	var first error
+	for _, r := range ranges {
+		if !r.CIDR().Contains(ip) {
+			continue
+		}
+		var err error
+		if dryRun {
+			err = set.check(r, ip)
+		} else {
+			err = r.Allocate(ctx, ip)
+		}
+		if err == nil || !errors.Is(err, alloc.ErrNotInRange) && !errors.Is(err, alloc.ErrReserved) {
+			return err
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	switch {
+	case first != nil:
+		return first
+	case len(ranges) == 1:
+		// In none: the range's own words, which name it.
+		return set.check(ranges[0], ip)
+	}
+	valid := make([]string, len(ranges))
+	for i, r := range ranges {
+		valid[i] = r.CIDR().String()
+	}
+	return &alloc.NotInRangeError{What: "IP", Value: ip.String(), ValidRange: strings.Join(valid, ", ")}
+}
+
 // check reports what Allocate would say about ip, without taking it.
-func (a *Allocators) check(r *alloc.ServiceRange, ip netip.Addr) error {
+func (set *rangeSet) check(r *alloc.ServiceRange, ip netip.Addr) error {
 	cidr := r.CIDR()
 	last := netaddr.AddrAt(cidr, netaddr.LastOffset(cidr))
 	if !cidr.Contains(ip) || ip == cidr.Addr() || (ip.Is4() && ip == last) {
@@ -345,7 +471,7 @@ func (a *Allocators) check(r *alloc.ServiceRange, ip netip.Addr) error {
 		}
 		return e
 	}
-	if r == a.primary() && ip == r.KubernetesServiceIP() {
+	if r == set.kubernetes && ip == r.KubernetesServiceIP() {
 		return &alloc.ReservedError{Value: ip.String(), For: "the kubernetes service"}
 	}
 	if r.Has(ip) {
@@ -355,12 +481,22 @@ func (a *Allocators) check(r *alloc.ServiceRange, ip netip.Addr) error {
 }
 
 // release gives addresses back to their ranges and returns what failed.
+// It uses the ranges as they are now, ready or not: an address outlives
+// changes to the ranges that happened since it was taken.
 func (a *Allocators) release(ctx context.Context, ips []netip.Addr) []error {
 	var errs []error
+	set := a.set.Load()
 	for _, ip := range ips {
-		r := a.ranges[familyOfAddr(ip)]
+		var r *alloc.ServiceRange
+		for _, c := range set.all {
+			if c.CIDR().Contains(ip) {
+				r = c
+				break
+			}
+		}
 		if r == nil {
-			klog.V(4).InfoS("Not releasing a cluster IP of a family the cluster no longer serves", "clusterIP", ip)
+			// The repair loop deletes its record, which no range reads.
+			klog.V(4).InfoS("Not releasing a cluster IP outside every service range", "clusterIP", ip)
 			continue
 		}
 		if err := r.Release(ctx, ip); err != nil {
@@ -373,6 +509,7 @@ func (a *Allocators) release(ctx context.Context, ips []netip.Addr) []error {
 // txn is the Txn of one allocation call.
 type txn struct {
 	a         *Allocators
+	set       *rangeSet // the ranges the call allocates from
 	ctx       context.Context
 	reqCtx    context.Context // the request's own, to tell why a write failed
 	name      string          // namespace/name, for logs
@@ -388,11 +525,11 @@ type txn struct {
 	once           sync.Once
 }
 
-func (a *Allocators) newTxn(ctx context.Context, svc *core.Service) *txn {
+func (a *Allocators) newTxn(ctx context.Context, svc *core.Service, set *rangeSet) *txn {
 	// Settling must happen even when the request's context is done, or
 	// addresses would leak.
 	return &txn{
-		a: a, ctx: context.WithoutCancel(withOwner(ctx, svc)), reqCtx: ctx, name: svc.Namespace + "/" + svc.Name,
+		a: a, set: set, ctx: context.WithoutCancel(withOwner(ctx, svc)), reqCtx: ctx, name: svc.Namespace + "/" + svc.Name,
 		namespace: svc.Namespace, svcName: svc.Name, uid: svc.UID,
 	}
 }

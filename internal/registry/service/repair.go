@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -59,8 +60,10 @@ type Repair struct {
 	// Records lists the IPAddress objects as they were at etcd revision
 	// rev, or as they are when rev is 0; without it they are listed
 	// through Client at that resourceVersion.
-	Records  func(ctx context.Context, rev int64) ([]networkingv1.IPAddress, error)
-	Ranges   map[netaddr.Family]*alloc.ServiceRange
+	Records func(ctx context.Context, rev int64) ([]networkingv1.IPAddress, error)
+	// Ranges returns the service ranges as they are now, ready or not
+	// (Allocators.Ranges): the ranges of every ServiceCIDR.
+	Ranges   func() []*alloc.ServiceRange
 	Recorder record.EventRecorder
 	Interval time.Duration
 	// Grace protects records of Services being created right now: a
@@ -111,6 +114,7 @@ func (r *Repair) RunOnce(ctx context.Context) error {
 		records[ips[i].Name] = &ips[i]
 	}
 
+	ranges := r.Ranges()
 	held := map[string]string{} // ip -> namespace/name
 	var missing, misowned []candidate
 	for i := range svcList.Items {
@@ -126,15 +130,14 @@ func (r *Repair) RunOnce(ctx context.Context) error {
 			}
 			name := ip.String()
 			fam := netaddr.FamilyOf(ip)
-			rng, ok := r.Ranges[fam]
-			if !ok {
+			if !slices.ContainsFunc(ranges, func(rng *alloc.ServiceRange) bool { return netaddr.FamilyOf(rng.CIDR().Addr()) == fam }) {
 				// A family the cluster dropped: the family drop reconcile
 				// downgrades the Service (see internal/controller/familydrop);
 				// telling the user to recreate it would be wrong.
 				klog.V(2).InfoS("Service holds a cluster IP of a family the cluster does not serve", "service", klog.KObj(svc), "clusterIP", name)
 				continue
 			}
-			if !rng.CIDR().Contains(ip) {
+			if !slices.ContainsFunc(ranges, func(rng *alloc.ServiceRange) bool { return rng.CIDR().Contains(ip) }) {
 				r.Recorder.Eventf(svc, corev1.EventTypeWarning, "ClusterIPOutOfRange", "Cluster IP [%s]: %s is not within any configured Service CIDR; please recreate service", fam, name)
 				continue
 			}
@@ -160,11 +163,11 @@ func (r *Repair) RunOnce(ctx context.Context) error {
 	}
 	r.releaseOrphans(ctx, records, held)
 
-	for fam, rng := range r.Ranges {
+	for _, rng := range ranges {
 		if err := rng.Sync(ctx); err != nil {
 			return err
 		}
-		metrics.Observe("service-ip", string(fam), rng.CIDR().String(), rng)
+		metrics.Observe("service-ip", string(rng.Family()), rng.CIDR().String(), rng)
 	}
 	return nil
 }

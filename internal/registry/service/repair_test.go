@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -60,7 +61,7 @@ func newRepairFixture(t *testing.T, objs ...runtime.Object) *repairFixture {
 		}
 		ranges[r.Family()] = r
 	}
-	f.repair = &Repair{Client: f.client, Ranges: ranges, Recorder: f.events, Grace: time.Minute, Now: func() time.Time { return f.now }}
+	f.repair = &Repair{Client: f.client, Ranges: func() []*alloc.ServiceRange { return slices.Collect(maps.Values(ranges)) }, Recorder: f.events, Grace: time.Minute, Now: func() time.Time { return f.now }}
 	return f
 }
 

@@ -25,26 +25,28 @@ import (
 // NewStorage returns the services and services/status stores. Cluster IPs
 // are allocated in the store's BeginCreate/BeginUpdate hooks, committed when
 // the Service is persisted and reverted when it is not, and released after
-// a delete: an address is never held by a Service that was not stored.
-func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter, cfg Config, allocs *Allocators) (map[string]rest.Storage, error) {
+// a delete: an address is never held by a Service that was not stored. The
+// cluster's families are read from allocs at every request, so that
+// service ranges added while the server runs are served at once.
+func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter, allocs *Allocators) (map[string]rest.Storage, error) {
 	strategy := &registry.Strategy{
 		ObjectTyper: typer, NameGenerator: names.SimpleNameGenerator,
 		Namespaced: true, HasStatus: true, ValidatesMeta: true, APIVersion: "v1",
 		PrepareForCreateFunc: func(_ context.Context, obj runtime.Object) {
 			svc := obj.(*core.Service)
 			SetDefaults(svc)
-			PrepareForCreate(svc, cfg)
+			PrepareForCreate(svc, allocs.Config())
 		},
 		PrepareForUpdateFunc: func(_ context.Context, obj, old runtime.Object) {
 			svc := obj.(*core.Service)
 			SetDefaults(svc)
-			PrepareForUpdate(svc, old.(*core.Service), cfg)
+			PrepareForUpdate(svc, old.(*core.Service), allocs.Config())
 		},
 		ValidateFunc: func(_ context.Context, obj runtime.Object) field.ErrorList {
-			return ValidateCreate(obj.(*core.Service), cfg)
+			return ValidateCreate(obj.(*core.Service), allocs.Config())
 		},
 		ValidateUpdateFunc: func(_ context.Context, obj, old runtime.Object) field.ErrorList {
-			return ValidateUpdate(obj.(*core.Service), old.(*core.Service), cfg)
+			return ValidateUpdate(obj.(*core.Service), old.(*core.Service), allocs.Config())
 		},
 		WarningsFunc: func(obj runtime.Object) []string { return Warnings(obj.(*core.Service)) },
 	}
@@ -104,6 +106,7 @@ func NewStorage(typer runtime.ObjectTyper, optsGetter generic.RESTOptionsGetter,
 		}
 	}
 	s.Decorator = func(obj runtime.Object) {
+		cfg := allocs.Config()
 		switch o := obj.(type) {
 		case *core.Service:
 			DefaultOnRead(o, cfg)
