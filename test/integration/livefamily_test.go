@@ -26,7 +26,10 @@ const liveWait = 10 * time.Second
 // PreferDualStack Service gets an IPv6 cluster IP, RequireDualStack is
 // accepted, kube-dns has both families, and the record of the cluster's
 // ranges shows both; existing Services keep their family until asked.
-// Deleting the IPv6 objects is refused for now (removal is not live yet).
+// Then kubectl delete of the IPv6 objects takes the family out again,
+// live: refused while RequireDualStack Services exist, then every Service
+// becomes SingleStack IPv4 keeping its address, the Nodes keep their IPv4
+// pod CIDR alone, and nothing of IPv6 is left in the API or the record.
 func TestLiveAddFamily(t *testing.T) {
 	t.Parallel()
 	const pods4, pods6, svc6 = "10.244.0.0/16", "fd00:10:244::/56", "fd00:10:96::/108"
@@ -200,17 +203,6 @@ spec: {cidr: "`+pods6+`", nodeMaskSize: 64}
 		})
 	})
 
-	t.Run("removing the family is refused for now", func(t *testing.T) {
-		_, stderr, err := srv.Kubectl("", "delete", "clustercidr", "ipv6")
-		if err == nil || !strings.Contains(stderr, "not supported yet") {
-			t.Errorf("kubectl delete clustercidr ipv6: %v %s, want a refusal", err, stderr)
-		}
-		_, stderr, err = srv.Kubectl("", "delete", "servicecidr", "ipv6")
-		if err == nil || !strings.Contains(stderr, "last IPv6 service range") {
-			t.Errorf("kubectl delete servicecidr ipv6: %v %s, want a refusal", err, stderr)
-		}
-	})
-
 	if srv.PID() != pid {
 		t.Errorf("the server restarted: pid %d, was %d", srv.PID(), pid)
 	}
@@ -224,6 +216,110 @@ spec: {cidr: "`+pods6+`", nodeMaskSize: 64}
 		fatalIf(t, err)
 		if len(s.Spec.ClusterIPs) != 2 {
 			t.Errorf("after-restart: clusterIPs %v", s.Spec.ClusterIPs)
+		}
+	})
+
+	t.Run("kubectl delete removes the family live", func(t *testing.T) {
+		pid := srv.PID()
+		// The restarted server has clients of its own, and leads once the
+		// lease of the one before expires: a Node given pod CIDRs (node
+		// IPAM runs in the leader) says it does.
+		svcs, nodes := srv.Client.CoreV1().Services("default"), srv.Client.CoreV1().Nodes()
+		_, err := nodes.Create(ctx, newNode("node-d"), metav1.CreateOptions{})
+		fatalIf(t, err)
+		names := append(slices.Clone(names), "node-c")
+		eventually(t, time.Minute, "the restarted server leads", func() error {
+			n, err := nodes.Get(ctx, "node-d", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if len(n.Spec.PodCIDRs) != 2 {
+				return fmt.Errorf("node-d has podCIDRs %v", n.Spec.PodCIDRs)
+			}
+			before["node-d"] = n.Spec.PodCIDRs[0]
+			return nil
+		})
+		names = append(names, "node-d")
+		for _, name := range names[len(names)-2:] {
+			n, err := nodes.Get(ctx, name, metav1.GetOptions{})
+			fatalIf(t, err)
+			before[name] = n.Spec.PodCIDRs[0]
+		}
+		_, stderr, err := srv.Kubectl("", "delete", "servicecidr", "ipv6")
+		if err == nil || !strings.Contains(stderr, "default/require (spec.ipFamilyPolicy is RequireDualStack)") {
+			t.Fatalf("kubectl delete servicecidr ipv6 with RequireDualStack Services: %v %s, want a refusal naming them", err, stderr)
+		}
+		srv.MustKubectl(t, "", "patch", "service", "require", "-p", `{"spec":{"ipFamilyPolicy":"PreferDualStack"}}`)
+		srv.MustKubectl(t, "", "delete", "service", "after-restart")
+		kept := map[string]string{}
+		for _, name := range []string{"old", "prefer", "require"} {
+			s, err := svcs.Get(ctx, name, metav1.GetOptions{})
+			fatalIf(t, err)
+			kept[name] = s.Spec.ClusterIPs[0]
+		}
+		srv.MustKubectl(t, "", "delete", "--wait=false", "servicecidr/ipv6", "clustercidr/ipv6")
+		deleted := time.Now()
+		eventually(t, liveWait, "Services are SingleStack IPv4 with their addresses", func() error {
+			for name, ip := range kept {
+				s, err := svcs.Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				if p := s.Spec.IPFamilyPolicy; p == nil || *p != corev1.IPFamilyPolicySingleStack || !slices.Equal(s.Spec.ClusterIPs, []string{ip}) {
+					return fmt.Errorf("%s: policy %v clusterIPs %v, want SingleStack [%s]", name, p, s.Spec.ClusterIPs, ip)
+				}
+			}
+			dns, err := srv.Client.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(dns.Spec.ClusterIPs, []string{"10.96.0.10"}) {
+				return fmt.Errorf("kube-dns clusterIPs %v", dns.Spec.ClusterIPs)
+			}
+			return nil
+		})
+		eventually(t, liveWait, "the Nodes keep their IPv4 pod CIDR alone", func() error {
+			for _, name := range names {
+				n, err := nodes.Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				if !slices.Equal(n.Spec.PodCIDRs, []string{before[name]}) {
+					return fmt.Errorf("%s has podCIDRs %v, want [%s]", name, n.Spec.PodCIDRs, before[name])
+				}
+			}
+			return nil
+		})
+		t.Logf("Services and Nodes IPv4-only %v after the delete", time.Since(deleted).Round(time.Millisecond))
+		eventually(t, liveWait, "no IPv6 IPAddress, ServiceCIDR or record is left", func() error {
+			ips, err := srv.Client.NetworkingV1().IPAddresses().List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			for _, ip := range ips.Items {
+				if netip.MustParseAddr(ip.Name).Is6() {
+					return fmt.Errorf("IPAddress %s is left", ip.Name)
+				}
+			}
+			if _, err := srv.Client.NetworkingV1().ServiceCIDRs().Get(ctx, "ipv6", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("ServiceCIDR ipv6 is still there: %v", err)
+			}
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			resp, err := srv.EtcdClient(t).Get(cctx, "/duet/cluster-ranges")
+			if err != nil || len(resp.Kvs) == 0 {
+				return fmt.Errorf("reading the record: %v", err)
+			}
+			if strings.Contains(string(resp.Kvs[0].Value), "fd00") {
+				return fmt.Errorf("record %s", resp.Kvs[0].Value)
+			}
+			return nil
+		})
+		if _, err := svcs.Create(ctx, svc("require-late", corev1.IPFamilyPolicyRequireDualStack), metav1.CreateOptions{}); !apierrors.IsInvalid(err) {
+			t.Errorf("RequireDualStack after the removal: %v, want a 422", err)
+		}
+		if srv.PID() != pid {
+			t.Errorf("the server restarted: pid %d, was %d", srv.PID(), pid)
 		}
 	})
 }
