@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/duet-net/duet/internal/agent/sandbox"
 	"github.com/duet-net/duet/internal/cluster"
@@ -49,6 +50,9 @@ type addedFamily struct {
 	clusterCIDR, svcCIDR string // appended to the server's flags
 	underlay             func(cluster.Node) netip.Prefix
 	dnsType              string
+	// live adds the family by kubectl apply of a ServiceCIDR and a
+	// ClusterCIDR instead of a server restart, and ends by deleting them.
+	live bool
 }
 
 // The upstream way to go dual-stack, live: a single-stack cluster's
@@ -59,11 +63,20 @@ type addedFamily struct {
 // of the first family flows without a single failure.
 func TestRestartingTheServerAddsAFamilyLive(t *testing.T) {
 	for _, tc := range []addedFamily{
-		{"ipv4", true, "fd00:10:244::/56", "fd00:10:96::/108", func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv6, 64) }, "AAAA"},
-		{"ipv6", false, "10.244.0.0/16", "10.96.0.0/16", func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv4, 24) }, "A"},
+		{"ipv4", true, "fd00:10:244::/56", "fd00:10:96::/108", func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv6, 64) }, "AAAA", false},
+		{"ipv6", false, "10.244.0.0/16", "10.96.0.0/16", func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv4, 24) }, "A", false},
 	} {
 		t.Run(tc.single+" to dual-stack", func(t *testing.T) { addFamilyLive(t, tc) })
 	}
+}
+
+// The live way there and back: on a running IPv4-only cluster, kubectl
+// apply of an IPv6 ServiceCIDR and ClusterCIDR turns it dual-stack, and
+// kubectl delete of them turns it back, with nothing restarted and the
+// first family's traffic flowing throughout.
+func TestApplyingRangesAddsAndDeletingRemovesAFamilyLive(t *testing.T) {
+	addFamilyLive(t, addedFamily{"ipv4", true, "fd00:10:244::/56", "fd00:10:96::/108",
+		func(n cluster.Node) netip.Prefix { return netip.PrefixFrom(n.IPv6, 64) }, "AAAA", true})
 }
 
 func addFamilyLive(t *testing.T, tc addedFamily) {
@@ -193,28 +206,24 @@ spec:
 	stopLoop := sync.OnceFunc(func() { close(stop); loop.Wait() })
 	defer stopLoop()
 
-	// The change: server-args.json gets the IPv6 ranges appended, and the
-	// server is stopped; duet up restarts it with them.
-	argsFile := filepath.Join(dataDir, cluster.ServerArgsFile)
-	data, err := os.ReadFile(argsFile)
-	if err != nil {
+	// The change, the upstream way: server-args.json gets the new ranges
+	// appended, and the server is stopped; duet up restarts it with them.
+	// The live way: kubectl apply of a ServiceCIDR and a ClusterCIDR.
+	rangesFile := filepath.Join(t.TempDir(), "ranges.yaml")
+	if err := os.WriteFile(rangesFile, []byte(fmt.Sprintf(`apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: added}
+spec: {cidrs: [%q]}
+---
+apiVersion: networking.duet.dev/v1alpha1
+kind: ClusterCIDR
+metadata: {name: added}
+spec: {cidr: %q}
+`, tc.svcCIDR, tc.clusterCIDR)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var args []string
-	if err := json.Unmarshal(data, &args); err != nil {
-		t.Fatal(err)
-	}
-	for i := range args[:len(args)-1] {
-		switch args[i] {
-		case "--cluster-cidr":
-			args[i+1] += "," + tc.clusterCIDR
-		case "--service-cluster-ip-range":
-			args[i+1] += "," + tc.svcCIDR
-		}
-	}
-	data, _ = json.Marshal(args)
-	if err := os.WriteFile(argsFile, data, 0o600); err != nil {
-		t.Fatal(err)
+	if !tc.live {
+		editServerArgs(t, dataDir, tc)
 	}
 	serverPID := pidOf(t, dataDir, 0, "server")
 	// IPv4 traffic flows before the change too.
@@ -224,10 +233,12 @@ spec:
 		t.Fatalf("the client loop over the first family gets no answers before the change: %d answered, %d failed", ok4.Load(), failed4.Load())
 	}
 	changed := time.Now()
-	// SIGKILL, not SIGTERM: the server's graceful stop waits a minute for
-	// the agents' watches to end, which only slows the test down; a
-	// kill -9 in the middle of its work must be survived anyway.
-	if err := syscall.Kill(serverPID, syscall.SIGKILL); err != nil {
+	if tc.live {
+		kubectl(t, kubeconfig, "apply", "-f", rangesFile)
+	} else if err := syscall.Kill(serverPID, syscall.SIGKILL); err != nil {
+		// SIGKILL, not SIGTERM: the server's graceful stop waits a minute
+		// for the agents' watches to end, which only slows the test down;
+		// a kill -9 in the middle of its work must be survived anyway.
 		t.Fatal(err)
 	}
 
@@ -399,6 +410,135 @@ spec:
 	if len(internal) != 2 {
 		t.Errorf("node2's InternalIPs after its agent's restart: %v; want both families", internal)
 	}
+	if tc.live {
+		deleteAddedFamilyLive(t, c, tc, client, rangesFile, svc4, before, web, nsOf("client"), remote)
+	}
+}
+
+// deleteAddedFamilyLive is the way back of the live way: kubectl delete of
+// the ServiceCIDR and ClusterCIDR that added tc's family, with the first
+// family's traffic flowing throughout. Within 10 s of the Nodes' change
+// every pod has its first address alone; the Service is SingleStack again
+// with its address; nothing of the family is left in pods, nodes' tables
+// or IPAddress objects.
+func deleteAddedFamilyLive(t *testing.T, c *servicesCluster, tc addedFamily, client kubernetes.Interface, rangesFile, svc4 string,
+	before map[string]corev1.Pod, web []string, clientNS, remote string) {
+	fresh := podClient(t, clientNS, false)
+	kept := podClient(t, clientNS, true)
+	var ok, failed, keptBroke atomic.Int64
+	var failures sync.Map
+	stop := make(chan struct{})
+	var loop sync.WaitGroup
+	loop.Go(func() {
+		urls := []string{urlOf(svc4, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")}
+		keptURL := urlOf(before[remote].Status.PodIP, 8080, "/clientip")
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			u := urls[i%len(urls)]
+			if err := get(fresh, u); err != nil {
+				failed.Add(1)
+				failures.Store(time.Now().Format("15:04:05.000")+" "+u, err.Error())
+			} else {
+				ok.Add(1)
+			}
+			if _, reused, err := clientIP(kept, keptURL); err != nil || (!reused && i > 0) {
+				keptBroke.Add(1)
+				failures.Store(time.Now().Format("15:04:05.000")+" kept-alive", fmt.Sprint(err, " reused=", reused))
+			}
+		}
+	})
+	stopLoop := sync.OnceFunc(func() { close(stop); loop.Wait() })
+	defer stopLoop()
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return ok.Load() >= 10, nil
+	}); err != nil {
+		t.Fatalf("the client loop gets no answers before the delete: %d answered, %d failed", ok.Load(), failed.Load())
+	}
+
+	deleted := time.Now()
+	kubectl(t, c.kubeconfig, "delete", "--wait=false", "-f", rangesFile)
+	var nodesAt, lastAt time.Time
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		if nodesAt.IsZero() {
+			nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, nil
+			}
+			for _, n := range nodes.Items {
+				if len(n.Spec.PodCIDRs) != 1 {
+					return false, nil
+				}
+			}
+			nodesAt = time.Now()
+		}
+		pods, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range pods.Items {
+			if len(p.Status.PodIPs) != 1 || p.Status.PodIP != before[p.Name].Status.PodIP {
+				return false, nil
+			}
+		}
+		lastAt = time.Now()
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("after kubectl delete of the ranges, the Nodes (at %v) and pods did not lose the family within a minute:\n%s", nodesAt, kubectl(t, c.kubeconfig, "get", "pods", "-o", "wide"))
+	}
+	t.Logf("kubectl delete to the Nodes' single pod CIDR %v; to the last pod's single address %v (%v after the Nodes')",
+		nodesAt.Sub(deleted).Round(time.Millisecond), lastAt.Sub(deleted).Round(time.Millisecond), lastAt.Sub(nodesAt).Round(time.Millisecond))
+	if d := lastAt.Sub(nodesAt); d > 10*time.Second {
+		t.Errorf("pods took %v after the Nodes' change to lose the family; want within 10 s", d)
+	}
+	if svc := c.service(t, "web"); len(svc.Spec.ClusterIPs) != 1 || svc.Spec.ClusterIPs[0] != svc4 {
+		t.Errorf("the Service's clusterIPs after the delete: %v; want [%s]", svc.Spec.ClusterIPs, svc4)
+	}
+	stopLoop()
+	failures.Range(func(k, v any) bool { t.Logf("failure at %s: %s", k, v); return true })
+	t.Logf("client loop over the first family during the delete: %d answered, %d failed; the kept-alive connection broke %d times", ok.Load(), failed.Load(), keptBroke.Load())
+	if failed.Load() != 0 || keptBroke.Load() != 0 {
+		t.Errorf("the first family's traffic was disturbed by the delete: %d answered, %d failed, kept-alive connection broke %d times", ok.Load(), failed.Load(), keptBroke.Load())
+	}
+
+	// No trace of the family: no global address of it in the pods, no
+	// proxy or masquerading table of it in the nodes, no IPAddress of it.
+	ipFlag, table := "-4", "ip"
+	if tc.is6 {
+		ipFlag, table = "-6", "ip6"
+	}
+	for _, name := range append([]string{"client"}, web...) {
+		if out := strings.TrimSpace(c.run(t, name, "ip -o "+ipFlag+" addr show scope global")); out != "" {
+			t.Errorf("pod %s holds addresses of the removed family:\n%s", name, out)
+		}
+	}
+	for _, n := range c.topo.Nodes {
+		tables := c.run(t, "node:"+n.Name, "nft list tables")
+		for _, tb := range []string{table + " duet-proxy", table + " duet-masq"} {
+			if strings.Contains(tables, "table "+tb+"\n") {
+				t.Errorf("%s still has table %s:\n%s", n.Name, tb, tables)
+			}
+		}
+	}
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		addrs, err := client.NetworkingV1().IPAddresses().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, a := range addrs.Items {
+			if netip.MustParseAddr(a.Name).Is6() == tc.is6 {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("IPAddresses of the removed family are left")
+	}
 }
 
 // pidIn is the PID duet up records at index i of up.json (0 the server,
@@ -450,4 +590,31 @@ func getBody(c *http.Client, url string) (string, error) {
 		return "", fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	return strings.TrimSpace(string(body)), nil
+}
+
+// editServerArgs appends tc's ranges to the server's range flags in
+// server-args.json, which duet up starts the server with.
+func editServerArgs(t *testing.T, dataDir string, tc addedFamily) {
+	t.Helper()
+	argsFile := filepath.Join(dataDir, cluster.ServerArgsFile)
+	data, err := os.ReadFile(argsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	if err := json.Unmarshal(data, &args); err != nil {
+		t.Fatal(err)
+	}
+	for i := range args[:len(args)-1] {
+		switch args[i] {
+		case "--cluster-cidr":
+			args[i+1] += "," + tc.clusterCIDR
+		case "--service-cluster-ip-range":
+			args[i+1] += "," + tc.svcCIDR
+		}
+	}
+	data, _ = json.Marshal(args)
+	if err := os.WriteFile(argsFile, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
