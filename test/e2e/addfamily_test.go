@@ -40,7 +40,7 @@ func addFamilyPodsPerNode(t *testing.T) int {
 		}
 		return n
 	}
-	return 2
+	return 5
 }
 
 // addedFamily is one direction of TestRestartingTheServerAddsAFamilyLive.
