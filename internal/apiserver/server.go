@@ -277,6 +277,13 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 
 	config := genericapiserver.NewConfig(Codecs)
 	config.LongRunningFunc = longRunning
+	// Watches (every agent holds several) end when the server stops,
+	// after at most this long: without it the HTTP server's shutdown
+	// waits out its whole timeout (a minute) for them, and a restart,
+	// such as the upstream way of adding or dropping a family, takes
+	// that long. Clients re-watch from another replica or this one's
+	// successor, from their resource version.
+	config.ShutdownWatchTerminationGracePeriod = 2 * time.Second
 	secure := genericoptions.NewSecureServingOptions()
 	secure.Listener = listener
 	secure.BindAddress = cfg.BindAddress

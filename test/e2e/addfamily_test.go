@@ -236,9 +236,8 @@ spec: {cidr: %q}
 	if tc.live {
 		kubectl(t, kubeconfig, "apply", "-f", rangesFile)
 	} else if err := syscall.Kill(serverPID, syscall.SIGKILL); err != nil {
-		// SIGKILL, not SIGTERM: the server's graceful stop waits a minute
-		// for the agents' watches to end, which only slows the test down;
-		// a kill -9 in the middle of its work must be survived anyway.
+		// SIGKILL, not SIGTERM: a kill -9 in the middle of the server's
+		// work must be survived too.
 		t.Fatal(err)
 	}
 
