@@ -283,12 +283,19 @@ func (s *Server) startRanges(hookCtx genericapiserver.PostStartHookContext) erro
 	}
 	s.live.services.Store(&listServices)
 	err = wait.PollUntilContextCancel(hookCtx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		if err := servicecidr.EnsureDefault(ctx, client, s.cfg.ServiceRanges); err != nil {
-			klog.ErrorS(err, "Creating the default ServiceCIDR; retrying")
+		// The ClusterCIDRs first: the default ServiceCIDR records the
+		// flags applied, last (see servicecidr.FromFlagAnnotation).
+		applied, first, err := servicecidr.Applied(ctx, client)
+		if err != nil {
+			klog.ErrorS(err, "Reading the range flags last applied; retrying")
 			return false, nil
 		}
-		if err := clustercidrctl.EnsureDefaults(ctx, clusterCIDRs, s.cfg.ClusterCIDRs); err != nil {
-			klog.ErrorS(err, "Creating the default ClusterCIDRs; retrying")
+		if err := clustercidrctl.EnsureDefaults(ctx, clusterCIDRs, s.cfg.ClusterCIDRs, applied, first); err != nil {
+			klog.ErrorS(err, "Keeping the default ClusterCIDRs; retrying")
+			return false, nil
+		}
+		if err := servicecidr.EnsureDefault(ctx, client, s.cfg.ServiceRanges, s.cfg.ClusterCIDRs.CIDRs); err != nil {
+			klog.ErrorS(err, "Keeping the default ServiceCIDR; retrying")
 			return false, nil
 		}
 		return true, nil

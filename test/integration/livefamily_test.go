@@ -356,3 +356,51 @@ spec: {cidr: "10.244.0.0/16"}
 		t.Errorf("ipFamilies %v, want IPv6 first", s.Spec.IPFamilies)
 	}
 }
+
+// TestDeletedDefaultClusterCIDRStaysDeleted: on a cluster started
+// dual-stack by its flags, kubectl delete of the ClusterCIDR default-ipv6
+// takes IPv6 from the Nodes live, and a restart with the same flags, as
+// after a crash, does not bring it back: the server acts on what its
+// flags changed since the last start, not on the objects.
+func TestDeletedDefaultClusterCIDRStaysDeleted(t *testing.T) {
+	t.Parallel()
+	srv := StartServer(t, ServerOptions{ServiceRanges: v4Range + "," + v6Range, ClusterCIDR: "10.244.0.0/16,fd00:10:244::/56"})
+	ctx := ctxT(t)
+	_, err := srv.Client.CoreV1().Nodes().Create(ctx, newNode("n1"), metav1.CreateOptions{})
+	fatalIf(t, err)
+	podCIDRs := func(n int) func() error {
+		return func() error {
+			node, err := srv.Client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if len(node.Spec.PodCIDRs) != n {
+				return fmt.Errorf("podCIDRs %v, want %d", node.Spec.PodCIDRs, n)
+			}
+			return nil
+		}
+	}
+	eventually(t, controllerWait, "n1 gets both pod CIDRs", podCIDRs(2))
+	srv.MustKubectl(t, "", "delete", "clustercidr", "default-ipv6")
+	eventually(t, liveWait, "n1 keeps its IPv4 pod CIDR alone", podCIDRs(1))
+
+	fatalIf(t, srv.Stop())
+	srv.Restart(t)
+	if out, _, err := srv.Kubectl("", "get", "clustercidr", "default-ipv6"); err == nil {
+		t.Errorf("default-ipv6 is back after a restart with the same flags:\n%s", out)
+	}
+	// A Node registered now gets IPv4 alone, and n1 keeps one pod CIDR.
+	_, err = srv.Client.CoreV1().Nodes().Create(ctx, newNode("n2"), metav1.CreateOptions{})
+	fatalIf(t, err)
+	eventually(t, time.Minute, "n2 gets an IPv4 pod CIDR alone", func() error {
+		node, err := srv.Client.CoreV1().Nodes().Get(ctx, "n2", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(node.Spec.PodCIDRs) != 1 || !netip.MustParsePrefix(node.Spec.PodCIDRs[0]).Addr().Is4() {
+			return fmt.Errorf("n2 podCIDRs %v", node.Spec.PodCIDRs)
+		}
+		return nil
+	})
+	fatalIf(t, podCIDRs(1)())
+}

@@ -50,32 +50,44 @@ const FromFlagLabel = "networking.duet.dev/from-flag"
 
 var _ API = &nclient.ClusterCIDRs{}
 
-// EnsureDefaults creates the ClusterCIDR of each --cluster-cidr range
-// (default-ipv4, default-ipv6) unless it exists, or another ClusterCIDR
-// of its family does (one applied with kubectl before the flag named the
-// family): the cluster keeps that one. An existing default that differs
-// from the flag is left as it is: its spec is immutable, Nodes' pod CIDRs
-// were cut from it. The one the server made for a family the flag no
-// longer has (FromFlagLabel) is deleted: the restart dropped the family.
-// It is idempotent; every server replica runs it at start.
-func EnsureDefaults(ctx context.Context, api API, cidrs netaddr.ClusterCIDRs) error {
+// EnsureDefaults brings the ClusterCIDRs in step with what --cluster-cidr
+// (cidrs) changed since the last start, whose flag was applied
+// (servicecidr.Applied; first on the cluster's first start with ranges as
+// objects, when every family of the flag counts as new). For a family the
+// flag gained it creates default-ipv4 or default-ipv6, unless a
+// ClusterCIDR of the family exists (one applied with kubectl before the
+// flag named the family: the cluster keeps that one); for a family the
+// flag lost it deletes the one the server made (FromFlagLabel). A family
+// the flag kept is left as it is, whatever happened to its objects since
+// (deleted with kubectl: it stays deleted; a differing spec stays: Nodes'
+// pod CIDRs were cut from it). It is idempotent; every server replica
+// runs it at start.
+func EnsureDefaults(ctx context.Context, api API, cidrs netaddr.ClusterCIDRs, applied []netip.Prefix, first bool) error {
 	list, err := api.List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("listing ClusterCIDRs: %w", err)
 	}
+	hasFamily := func(ps []netip.Prefix, f netaddr.Family) bool {
+		return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return netaddr.FamilyOf(p.Addr()) == f })
+	}
+	log := klog.FromContext(ctx)
 	for _, o := range list.Items {
 		q, err := netip.ParsePrefix(o.Spec.CIDR)
-		if err != nil || o.Labels[FromFlagLabel] != "true" || o.DeletionTimestamp != nil ||
-			slices.ContainsFunc(cidrs.CIDRs, func(p netip.Prefix) bool { return netaddr.FamilyOf(p.Addr()) == netaddr.FamilyOf(q.Addr()) }) {
+		if err != nil || first || o.Labels[FromFlagLabel] != "true" || o.DeletionTimestamp != nil {
 			continue
 		}
-		if err := api.Delete(ctx, o.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("deleting ClusterCIDR %s, whose family --cluster-cidr dropped: %w", o.Name, err)
+		if f := netaddr.FamilyOf(q.Addr()); hasFamily(applied, f) && !hasFamily(cidrs.CIDRs, f) {
+			if err := api.Delete(ctx, o.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("deleting ClusterCIDR %s, whose family --cluster-cidr dropped: %w", o.Name, err)
+			}
+			log.Info("Deleted the default ClusterCIDR of the family --cluster-cidr dropped", "name", o.Name, "cidr", o.Spec.CIDR)
 		}
-		klog.FromContext(ctx).Info("Deleted the default ClusterCIDR of the family --cluster-cidr dropped", "name", o.Name, "cidr", o.Spec.CIDR)
 	}
 	for i, p := range cidrs.CIDRs {
 		f := netaddr.FamilyOf(p.Addr())
+		if !first && hasFamily(applied, f) {
+			continue
+		}
 		name := clusterranges.DefaultClusterCIDRName(f)
 		want := v1alpha1.ClusterCIDRSpec{CIDR: p.String(), NodeMaskSize: int32(cidrs.NodeMaskSizes[i])}
 		var other *v1alpha1.ClusterCIDR
@@ -88,17 +100,17 @@ func EnsureDefaults(ctx context.Context, api API, cidrs netaddr.ClusterCIDRs) er
 		}
 		switch {
 		case other != nil && other.Name == name && other.Spec != want:
-			klog.FromContext(ctx).Info("The default ClusterCIDR differs from --cluster-cidr; the cluster keeps the ClusterCIDR's range",
+			log.Info("The default ClusterCIDR differs from --cluster-cidr; the cluster keeps the ClusterCIDR's range",
 				"clusterCIDR", name, "cidr", other.Spec.CIDR, "nodeMaskSize", other.Spec.NodeMaskSize, "flag", p, "flagNodeMaskSize", want.NodeMaskSize)
 		case other != nil && other.Name != name:
-			klog.FromContext(ctx).Info("A ClusterCIDR of the family exists; the cluster keeps it rather than --cluster-cidr's range",
+			log.Info("A ClusterCIDR of the family exists; the cluster keeps it rather than --cluster-cidr's range",
 				"family", f, "clusterCIDR", other.Name, "cidr", other.Spec.CIDR, "flag", p)
 		case other == nil:
 			obj := &v1alpha1.ClusterCIDR{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{FromFlagLabel: "true"}}, Spec: want}
 			if _, err := api.Create(ctx, obj, metav1.CreateOptions{FieldManager: ControllerName}); err != nil && !apierrors.IsAlreadyExists(err) {
 				return fmt.Errorf("creating ClusterCIDR %s for --cluster-cidr %s: %w", name, p, err)
 			}
-			klog.FromContext(ctx).Info("Created the default ClusterCIDR", "name", name, "cidr", p, "nodeMaskSize", want.NodeMaskSize)
+			log.Info("Created the default ClusterCIDR", "name", name, "cidr", p, "nodeMaskSize", want.NodeMaskSize)
 		}
 	}
 	return nil

@@ -103,39 +103,50 @@ func fromFlag(o *v1alpha1.ClusterCIDR) *v1alpha1.ClusterCIDR {
 }
 
 func TestEnsureDefaults(t *testing.T) {
-	flags := netaddr.ClusterCIDRs{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}, NodeMaskSizes: []int{24, 64}}
-	v4only := netaddr.ClusterCIDRs{CIDRs: flags.CIDRs[:1], NodeMaskSizes: flags.NodeMaskSizes[:1]}
+	v4, v6 := netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")
+	dual := netaddr.ClusterCIDRs{CIDRs: []netip.Prefix{v4, v6}, NodeMaskSizes: []int{24, 64}}
+	v4only := netaddr.ClusterCIDRs{CIDRs: dual.CIDRs[:1], NodeMaskSizes: dual.NodeMaskSizes[:1]}
 	tests := []struct {
-		name  string
-		flags *netaddr.ClusterCIDRs // default: both families
-		have  []*v1alpha1.ClusterCIDR
-		want  map[string]string // name -> cidr afterwards
+		name    string
+		flags   netaddr.ClusterCIDRs
+		applied []netip.Prefix // the flag at the last start
+		first   bool
+		have    []*v1alpha1.ClusterCIDR
+		want    map[string]string // name -> cidr afterwards
 	}{
-		{name: "the flag dropped IPv6: the server's IPv6 one goes", flags: &v4only,
-			have: []*v1alpha1.ClusterCIDR{fromFlag(cc("default-ipv4", "10.244.0.0/16", 0)), fromFlag(cc("default-ipv6", "fd00:10:244::/56", 0))},
-			want: map[string]string{"default-ipv4": "10.244.0.0/16"}},
-		{name: "the flag lacks IPv6: one a user applied stays, even named default-ipv6", flags: &v4only,
-			have: []*v1alpha1.ClusterCIDR{fromFlag(cc("default-ipv4", "10.244.0.0/16", 0)), cc("default-ipv6", "fd00:10:244::/56", 0)},
+		{name: "first start: both created", flags: dual, first: true,
 			want: map[string]string{"default-ipv4": "10.244.0.0/16", "default-ipv6": "fd00:10:244::/56"}},
-		{name: "both created", want: map[string]string{"default-ipv4": "10.244.0.0/16", "default-ipv6": "fd00:10:244::/56"}},
-		{name: "an IPv6 one applied before the flag named the family is kept",
+		{name: "first start: an IPv6 one applied before the flag named the family is kept", flags: dual, first: true,
 			have: []*v1alpha1.ClusterCIDR{cc("mine", "fd00:77::/56", 0)},
 			want: map[string]string{"default-ipv4": "10.244.0.0/16", "mine": "fd00:77::/56"}},
-		{name: "an existing default is left as it is",
+		{name: "first start: an existing default is left as it is", flags: dual, first: true,
 			have: []*v1alpha1.ClusterCIDR{cc("default-ipv4", "10.245.0.0/16", 0)},
 			want: map[string]string{"default-ipv4": "10.245.0.0/16", "default-ipv6": "fd00:10:244::/56"}},
+		{name: "the flag gained IPv6: created", flags: dual, applied: []netip.Prefix{v4},
+			have: []*v1alpha1.ClusterCIDR{fromFlag(cc("default-ipv4", "10.244.0.0/16", 0))},
+			want: map[string]string{"default-ipv4": "10.244.0.0/16", "default-ipv6": "fd00:10:244::/56"}},
+		{name: "the flag dropped IPv6: the server's IPv6 one goes", flags: v4only, applied: []netip.Prefix{v4, v6},
+			have: []*v1alpha1.ClusterCIDR{fromFlag(cc("default-ipv4", "10.244.0.0/16", 0)), fromFlag(cc("default-ipv6", "fd00:10:244::/56", 0))},
+			want: map[string]string{"default-ipv4": "10.244.0.0/16"}},
+		{name: "the flag dropped IPv6: one a user applied stays, even named default-ipv6", flags: v4only, applied: []netip.Prefix{v4, v6},
+			have: []*v1alpha1.ClusterCIDR{fromFlag(cc("default-ipv4", "10.244.0.0/16", 0)), cc("default-ipv6", "fd00:10:244::/56", 0)},
+			want: map[string]string{"default-ipv4": "10.244.0.0/16", "default-ipv6": "fd00:10:244::/56"}},
+		{name: "the same flag: a default deleted with kubectl stays deleted", flags: dual, applied: []netip.Prefix{v4, v6},
+			have: []*v1alpha1.ClusterCIDR{fromFlag(cc("default-ipv4", "10.244.0.0/16", 0))},
+			want: map[string]string{"default-ipv4": "10.244.0.0/16"}},
+		{name: "the same IPv4-only flag: an IPv6 one applied live stays", flags: v4only, applied: []netip.Prefix{v4},
+			have: []*v1alpha1.ClusterCIDR{fromFlag(cc("default-ipv4", "10.244.0.0/16", 0)), cc("ipv6", "fd00:10:244::/56", 0)},
+			want: map[string]string{"default-ipv4": "10.244.0.0/16", "ipv6": "fd00:10:244::/56"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			api := &fakeAPI{objs: map[string]*v1alpha1.ClusterCIDR{}}
+			had := map[string]bool{}
 			for _, o := range tt.have {
 				api.objs[o.Name] = o
+				had[o.Name] = true
 			}
-			f := flags
-			if tt.flags != nil {
-				f = *tt.flags
-			}
-			if err := EnsureDefaults(context.Background(), api, f); err != nil {
+			if err := EnsureDefaults(context.Background(), api, tt.flags, tt.applied, tt.first); err != nil {
 				t.Fatal(err)
 			}
 			if len(api.objs) != len(tt.want) {
@@ -147,14 +158,7 @@ func TestEnsureDefaults(t *testing.T) {
 				}
 			}
 			for name, o := range api.objs {
-				if _, had := func() (bool, bool) {
-					for _, h := range tt.have {
-						if h.Name == name {
-							return true, true
-						}
-					}
-					return false, false
-				}(); !had && o.Labels[FromFlagLabel] != "true" {
+				if !had[name] && o.Labels[FromFlagLabel] != "true" {
 					t.Errorf("%s, made by EnsureDefaults, lacks the %s label", name, FromFlagLabel)
 				}
 			}

@@ -143,36 +143,39 @@ func TestDeletion(t *testing.T) {
 	}
 }
 
-// fromFlag marks o as made from --service-cluster-ip-range, then appends
-// more ranges as a user would.
-func fromFlag(o *networkingv1.ServiceCIDR, more ...string) *networkingv1.ServiceCIDR {
-	o.Annotations = map[string]string{FromFlagAnnotation: strings.Join(o.Spec.CIDRs, ",")}
-	o.Spec.CIDRs = append(o.Spec.CIDRs, more...)
+// applied marks o as made from --service-cluster-ip-range flag (and
+// --cluster-cidr cluster), as the server leaves it.
+func applied(o *networkingv1.ServiceCIDR, flag []string) *networkingv1.ServiceCIDR {
+	o.Annotations = map[string]string{FromFlagAnnotation: strings.Join(flag, ","), ClusterFromFlagAnnotation: "10.244.0.0/16"}
 	return o
 }
 
 func TestEnsureDefault(t *testing.T) {
 	v4, v6 := netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:10:96::/108")
+	s4, s6 := v4.String(), v6.String()
 	tests := []struct {
 		name  string
 		objs  []runtime.Object
 		flags []netip.Prefix
 		want  []string
 	}{
-		{name: "created when absent", flags: []netip.Prefix{v4, v6}, want: []string{"10.96.0.0/16", "fd00:10:96::/108"}},
-		{name: "a family the flag added is appended", objs: []runtime.Object{cidr("kubernetes", []string{"10.96.0.0/16"})},
-			flags: []netip.Prefix{v4, v6}, want: []string{"10.96.0.0/16", "fd00:10:96::/108"}},
-		{name: "a changed range is left as it is", objs: []runtime.Object{cidr("kubernetes", []string{"10.97.0.0/16"})},
+		{name: "created when absent", flags: []netip.Prefix{v4, v6}, want: []string{s4, s6}},
+		{name: "a family the flag added is appended", objs: []runtime.Object{applied(cidr("kubernetes", []string{s4}), []string{s4})},
+			flags: []netip.Prefix{v4, v6}, want: []string{s4, s6}},
+		{name: "a family the flag added is appended (made before the annotation)", objs: []runtime.Object{cidr("kubernetes", []string{s4})},
+			flags: []netip.Prefix{v4, v6}, want: []string{s4, s6}},
+		{name: "a changed range is left as it is", objs: []runtime.Object{applied(cidr("kubernetes", []string{"10.97.0.0/16"}), []string{"10.97.0.0/16"})},
 			flags: []netip.Prefix{v4, v6}, want: []string{"10.97.0.0/16"}},
-		{name: "a family the flag dropped goes", objs: []runtime.Object{fromFlag(cidr("kubernetes", []string{"10.96.0.0/16", "fd00:10:96::/108"}))},
-			flags: []netip.Prefix{v4}, want: []string{"10.96.0.0/16"}},
-		{name: "a family a user appended stays", objs: []runtime.Object{fromFlag(cidr("kubernetes", []string{"10.96.0.0/16"}), "fd00:10:96::/108")},
-			flags: []netip.Prefix{v4}, want: []string{"10.96.0.0/16", "fd00:10:96::/108"}},
+		{name: "a family the flag dropped goes", objs: []runtime.Object{applied(cidr("kubernetes", []string{s4, s6}), []string{s4, s6})},
+			flags: []netip.Prefix{v4}, want: []string{s4}},
+		{name: "a family a user appended stays", objs: []runtime.Object{applied(cidr("kubernetes", []string{s4, s6}), []string{s4})},
+			flags: []netip.Prefix{v4}, want: []string{s4, s6}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			client := fake.NewClientset(tt.objs...)
-			if err := EnsureDefault(context.Background(), client, tt.flags); err != nil {
+			cluster := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}
+			if err := EnsureDefault(context.Background(), client, tt.flags, cluster); err != nil {
 				t.Fatal(err)
 			}
 			o, err := client.NetworkingV1().ServiceCIDRs().Get(context.Background(), "kubernetes", metav1.GetOptions{})
@@ -182,9 +185,14 @@ func TestEnsureDefault(t *testing.T) {
 			if !slices.Equal(o.Spec.CIDRs, tt.want) {
 				t.Errorf("cidrs %v, want %v", o.Spec.CIDRs, tt.want)
 			}
-			if tt.objs == nil && o.Annotations[FromFlagAnnotation] != strings.Join(tt.want, ",") {
-				t.Errorf("annotation %s=%q, want the flag's ranges", FromFlagAnnotation, o.Annotations[FromFlagAnnotation])
+			// The flags applied are recorded for the next start.
+			got, first, err := Applied(context.Background(), client)
+			if err != nil || first || !slices.Equal(got, cluster) || o.Annotations[FromFlagAnnotation] != strings.Join(prefixStrings(tt.flags), ",") {
+				t.Errorf("recorded flags %v (first %v, %v) and %q; want %v and the flag's", got, first, err, o.Annotations[FromFlagAnnotation], cluster)
 			}
 		})
+	}
+	if _, first, err := Applied(context.Background(), fake.NewClientset()); err != nil || !first {
+		t.Errorf("Applied without a default ServiceCIDR: first %v, %v; want true", first, err)
 	}
 }

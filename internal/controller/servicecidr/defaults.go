@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -16,28 +17,73 @@ import (
 	"github.com/duet-net/duet/internal/clusterranges"
 )
 
-// FromFlagAnnotation on the default ServiceCIDR lists the ranges
-// --service-cluster-ip-range gave it: a range the flag drops later is
-// dropped from it, one a user appended is not.
-const FromFlagAnnotation = "networking.duet.dev/from-flag"
+// The default ServiceCIDR records the range flags the server last brought
+// the default objects in step with, so that a start acts on what the
+// flags changed since, and only on that: a range the flags add or drop is
+// added to or dropped from the default objects, while a change made live
+// (a ClusterCIDR deleted with kubectl, a family a user appended) stays
+// when the server restarts with the same flags. It is written last, in
+// the same update as the default ServiceCIDR's ranges, so a start killed
+// half way does it again.
+const (
+	// FromFlagAnnotation lists --service-cluster-ip-range as last applied.
+	FromFlagAnnotation = "networking.duet.dev/from-flag"
+	// ClusterFromFlagAnnotation lists --cluster-cidr as last applied.
+	ClusterFromFlagAnnotation = "networking.duet.dev/cluster-cidr-from-flag"
+)
 
-// EnsureDefault makes the default ServiceCIDR, kubernetes, hold ranges
-// (--service-cluster-ip-range, primary first): it creates it when absent,
-// appends the family a restart added (a single-family ServiceCIDR may
-// gain the other family) and drops the second family a restart dropped
-// from the flag. Any other difference is left alone and logged,
-// as Kubernetes does: the object, not the flag, is what the cluster runs
-// with. It is idempotent; every server replica runs it at start.
-func EnsureDefault(ctx context.Context, client kubernetes.Interface, ranges []netip.Prefix) error {
-	want := make([]string, len(ranges))
-	for i, p := range ranges {
-		want[i] = p.String()
+// Applied returns the --cluster-cidr ranges last applied to the default
+// objects (see FromFlagAnnotation); first is true when there is no
+// default ServiceCIDR yet: the first start with ranges as objects.
+func Applied(ctx context.Context, client kubernetes.Interface) (clusterCIDRs []netip.Prefix, first bool, err error) {
+	have, err := client.NetworkingV1().ServiceCIDRs().Get(ctx, clusterranges.DefaultServiceCIDRName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, true, nil
 	}
+	if err != nil {
+		return nil, false, wrap(err)
+	}
+	for _, c := range splitList(have.Annotations[ClusterFromFlagAnnotation]) {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			clusterCIDRs = append(clusterCIDRs, p)
+		}
+	}
+	return clusterCIDRs, false, nil
+}
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// EnsureDefault makes the default ServiceCIDR, kubernetes, follow
+// --service-cluster-ip-range (ranges, primary first) and records the
+// flags applied (see FromFlagAnnotation; clusterCIDRs is --cluster-cidr,
+// whose ClusterCIDRs the caller has brought in step first). It creates
+// it when absent; when the flag gained a second family since the last
+// start it appends it (a single-family ServiceCIDR may gain the other
+// family), when the flag lost it, it drops it (only the API server may).
+// Any other difference is left alone and logged, as Kubernetes does: the
+// object, not the flag, is what the cluster runs with. It is idempotent;
+// every server replica runs it at start.
+func EnsureDefault(ctx context.Context, client kubernetes.Interface, ranges, clusterCIDRs []netip.Prefix) error {
+	want, cluster := prefixStrings(ranges), strings.Join(prefixStrings(clusterCIDRs), ",")
 	api := client.NetworkingV1().ServiceCIDRs()
 	have, err := api.Get(ctx, clusterranges.DefaultServiceCIDRName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		obj := &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: clusterranges.DefaultServiceCIDRName,
-			Annotations: map[string]string{FromFlagAnnotation: strings.Join(want, ",")}}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: want}}
+			Annotations: map[string]string{FromFlagAnnotation: strings.Join(want, ","), ClusterFromFlagAnnotation: cluster}},
+			Spec: networkingv1.ServiceCIDRSpec{CIDRs: want}}
 		_, err = api.Create(ctx, obj, metav1.CreateOptions{FieldManager: ControllerName})
 		if apierrors.IsAlreadyExists(err) {
 			return nil
@@ -50,34 +96,34 @@ func EnsureDefault(ctx context.Context, client kubernetes.Interface, ranges []ne
 	if err != nil {
 		return wrap(err)
 	}
-	switch {
-	case len(have.Spec.CIDRs) == 1 && len(want) == 2 && have.Spec.CIDRs[0] == want[0]:
-		up := have.DeepCopy()
-		up.Spec.CIDRs = want
-		metav1.SetMetaDataAnnotation(&up.ObjectMeta, FromFlagAnnotation, strings.Join(want, ","))
-		if _, err := api.Update(ctx, up, metav1.UpdateOptions{FieldManager: ControllerName}); err != nil {
-			return wrap(err)
-		}
-		klog.FromContext(ctx).Info("The default ServiceCIDR gained the family --service-cluster-ip-range added", "from", have.Spec.CIDRs, "to", want)
-	case len(have.Spec.CIDRs) == 2 && len(want) == 1 && have.Spec.CIDRs[0] == want[0] &&
-		slices.Contains(strings.Split(have.Annotations[FromFlagAnnotation], ","), have.Spec.CIDRs[1]):
-		// A restart dropped the second family from the flag that put it
-		// there: the default ServiceCIDR drops it too, and the cluster
-		// takes the family out (familydrop) unless another ServiceCIDR
-		// still has it. Only the API server may make this change. A family
-		// a user appended with kubectl is the user's.
-		up := have.DeepCopy()
-		up.Spec.CIDRs = want
-		metav1.SetMetaDataAnnotation(&up.ObjectMeta, FromFlagAnnotation, strings.Join(want, ","))
-		if _, err := api.Update(ctx, up, metav1.UpdateOptions{FieldManager: ControllerName}); err != nil {
-			return wrap(err)
-		}
-		klog.FromContext(ctx).Info("The default ServiceCIDR lost the family --service-cluster-ip-range dropped", "from", have.Spec.CIDRs, "to", want)
-	case !slices.Equal(have.Spec.CIDRs, want):
-		klog.FromContext(ctx).Info("The default ServiceCIDR differs from --service-cluster-ip-range; the cluster keeps the ServiceCIDR's ranges",
-			"serviceCIDR", have.Spec.CIDRs, "flag", want)
+	applied, ok := have.Annotations[FromFlagAnnotation]
+	if !ok {
+		applied = strings.Join(have.Spec.CIDRs, ",")
 	}
-	return nil
+	last := splitList(applied)
+	up := have.DeepCopy()
+	log := klog.FromContext(ctx)
+	switch {
+	case slices.Equal(last, want):
+	case len(last) == 1 && len(want) == 2 && last[0] == want[0] && slices.Equal(have.Spec.CIDRs, last):
+		up.Spec.CIDRs = want
+		log.Info("The default ServiceCIDR gains the family --service-cluster-ip-range added", "from", have.Spec.CIDRs, "to", want)
+	case len(last) == 2 && len(want) == 1 && last[0] == want[0] && slices.Equal(have.Spec.CIDRs, last):
+		// The cluster then takes the family out (familydrop) unless
+		// another ServiceCIDR still has it.
+		up.Spec.CIDRs = want
+		log.Info("The default ServiceCIDR loses the family --service-cluster-ip-range dropped", "from", have.Spec.CIDRs, "to", want)
+	default:
+		log.Info("The default ServiceCIDR differs from --service-cluster-ip-range; the cluster keeps the ServiceCIDR's ranges",
+			"serviceCIDR", have.Spec.CIDRs, "flag", want, "flagBefore", last)
+	}
+	metav1.SetMetaDataAnnotation(&up.ObjectMeta, FromFlagAnnotation, strings.Join(want, ","))
+	metav1.SetMetaDataAnnotation(&up.ObjectMeta, ClusterFromFlagAnnotation, cluster)
+	if equality.Semantic.DeepEqual(up, have) {
+		return nil
+	}
+	_, err = api.Update(ctx, up, metav1.UpdateOptions{FieldManager: ControllerName})
+	return wrap(err)
 }
 
 func wrap(err error) error {
