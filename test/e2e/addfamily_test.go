@@ -278,7 +278,7 @@ spec: {cidr: %q}
 	if err != nil {
 		t.Fatalf("within 10 s of the nodes' new pod CIDRs, not every pod had an address of the new family: %v\n%s", err, kubectl(t, kubeconfig, "get", "pods", "-o", "wide"))
 	}
-	t.Logf("%d pods on 2 nodes: the server stopped to the nodes' new pod CIDRs %v; to the last pod's new address %v (%v after the nodes' CIDRs)",
+	t.Logf("%d pods on 2 nodes: the change (server killed, or ranges applied) to the nodes' new pod CIDRs %v; to the last pod's new address %v (%v after the nodes' CIDRs)",
 		len(after), nodesAt.Sub(changed).Round(time.Millisecond), lastAt.Sub(changed).Round(time.Millisecond), lastAt.Sub(nodesAt).Round(time.Millisecond))
 
 	for name, p := range after {
