@@ -67,6 +67,7 @@ func (s *Server) startControllers(hookCtx genericapiserver.PostStartHookContext)
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	s.stopControllers.Store(&cancel)
 	go func() {
 		<-hookCtx.Done()
 		cancel()

@@ -127,12 +127,15 @@ const storagePrefix = "/registry"
 type Server struct {
 	cfg *Config
 	// dropDeps are the leader's, for removing a family (familydrop.go).
-	dropDeps   atomic.Pointer[dropDeps]
-	generic    *genericapiserver.GenericAPIServer
-	etcd       *EmbeddedEtcd
-	Kubeconfig string
-	URL        string
-	log        *slog.Logger
+	dropDeps atomic.Pointer[dropDeps]
+	// stopControllers stops the controllers the post-start hook started
+	// (it sets it).
+	stopControllers atomic.Pointer[context.CancelFunc]
+	generic         *genericapiserver.GenericAPIServer
+	etcd            *EmbeddedEtcd
+	Kubeconfig      string
+	URL             string
+	log             *slog.Logger
 
 	serviceRanges map[netaddr.Family]*alloc.ServiceRange
 	ipStore       *service.IPAddressStore
@@ -389,6 +392,22 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		return nil, err
 	}
 	if err := generic.AddPostStartHook("duet-controllers", s.startControllers); err != nil {
+		return nil, err
+	}
+	// The controllers stop, and give up the leader lease, while the API
+	// still serves (the handlers close only after pre-shutdown hooks):
+	// a replica or this server's successor then leads at once, not after
+	// the lease expires.
+	if err := generic.AddPreShutdownHook("duet-release-leadership", func() error {
+		if stop := s.stopControllers.Load(); stop != nil {
+			(*stop)()
+			select {
+			case <-s.controllersDone:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -13,8 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -171,40 +169,8 @@ spec:
 	// the cluster IP and to a pod of the other node, and one kept-alive
 	// connection to that pod that must survive the change.
 	fresh := podClient(t, nsOf("client"), false)
-	kept := podClient(t, nsOf("client"), true)
-	var ok4, failed4, keptBroke atomic.Int64
-	var failures sync.Map
-	stop := make(chan struct{})
-	var loop sync.WaitGroup
-	loop.Add(1)
-	go func() {
-		defer loop.Done()
-		urls := []string{urlOf(svc4, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")}
-		keptURL := urlOf(before[remote].Status.PodIP, 8080, "/clientip")
-		first := true
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			u := urls[i%len(urls)]
-			if err := get(fresh, u); err != nil {
-				failed4.Add(1)
-				failures.Store(time.Now().Format("15:04:05.000")+" "+u, err.Error())
-			} else {
-				ok4.Add(1)
-			}
-			_, reused, err := clientIP(kept, keptURL)
-			if err != nil || (!reused && !first) {
-				keptBroke.Add(1)
-				failures.Store(time.Now().Format("15:04:05.000")+" kept-alive", fmt.Sprint(err, " reused=", reused))
-			}
-			first = false
-		}
-	}()
-	stopLoop := sync.OnceFunc(func() { close(stop); loop.Wait() })
-	defer stopLoop()
+	loop := startClientLoop(t, nsOf("client"), []string{urlOf(svc4, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")},
+		urlOf(before[remote].Status.PodIP, 8080, "/clientip"))
 
 	// The change, the upstream way: server-args.json gets the new ranges
 	// appended, and the server is stopped; duet up restarts it with them.
@@ -226,12 +192,6 @@ spec: {cidr: %q}
 		editServerArgs(t, dataDir, tc)
 	}
 	serverPID := pidOf(t, dataDir, 0, "server")
-	// IPv4 traffic flows before the change too.
-	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		return ok4.Load() >= 10, nil
-	}); err != nil {
-		t.Fatalf("the client loop over the first family gets no answers before the change: %d answered, %d failed", ok4.Load(), failed4.Load())
-	}
 	changed := time.Now()
 	if tc.live {
 		kubectl(t, kubeconfig, "apply", "-f", rangesFile)
@@ -358,12 +318,7 @@ spec: {cidr: %q}
 		}
 	}
 
-	stopLoop()
-	failures.Range(func(k, v any) bool { t.Logf("failure at %s: %s", k, v); return true })
-	t.Logf("client loop over the first family: %d requests answered, %d failed; the kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
-	if failed4.Load() != 0 || keptBroke.Load() != 0 || ok4.Load() < 50 {
-		t.Errorf("the first family's traffic was disturbed by the change: %d answered, %d failed, kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
-	}
+	loop.check(t, "the change", 50)
 
 	// kill -9 of node2's agent after the change (started with --node-ip
 	// of the first family only): it comes back with the node's address of
@@ -423,41 +378,8 @@ spec: {cidr: %q}
 // or IPAddress objects.
 func deleteAddedFamilyLive(t *testing.T, c *servicesCluster, tc addedFamily, client kubernetes.Interface, rangesFile, svc4 string,
 	before map[string]corev1.Pod, web []string, clientNS, remote string) {
-	fresh := podClient(t, clientNS, false)
-	kept := podClient(t, clientNS, true)
-	var ok, failed, keptBroke atomic.Int64
-	var failures sync.Map
-	stop := make(chan struct{})
-	var loop sync.WaitGroup
-	loop.Go(func() {
-		urls := []string{urlOf(svc4, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")}
-		keptURL := urlOf(before[remote].Status.PodIP, 8080, "/clientip")
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			u := urls[i%len(urls)]
-			if err := get(fresh, u); err != nil {
-				failed.Add(1)
-				failures.Store(time.Now().Format("15:04:05.000")+" "+u, err.Error())
-			} else {
-				ok.Add(1)
-			}
-			if _, reused, err := clientIP(kept, keptURL); err != nil || (!reused && i > 0) {
-				keptBroke.Add(1)
-				failures.Store(time.Now().Format("15:04:05.000")+" kept-alive", fmt.Sprint(err, " reused=", reused))
-			}
-		}
-	})
-	stopLoop := sync.OnceFunc(func() { close(stop); loop.Wait() })
-	defer stopLoop()
-	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		return ok.Load() >= 10, nil
-	}); err != nil {
-		t.Fatalf("the client loop gets no answers before the delete: %d answered, %d failed", ok.Load(), failed.Load())
-	}
+	loop := startClientLoop(t, clientNS, []string{urlOf(svc4, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")},
+		urlOf(before[remote].Status.PodIP, 8080, "/clientip"))
 
 	deleted := time.Now()
 	kubectl(t, c.kubeconfig, "delete", "--wait=false", "-f", rangesFile)
@@ -498,12 +420,7 @@ func deleteAddedFamilyLive(t *testing.T, c *servicesCluster, tc addedFamily, cli
 	if svc := c.service(t, "web"); len(svc.Spec.ClusterIPs) != 1 || svc.Spec.ClusterIPs[0] != svc4 {
 		t.Errorf("the Service's clusterIPs after the delete: %v; want [%s]", svc.Spec.ClusterIPs, svc4)
 	}
-	stopLoop()
-	failures.Range(func(k, v any) bool { t.Logf("failure at %s: %s", k, v); return true })
-	t.Logf("client loop over the first family during the delete: %d answered, %d failed; the kept-alive connection broke %d times", ok.Load(), failed.Load(), keptBroke.Load())
-	if failed.Load() != 0 || keptBroke.Load() != 0 {
-		t.Errorf("the first family's traffic was disturbed by the delete: %d answered, %d failed, kept-alive connection broke %d times", ok.Load(), failed.Load(), keptBroke.Load())
-	}
+	loop.check(t, "the delete", 1)
 
 	// No trace of the family: no global address of it in the pods, no
 	// proxy or masquerading table of it in the nodes, no IPAddress of it.

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -202,43 +200,8 @@ spec:
 	// (node1's pods) and to a pod of node1, and one kept-alive connection
 	// to that pod that must survive the change.
 	fresh := podClient(t, nsOf("client"), false)
-	kept := podClient(t, nsOf("client"), true)
-	var ok4, failed4, keptBroke atomic.Int64
-	var failures sync.Map
-	stop := make(chan struct{})
-	var loop sync.WaitGroup
-	loop.Go(func() {
-		urls := []string{urlOf(web1, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")}
-		keptURL := urlOf(before[remote].Status.PodIP, 8080, "/clientip")
-		first := true
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			u := urls[i%len(urls)]
-			if err := get(fresh, u); err != nil {
-				failed4.Add(1)
-				failures.Store(time.Now().Format("15:04:05.000")+" "+u, err.Error())
-			} else {
-				ok4.Add(1)
-			}
-			_, reused, err := clientIP(kept, keptURL)
-			if err != nil || (!reused && !first) {
-				keptBroke.Add(1)
-				failures.Store(time.Now().Format("15:04:05.000")+" kept-alive", fmt.Sprint(err, " reused=", reused))
-			}
-			first = false
-		}
-	})
-	stopLoop := sync.OnceFunc(func() { close(stop); loop.Wait() })
-	defer stopLoop()
-	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		return ok4.Load() >= 10, nil
-	}); err != nil {
-		t.Fatalf("the client loop gets no answers before the change: %d answered, %d failed", ok4.Load(), failed4.Load())
-	}
+	loop := startClientLoop(t, nsOf("client"), []string{urlOf(web1, 80, "/hostname"), urlOf(before[remote].Status.PodIP, 8080, "/hostname")},
+		urlOf(before[remote].Status.PodIP, 8080, "/clientip"))
 
 	agentPID := pidOf(t, dataDir, 2, "node2")
 	restartWithPrimaryOnly(t, dataDir, client)
@@ -377,12 +340,7 @@ spec:
 			t.Errorf("%s answered %q, %v; want %s", u, got, err, name)
 		}
 	}
-	stopLoop()
-	failures.Range(func(k, v any) bool { t.Logf("failure at %s: %s", k, v); return true })
-	t.Logf("client loop over IPv4: %d requests answered, %d failed; the kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
-	if failed4.Load() != 0 || keptBroke.Load() != 0 || ok4.Load() < 50 {
-		t.Errorf("IPv4 traffic was disturbed by the change: %d answered, %d failed, kept-alive connection broke %d times", ok4.Load(), failed4.Load(), keptBroke.Load())
-	}
+	loop.check(t, "the change", 50)
 
 	// No trace of IPv6 in the kernel: in the pods no global address and no
 	// route but the kernel's own (link-local, multicast); in the nodes
